@@ -1,0 +1,15 @@
+"""Importance sources that rank d_model and d_ff dimensions and pick the initial selections."""
+
+from .activation import activation_importance
+from .calibration import calibration_batches
+from .magnitude import magnitude_importance
+from .scores import Scores, select_indices, top_k
+
+__all__ = [
+    "Scores",
+    "activation_importance",
+    "calibration_batches",
+    "magnitude_importance",
+    "select_indices",
+    "top_k",
+]

@@ -1,0 +1,62 @@
+"""Activation importance (Minitron style), measured with forward hooks on calibration batches.
+
+d_model: sum over tokens of |output| of every d_model norm (they all feed from/into the residual
+stream); d_ff: sum over tokens of |input of down_proj| (the FFN intermediate activation), per layer.
+``power=2`` and per-token weights give the act² variants (COMPACT's common-token weighting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from ..architectures import ArchSpec
+from .calibration import Batch
+from .scores import Scores
+
+TokenWeight = Callable[[torch.Tensor], torch.Tensor]  # input_ids (B, T) -> weights (B, T)
+
+
+@torch.no_grad()
+def activation_importance(
+    model: PreTrainedModel,
+    spec: ArchSpec,
+    batches: Sequence[Batch],
+    power: int = 1,
+    token_weight: TokenWeight | None = None,
+    progress: bool = True,
+) -> Scores:
+    config = model.config
+    device = next(model.parameters()).device
+    hidden = torch.zeros(config.hidden_size, dtype=torch.float64, device=device)
+    ffn = torch.zeros(config.num_hidden_layers, config.intermediate_size, dtype=torch.float64, device=device)
+    weights: list[torch.Tensor] = []  # the current batch's per-position weights, shape (B, T, 1)
+
+    def accumulate(acc: torch.Tensor, x: torch.Tensor) -> None:
+        acc += (x.detach().double().abs().pow(power) * weights[0]).sum(dim=(0, 1))
+
+    layers = model.get_submodule(spec.layers)
+    norm_modules = [layer.get_submodule(n) for layer in layers for n in spec.block_norms]
+    norm_modules.append(model.get_submodule(spec.final_norm))
+    handles = [m.register_forward_hook(lambda _m, _i, out: accumulate(hidden, out)) for m in norm_modules]
+    for i, layer in enumerate(layers):
+        down = layer.get_submodule(spec.ffn_down)
+        handles.append(down.register_forward_pre_hook(lambda _m, args, i=i: accumulate(ffn[i], args[0])))
+
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="Calibrating", disable=not progress):
+            ids = batch["input_ids"].to(device)
+            mask = batch["attention_mask"].to(device)
+            w = mask.double() if token_weight is None else mask.double() * token_weight(ids).double()
+            weights[:] = [w.unsqueeze(-1)]
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return Scores(hidden.cpu(), ffn.cpu())

@@ -1,0 +1,81 @@
+"""Which tensors of a model shrink, along which sides: the shared map for projecting, pruning, merging.
+
+A plan is derived once from the architecture table and the model's parameter names; projection
+(``projection/``) turns each entry into trainable P/A matrices, hard pruning (``pruning.py``) into
+index gathers. Tensors not in the plan keep their shape and are copied (q/k/v biases, q/k norms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .architectures import HIDDEN, ArchSpec
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """A 2-D weight (out × in, torch layout) that shrinks on at least one side."""
+
+    name: str  # parameter name in the model, e.g. "model.layers.0.mlp.up_proj.weight"
+    out_dim: str | None
+    in_dim: str | None
+    layer: int | None = None  # which per-layer d_ff selection applies
+    out_chunks: int = 1
+    scale: float = 1.0  # fixed factor on the projected weight (Gemma's embedding scale ratio)
+
+
+@dataclass(frozen=True)
+class NormPlan:
+    """A d_model RMSNorm weight, gathered at the kept hidden indices."""
+
+    name: str
+    # Folded into the effective scale (w + offset): Gemma's tied head needs it to undo ``scale``.
+    divide_by: float = 1.0
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    weights: tuple[WeightPlan, ...]
+    norms: tuple[NormPlan, ...]
+    tied: bool
+    norm_offset: float
+
+    @property
+    def embedding(self) -> WeightPlan:
+        return self.weights[0]
+
+
+def is_tied(model: nn.Module, spec: ArchSpec) -> bool:
+    head = model.get_submodule(spec.lm_head)
+    return head.weight is model.get_submodule(spec.embed).weight
+
+
+def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> CompressionPlan:
+    """Map every shrinking tensor of ``model`` for a target d_model of ``target_hidden``."""
+    base_hidden = model.config.hidden_size
+    embed_ratio = spec.embedding_scale(base_hidden) / spec.embedding_scale(target_hidden)
+    tied = is_tied(model, spec)
+
+    # The embedding is V × D: its columns are d_model (a "linear" whose input side is hidden).
+    weights = [WeightPlan(f"{spec.embed}.weight", None, HIDDEN, scale=embed_ratio)]
+    norms = []
+    for i in range(len(model.get_submodule(spec.layers))):
+        prefix = f"{spec.layers}.{i}"
+        for lin in spec.linears:
+            module = model.get_submodule(f"{prefix}.{lin.path}")
+            if getattr(module, "bias", None) is not None and lin.out_dim is not None:
+                raise ValueError(f"{prefix}.{lin.path} has a bias on a shrinking side; not supported")
+            weights.append(
+                WeightPlan(f"{prefix}.{lin.path}.weight", lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks)
+            )
+        norms.extend(NormPlan(f"{prefix}.{n}.weight") for n in spec.block_norms)
+    if not tied:
+        weights.append(WeightPlan(f"{spec.lm_head}.weight", None, HIDDEN))
+    # The tied head reuses the scaled embedding; the final norm absorbs 1/scale so logits match.
+    norms.append(NormPlan(f"{spec.final_norm}.weight", divide_by=embed_ratio if tied else 1.0))
+    return CompressionPlan(tuple(weights), tuple(norms), tied, spec.norm_offset)
+
+
+__all__ = ["CompressionPlan", "NormPlan", "WeightPlan", "build_plan", "is_tied"]

@@ -1,0 +1,6 @@
+"""Projection layers (the W_c math and its parameters) and the projected model wrapper."""
+
+from .layer import Projection, project_weight
+from .model import ProjCompModel
+
+__all__ = ["ProjCompModel", "Projection", "project_weight"]

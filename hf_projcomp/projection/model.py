@@ -1,0 +1,182 @@
+"""``ProjCompModel``: a frozen base model plus trainable projections, running at the compressed width.
+
+The compressed network is an ordinary transformers model of the base class built from the smaller
+config (``self.target``). Its d_model norms (and q/k norms) are its own trainable parameters; every
+other shrinking weight is supplied at call time as ``W_c = P_out · W · P_in + A`` through
+``torch.func.functional_call``, so the forward pass is exactly the vanilla model's and
+``merge_and_unload`` only has to write each ``W_c`` once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.func import functional_call
+from transformers import PretrainedConfig, PreTrainedModel
+
+from ..architectures import FFN, HIDDEN, get_arch_spec
+from ..config import WEIGHTS_NAME, ProjCompConfig
+from ..plan import build_plan
+from ..pruning import build_target_model, make_target_config, pruned_tensors
+from .layer import Projection
+
+
+def _key(param_name: str) -> str:
+    # ModuleDict keys can't hold dots; the parameter's module path is unique and readable.
+    return param_name.removesuffix(".weight").replace(".", "-")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
+class ProjCompModel(nn.Module):
+    """Projected-compression wrapper; build it with :func:`get_projcomp_model` or :meth:`from_pretrained`.
+
+    Trainable: every P_in/P_out/A (``projections``) and the target model's norms. Frozen: the whole
+    base model. Call it like the base model (``input_ids``, ``labels``, ...).
+    """
+
+    def __init__(self, model: PreTrainedModel, config: ProjCompConfig) -> None:
+        super().__init__()
+        if config.hidden_indices is None or config.intermediate_indices is None:
+            raise ValueError("config has no recorded selections; build the model with get_projcomp_model()")
+        check_base_matches(model.config, config)
+        spec = get_arch_spec(model.config)
+        model.requires_grad_(False)
+        if config.base_dtype is not None:
+            model.to(getattr(torch, config.base_dtype))
+        self.base_model = model
+        self.projcomp_config = config
+
+        hidden = torch.tensor(config.hidden_indices, dtype=torch.long)
+        ffn = [torch.tensor(idx, dtype=torch.long) for idx in config.intermediate_indices]
+        target_config = make_target_config(model.config, len(hidden), len(ffn[0]))
+        self.plan = build_plan(model, spec, len(hidden))
+        index = {HIDDEN: hidden, None: None}
+        self.projections = nn.ModuleDict()
+        for entry in self.plan.weights:
+            index[FFN] = ffn[entry.layer] if entry.layer is not None else None
+            base_module = model.get_submodule(entry.name.removesuffix(".weight"))
+            self.projections[_key(entry.name)] = Projection(
+                base_module, index[entry.in_dim], index[entry.out_dim], entry.out_chunks, entry.scale
+            )
+        with torch.no_grad():
+            # Starts as the hard-pruned model; the planned weights there are only placeholders.
+            self.target = build_target_model(model, target_config, pruned_tensors(model, self.plan, hidden, ffn))
+        self._projected_names = [entry.name for entry in self.plan.weights]
+        self.target.requires_grad_(False)
+        for module in self.target.modules():
+            if _is_norm(module):
+                module.requires_grad_(True)
+        self.target.train(model.training)
+
+    # -- forward ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> PretrainedConfig:
+        """The compressed model's config (what transformers tooling reads)."""
+        return self.target.config
+
+    def projected_weights(self) -> dict[str, torch.Tensor]:
+        """Every ``W_c`` by its parameter name in the target model (with autograd unless disabled)."""
+        return {name: proj() for name, proj in zip(self._projected_names, self.projections.values())}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # Tied head and embedding share one projected tensor: functional_call writes it to both.
+        return functional_call(self.target, self.projected_weights(), args, kwargs, tie_weights=True, strict=False)
+
+    # -- parameters ------------------------------------------------------------------------------
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """What an adapter checkpoint holds: P, A and the target's norms (never base weights)."""
+        return {name: p for name, p in self._adapter_parameters()}
+
+    def _adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        yield from (("projections." + n, p) for n, p in self.projections.named_parameters())
+        for name, module in self.target.named_modules():
+            if _is_norm(module):
+                yield from ((f"target.{name}.{n}", p) for n, p in module.named_parameters())
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) parameter counts; ``all`` = base + adapter, as PEFT reports it."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        adapter = sum(p.numel() for _, p in self._adapter_parameters())
+        base = sum(p.numel() for p in self.base_model.parameters())
+        return trainable, base + adapter
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # -- merge -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge_and_unload(self) -> PreTrainedModel:
+        """Compute every ``W_c`` once and return a vanilla model of the base class with the smaller config."""
+        merged = copy.deepcopy(self.target)
+        params = dict(merged.named_parameters(remove_duplicate=False))
+        for name, weight in self.projected_weights().items():
+            params[name].copy_(weight)
+        merged.requires_grad_(True)
+        merged.eval()
+        return merged
+
+    # -- save / load -----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` atomically."""
+        save_directory = os.fspath(save_directory)
+        parent = os.path.dirname(os.path.abspath(save_directory))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".projcomp-", dir=parent)
+        try:
+            self.projcomp_config.save_pretrained(tmp)
+            state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+            save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+            if os.path.isdir(save_directory):
+                shutil.rmtree(save_directory)
+            os.replace(tmp, save_directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, model: PreTrainedModel, adapter_path: str | os.PathLike) -> ProjCompModel:
+        """Rebuild the projected model saved in ``adapter_path`` on top of ``model`` (the same base)."""
+        config = ProjCompConfig.from_pretrained(adapter_path)
+        pc = cls(model, config)
+        state = load_file(os.path.join(adapter_path, WEIGHTS_NAME))
+        own = pc.adapter_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, param in own.items():
+                if state[name].shape != param.shape:
+                    raise ValueError(
+                        f"adapter tensor {name} has shape {tuple(state[name].shape)}, "
+                        f"the model expects {tuple(param.shape)}"
+                    )
+                param.copy_(state[name])
+        return pc
+
+
+def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) -> None:
+    """``ValueError`` when an adapter recorded for one base is put on a base of other shapes."""
+    recorded = {
+        "model_type": config.model_type,
+        "hidden_size": config.base_hidden_size,
+        "intermediate_size": config.base_intermediate_size,
+        "vocab_size": config.base_vocab_size,
+        "num_hidden_layers": config.num_hidden_layers,
+    }
+    actual = {name: getattr(base_config, name, None) for name in recorded}
+    diff = {k: (v, actual[k]) for k, v in recorded.items() if v is not None and v != actual[k]}
+    if diff:
+        detail = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"the adapter was built for a base model with different shapes ({detail})")

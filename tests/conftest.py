@@ -1,0 +1,18 @@
+"""Fixtures shared by the suite; the tiny model zoo lives in ``tests/tiny.py``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny import MODEL_TYPES, TINY
+
+
+@pytest.fixture(params=MODEL_TYPES)
+def model_type(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def input_ids() -> torch.Tensor:
+    return torch.randint(3, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))

@@ -1,0 +1,160 @@
+"""Projected model: equals the hard-pruned model at init, merges exactly, saves and reloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_prune
+
+from tests.tiny import FAMILIES, TINY, expected_num_parameters, fresh_env, tiny_model
+
+TARGET = dict(hidden_size=48, intermediate_size=64)
+
+
+def perturb_trainable(pc: ProjCompModel, seed: int = 2) -> None:
+    """Stands in for training: every trainable tensor moves."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in pc.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "activation"])
+def test_init_equals_hard_pruned(model_type, input_ids, importance):
+    model = tiny_model(model_type)
+    calib = [torch.randint(3, TINY["vocab_size"], (2, 16)) for _ in range(2)] if importance == "activation" else None
+    pc = get_projcomp_model(model, ProjCompConfig(**TARGET, importance=importance), calibration_data=calib, progress=False)
+    cfg = pc.projcomp_config
+    pruned = hard_prune(model, cfg.hidden_indices, cfg.intermediate_indices)
+    with torch.no_grad():
+        diff = (pc(input_ids=input_ids).logits - pruned(input_ids=input_ids).logits).abs().max().item()
+    assert diff <= 1e-5, f"{model_type}: max abs diff {diff}"
+    assert len(cfg.hidden_indices) == 48 and all(len(idx) == 64 for idx in cfg.intermediate_indices)
+
+
+def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path):
+    model = tiny_model(model_type)
+    pc = get_projcomp_model(model, ProjCompConfig(**TARGET))
+    perturb_trainable(pc)
+    merged = pc.merge_and_unload()
+    with torch.no_grad():
+        projected = pc(input_ids=input_ids).logits
+        vanilla = merged(input_ids=input_ids).logits
+        untrained = hard_prune(model, pc.projcomp_config.hidden_indices, pc.projcomp_config.intermediate_indices)
+        assert (untrained(input_ids=input_ids).logits - projected).abs().max() > 1e-3, "perturbation had no effect"
+    rel = ((projected - vanilla).abs().max() / vanilla.abs().max()).item()
+    assert rel <= 1e-4, f"{model_type}: relative diff {rel}"
+    assert type(merged) is type(model)
+    assert merged.num_parameters() == expected_num_parameters(model_type, merged.config)
+    assert merged.config.hidden_size == 48 and merged.config.intermediate_size == 64
+    assert merged.config.head_dim == TINY["head_dim"]
+    assert all(p.requires_grad for p in merged.parameters())
+
+    merged.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["hidden_size"], config["intermediate_size"], config["head_dim"]) == (48, 64, 16)
+    assert "quantization_config" not in config
+
+
+def test_merged_reloads_in_fresh_process_without_hf_projcomp(model_type, input_ids, tmp_path):
+    model = tiny_model(model_type)
+    pc = get_projcomp_model(model, ProjCompConfig(**TARGET))
+    perturb_trainable(pc)
+    merged = pc.merge_and_unload()
+    merged.save_pretrained(tmp_path / "small")
+    torch.save(input_ids, tmp_path / "ids.pt")
+    script = f"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "small")!r}).eval()
+assert "hf_projcomp" not in sys.modules
+with torch.no_grad():
+    torch.save(m(input_ids=torch.load({str(tmp_path / "ids.pt")!r})).logits, {str(tmp_path / "logits.pt")!r})
+print(type(m).__name__, m.lm_head.weight is m.model.embed_tokens.weight)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=fresh_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    tied = FAMILIES[model_type][0]
+    assert out.stdout.split()[-2:] == [type(model).__name__, str(tied)]
+    with torch.no_grad():
+        expected = merged(input_ids=input_ids).logits
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-5)
+    with safe_open(tmp_path / "small" / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert ("lm_head.weight" in keys) == (not tied)
+    assert "model.embed_tokens.weight" in keys
+
+
+def test_adapter_round_trip_is_bit_exact(model_type, input_ids, tmp_path):
+    pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**TARGET))
+    perturb_trainable(pc)
+    pc.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("projections.") or "norm" in k for k in keys), "base weights leaked into adapter"
+
+    reloaded = ProjCompModel.from_pretrained(tiny_model(model_type), tmp_path / "adapter")
+    assert reloaded.projcomp_config == pc.projcomp_config
+    original, restored = pc.adapter_state_dict(), reloaded.adapter_state_dict()
+    assert original.keys() == restored.keys()
+    for name in original:
+        assert torch.equal(original[name], restored[name]), name
+    with torch.no_grad():
+        assert torch.equal(pc(input_ids=input_ids).logits, reloaded(input_ids=input_ids).logits)
+
+
+def test_gradients_reach_only_projections_and_norms(model_type, input_ids):
+    pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**TARGET))
+    pc.train()
+    pc(input_ids=input_ids, labels=input_ids).loss.backward()
+    assert all(p.grad is None for p in pc.base_model.parameters())
+    adapter = pc.adapter_state_dict()
+    assert all(p.grad is not None for p in adapter.values())
+    # At init the A's already receive the full dL/dW_c.
+    assert any(p.grad.abs().sum() > 0 for n, p in adapter.items() if n.endswith(".a"))
+    assert {id(p) for p in pc.parameters() if p.requires_grad} == {id(p) for p in adapter.values()}
+
+
+def test_base_dtype_bfloat16_keeps_projections_fp32(input_ids):
+    pc = get_projcomp_model(tiny_model("llama"), ProjCompConfig(**TARGET, base_dtype="bfloat16"))
+    assert all(p.dtype == torch.bfloat16 for p in pc.base_model.parameters())
+    assert all(p.dtype == torch.float32 for p in pc.adapter_state_dict().values())
+    pc(input_ids=input_ids, labels=input_ids).loss.backward()
+    assert pc.merge_and_unload().dtype == torch.float32
+
+
+def test_target_params_fraction_resolves_sizes():
+    model = tiny_model("llama")
+    pc = get_projcomp_model(model, ProjCompConfig(target_params=0.5))
+    cfg = pc.projcomp_config
+    assert cfg.hidden_size % TINY["num_attention_heads"] == 0 and cfg.hidden_size < TINY["hidden_size"]
+    base = model.num_parameters(exclude_embeddings=True)
+    small = pc.merge_and_unload().num_parameters(exclude_embeddings=True)
+    assert abs(small / base - 0.5) < 0.1
+
+
+def test_gemma_embedding_scale_and_tied_head_are_corrected():
+    """Embedding output and tied logits of the pruned Gemma equal the base's restricted to kept dims."""
+    model = tiny_model("gemma3_text")
+    hidden = list(range(0, 64, 4)) + list(range(1, 64, 4)) + list(range(2, 64, 4))
+    hidden.sort()
+    small = hard_prune(model, hidden, [list(range(96))] * 2)
+    ids = torch.arange(3, 20)
+    idx = torch.tensor(hidden)
+    with torch.no_grad():
+        base_emb = model.model.embed_tokens(ids)[:, idx]
+        assert torch.allclose(small.model.embed_tokens(ids), base_emb, atol=1e-5)
+        h = torch.randn(5, 48)
+        w = model.model.norm.weight[idx]
+        normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + model.config.rms_norm_eps) * (1 + w)
+        expected = normed @ model.lm_head.weight[:, idx].T
+        assert torch.allclose(small.lm_head(small.model.norm(h)), expected, atol=1e-4)

@@ -1,0 +1,66 @@
+"""Tiny random models of every supported family, so each behaviour is tested over the whole table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+# model_type -> facts for an independent parameter-count formula:
+# (tied embeddings, q/k/v bias, q/k norm, d_model norms per block)
+FAMILIES = {
+    "llama": (False, False, False, 2),
+    "mistral": (False, False, False, 2),
+    "qwen2": (False, True, False, 2),
+    "qwen3": (False, False, True, 2),
+    "gemma3_text": (True, False, True, 4),
+    "phi3": (False, False, False, 2),
+}
+MODEL_TYPES = list(FAMILIES)
+
+
+def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **{**TINY, **overrides})
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        # Random init leaves norms at 1 (or 0 for Gemma's 1+w); make every kept index matter.
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(torch.randn_like(param) * 0.2)
+    return model
+
+
+def expected_num_parameters(model_type: str, config) -> int:
+    tied, bias, qk_norm, block_norms = FAMILIES[model_type]
+    d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    hd = config.head_dim
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + (2 * hd if qk_norm else 0)
+    block = attn + 3 * d * i + block_norms * d
+    return v * d * (1 if tied else 2) + layers * block + d
+
+
+def fresh_env() -> dict[str, str]:
+    """Environment for a subprocess that must not see this checkout on sys.path."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
