@@ -1,0 +1,77 @@
+"""Bad input fails early with a ValueError/TypeError that names the parameter and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model
+
+from tests.tiny import TINY, tiny_model
+
+
+def test_unsupported_architecture_names_supported_types():
+    config = AutoConfig.for_model("gpt2", vocab_size=64, n_embd=32, n_layer=1, n_head=2)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ValueError, match=r"'gpt2' is not supported.*gemma3_text.*llama.*phi3.*qwen3"):
+        get_projcomp_model(model, ProjCompConfig(hidden_size=16))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hidden_size": 64}, "equals the base"),
+        ({"hidden_size": 128}, r"hidden_size must be in \[1, 64\]"),
+        ({"intermediate_size": 200}, r"intermediate_size must be in \[1, 96\]"),
+        ({"hidden_size": 50}, r"multiple of num_attention_heads \(4\)"),
+        ({"target_params": 10**9}, "must be below"),
+    ],
+)
+def test_bad_targets_against_the_model(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        get_projcomp_model(tiny_model("llama"), ProjCompConfig(**kwargs))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"hidden_size": 0}, ValueError, "hidden_size must be a positive integer"),
+        ({"intermediate_size": -8}, ValueError, "intermediate_size must be a positive integer"),
+        ({"hidden_size": 32.0}, TypeError, "hidden_size must be an int"),
+        ({"target_params": 1.5}, ValueError, r"must lie in \(0, 1\)"),
+        ({"target_params": 0.0}, ValueError, r"must lie in \(0, 1\)"),
+        ({"target_params": 0.5, "hidden_size": 32}, ValueError, "not both"),
+        ({}, ValueError, "a target is required"),
+        ({"hidden_size": 32, "importance": "random"}, ValueError, r"importance must be one of \('magnitude'"),
+        ({"hidden_size": 32, "base_dtype": "int8"}, ValueError, "base_dtype must be None or one of"),
+    ],
+)
+def test_bad_config_values(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ProjCompConfig(**kwargs)
+
+
+def test_activation_importance_needs_calibration_data():
+    with pytest.raises(ValueError, match="calibration_data is required"):
+        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"))
+    with pytest.raises(ValueError, match="calibration_data is empty"):
+        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
+                           calibration_data=[])
+    with pytest.raises(TypeError, match="calibration_data must be"):
+        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
+                           calibration_data="some text")
+
+
+def test_config_must_be_a_projcomp_config():
+    with pytest.raises(TypeError, match="config must be a ProjCompConfig"):
+        get_projcomp_model(tiny_model("llama"), {"hidden_size": 32})
+
+
+def test_adapter_on_a_base_with_different_shapes(tmp_path):
+    get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32)).save_pretrained(tmp_path)
+    other = tiny_model("llama", hidden_size=128)
+    with pytest.raises(ValueError, match=r"different shapes \(hidden_size: adapter 64 vs model 128\)"):
+        ProjCompModel.from_pretrained(other, tmp_path)
+    with pytest.raises(ValueError, match="model_type: adapter 'llama' vs model 'qwen2'"):
+        ProjCompModel.from_pretrained(tiny_model("qwen2"), tmp_path)

@@ -1,0 +1,82 @@
+"""Importance scores rank what they claim to rank, and calibration input forms agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_projcomp import ProjCompConfig, get_projcomp_model
+from hf_projcomp.architectures import get_arch_spec
+from hf_projcomp.importance import activation_importance, calibration_batches, magnitude_importance
+from hf_projcomp.plan import build_plan
+
+from tests.tiny import TINY, tiny_model
+
+
+def test_magnitude_drops_dead_dimensions(model_type):
+    model = tiny_model(model_type)
+    dead_hidden, dead_ffn = [3, 17, 40], [5, 6, 90]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" in name or name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                                   "qkv_proj.weight", "lm_head.weight")):
+                p[:, dead_hidden] = 0
+            if name.endswith("o_proj.weight"):
+                p[dead_hidden, :] = 0
+            if name.endswith(("gate_proj.weight", "up_proj.weight")):
+                p[:, dead_hidden] = 0
+                p[dead_ffn, :] = 0
+            if name.endswith("gate_up_proj.weight"):
+                p[:, dead_hidden] = 0
+                p[dead_ffn, :] = 0
+                p[[TINY["intermediate_size"] + j for j in dead_ffn], :] = 0
+            if name.endswith("down_proj.weight"):
+                p[dead_hidden, :] = 0
+                p[:, dead_ffn] = 0
+    scores = magnitude_importance(model, build_plan(model, get_arch_spec(model.config), 48))
+    assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
+    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=60, intermediate_size=92))
+    assert not set(dead_hidden) & set(pc.projcomp_config.hidden_indices)
+    for layer in pc.projcomp_config.intermediate_indices:
+        assert not set(dead_ffn) & set(layer)
+
+
+def test_padded_dataset_equals_unpadded_batches():
+    datasets = pytest.importorskip("datasets")
+    model = tiny_model("qwen2")
+    spec = get_arch_spec(model.config)
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, TINY["vocab_size"], (n,), generator=gen).tolist() for n in (5, 9, 7)]
+    padded = activation_importance(model, spec, calibration_batches(datasets.Dataset.from_dict({"input_ids": rows})),
+                                   progress=False)
+    separate = activation_importance(model, spec, calibration_batches(rows), progress=False)
+    assert len(calibration_batches(datasets.Dataset.from_dict({"input_ids": rows}))) == 1
+    assert torch.allclose(padded.hidden, separate.hidden, rtol=1e-5)
+    assert torch.allclose(padded.ffn, separate.ffn, rtol=1e-5)
+
+
+def test_activation_ffn_scores_are_down_proj_input_magnitudes():
+    model = tiny_model("llama")
+    ids = torch.randint(3, TINY["vocab_size"], (1, 10), generator=torch.Generator().manual_seed(4))
+    captured = []
+    hook = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    hook.remove()
+    scores = activation_importance(model, get_arch_spec(model.config), calibration_batches(ids), progress=False)
+    assert torch.allclose(scores.ffn[1], captured[0].abs().sum(dim=(0, 1)).double(), rtol=1e-5)
+    squared = activation_importance(model, get_arch_spec(model.config), calibration_batches(ids), power=2,
+                                    token_weight=lambda t: (t % 2).double(), progress=False)
+    weight = (ids % 2).double().unsqueeze(-1)
+    assert torch.allclose(squared.ffn[1], (captured[0].double().pow(2) * weight).sum(dim=(0, 1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("data", [
+    torch.zeros(2, 4, dtype=torch.long),
+    [[1, 2, 3], [4, 5]],
+    [1, 2, 3],
+    [{"input_ids": [[1, 2, 3]], "attention_mask": [[1, 1, 0]]}],
+])
+def test_calibration_forms(data):
+    batches = calibration_batches(data)
+    assert all(b["input_ids"].dim() == 2 and b["input_ids"].shape == b["attention_mask"].shape for b in batches)
