@@ -15,6 +15,7 @@ from transformers import PretrainedConfig
 
 HIDDEN = "hidden"
 FFN = "ffn"
+VOCAB = "vocab"  # embedding / LM-head rows: gathered (never projected) when the vocabulary is pruned
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ index gathers. Tensors not in the plan keep their shape and are copied (q/k/v bi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from .architectures import HIDDEN, ArchSpec
+from .architectures import FFN, HIDDEN, VOCAB, ArchSpec
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,46 @@ class NormPlan:
     name: str
     # Folded into the effective scale (w + offset): Gemma's tied head needs it to undo ``scale``.
     divide_by: float = 1.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Kept indices, ascending: one global d_model set, one d_ff set per layer, optional token ids."""
+
+    hidden: torch.Tensor
+    ffn: tuple[torch.Tensor, ...]
+    vocab: torch.Tensor | None = None
+
+    @classmethod
+    def from_lists(
+        cls,
+        hidden: Sequence[int] | torch.Tensor,
+        ffn: Sequence[Sequence[int]] | Sequence[torch.Tensor],
+        vocab: Sequence[int] | torch.Tensor | None = None,
+    ) -> Selection:
+        ffn = tuple(torch.as_tensor(idx, dtype=torch.long) for idx in ffn)
+        if len({len(idx) for idx in ffn}) != 1:
+            raise ValueError("intermediate_indices must keep the same number of channels in every layer")
+        vocab = None if vocab is None else torch.as_tensor(vocab, dtype=torch.long)
+        return cls(torch.as_tensor(hidden, dtype=torch.long), ffn, vocab)
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.hidden)
+
+    @property
+    def intermediate_size(self) -> int:
+        return len(self.ffn[0])
+
+    def index(self, side: str | None, layer: int | None = None) -> torch.Tensor | None:
+        """The kept indices along one side of a planned tensor (None: the side keeps its size)."""
+        if side == HIDDEN:
+            return self.hidden
+        if side == FFN:
+            return self.ffn[layer]
+        if side == VOCAB:
+            return self.vocab
+        return None
 
 
 @dataclass(frozen=True)
@@ -58,8 +100,8 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
     embed_ratio = spec.embedding_scale(base_hidden) / spec.embedding_scale(target_hidden)
     tied = is_tied(model, spec)
 
-    # The embedding is V × D: its columns are d_model (a "linear" whose input side is hidden).
-    weights = [WeightPlan(f"{spec.embed}.weight", None, HIDDEN, scale=embed_ratio)]
+    # The embedding is V × D: rows are tokens, columns d_model (a "linear" whose input side is hidden).
+    weights = [WeightPlan(f"{spec.embed}.weight", VOCAB, HIDDEN, scale=embed_ratio)]
     norms = []
     for i in range(len(model.get_submodule(spec.layers))):
         prefix = f"{spec.layers}.{i}"
@@ -72,10 +114,10 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
             )
         norms.extend(NormPlan(f"{prefix}.{n}.weight") for n in spec.block_norms)
     if not tied:
-        weights.append(WeightPlan(f"{spec.lm_head}.weight", None, HIDDEN))
+        weights.append(WeightPlan(f"{spec.lm_head}.weight", VOCAB, HIDDEN))
     # The tied head reuses the scaled embedding; the final norm absorbs 1/scale so logits match.
     norms.append(NormPlan(f"{spec.final_norm}.weight", divide_by=embed_ratio if tied else 1.0))
     return CompressionPlan(tuple(weights), tuple(norms), tied, spec.norm_offset)
 
 
-__all__ = ["CompressionPlan", "NormPlan", "WeightPlan", "build_plan", "is_tied"]
+__all__ = ["CompressionPlan", "NormPlan", "Selection", "WeightPlan", "build_plan", "is_tied"]

@@ -14,16 +14,46 @@ import torch
 from accelerate import init_empty_weights
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .architectures import FFN, HIDDEN, get_arch_spec, head_dim
-from .plan import CompressionPlan, WeightPlan, build_plan
+from .architectures import get_arch_spec, head_dim
+from .plan import CompressionPlan, Selection, WeightPlan, build_plan
 
 
-def make_target_config(config: PretrainedConfig, hidden_size: int, intermediate_size: int) -> PretrainedConfig:
-    """A copy of ``config`` with the smaller widths; ``head_dim`` written where the config derived it."""
+def make_target_config(
+    config: PretrainedConfig, hidden_size: int, intermediate_size: int, kept_token_ids: torch.Tensor | None = None
+) -> PretrainedConfig:
+    """A copy of ``config`` with the smaller widths; ``head_dim`` written where the config derived it.
+
+    With ``kept_token_ids`` (new id -> old id) the vocabulary shrinks and special-token ids are remapped.
+    """
     data = config.to_dict()
     data.pop("quantization_config", None)  # a GGUF-loaded base must not make the result look quantized
     data.update(hidden_size=hidden_size, intermediate_size=intermediate_size, head_dim=head_dim(config))
+    if kept_token_ids is not None:
+        data["vocab_size"] = len(kept_token_ids)
+        data.update(remap_token_ids(data, kept_token_ids))
     return type(config).from_dict(data)
+
+
+SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
+
+
+def remap_token_ids(values: dict, kept_token_ids: torch.Tensor) -> dict:
+    """New ids for the special-token fields of a config / generation-config dict (ints or lists)."""
+    new_id = {old: new for new, old in enumerate(kept_token_ids.tolist())}
+
+    def remap(field: str, old: int) -> int:
+        if old not in new_id:
+            raise ValueError(f"{field} {old} is not among the kept tokens; special tokens must be kept")
+        return new_id[old]
+
+    out = {}
+    for field in SPECIAL_TOKEN_FIELDS:
+        value = values.get(field)
+        if isinstance(value, int):
+            out[field] = remap(field, value)
+        elif isinstance(value, (list, tuple)):
+            out[field] = [remap(field, v) for v in value]
+    return out
 
 
 def count_parameters(model_class: type[PreTrainedModel], config: PretrainedConfig) -> tuple[int, int]:
@@ -36,7 +66,9 @@ def count_parameters(model_class: type[PreTrainedModel], config: PretrainedConfi
     return total, embedding
 
 
-def validate_target_sizes(config: PretrainedConfig, hidden_size: int, intermediate_size: int) -> None:
+def validate_target_sizes(
+    config: PretrainedConfig, hidden_size: int, intermediate_size: int, vocab_size: int | None = None
+) -> None:
     heads = config.num_attention_heads
     if not 0 < hidden_size <= config.hidden_size:
         raise ValueError(f"hidden_size must be in [1, {config.hidden_size}] (the base's), got {hidden_size}")
@@ -44,8 +76,9 @@ def validate_target_sizes(config: PretrainedConfig, hidden_size: int, intermedia
         raise ValueError(
             f"intermediate_size must be in [1, {config.intermediate_size}] (the base's), got {intermediate_size}"
         )
-    if (hidden_size, intermediate_size) == (config.hidden_size, config.intermediate_size):
-        raise ValueError("the target equals the base model's size: shrink hidden_size or intermediate_size")
+    vocab_size = config.vocab_size if vocab_size is None else vocab_size
+    if (hidden_size, intermediate_size, vocab_size) == (config.hidden_size, config.intermediate_size, config.vocab_size):
+        raise ValueError("the target equals the base model's size: shrink hidden_size, intermediate_size or the vocabulary")
     if hidden_size % heads:
         raise ValueError(
             f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({heads}); "
@@ -101,10 +134,9 @@ def _sizes_for_budget(
     return sizes(best)
 
 
-def select(tensor: torch.Tensor, entry: WeightPlan, hidden: torch.Tensor, ffn: Sequence[torch.Tensor]) -> torch.Tensor:
+def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
     """Gather the kept rows/columns of one planned weight (times its fixed scale)."""
-    index = {HIDDEN: hidden, FFN: ffn[entry.layer] if entry.layer is not None else None, None: None}
-    out_idx, in_idx = index[entry.out_dim], index[entry.in_dim]
+    out_idx, in_idx = selection.index(entry.out_dim, entry.layer), selection.index(entry.in_dim, entry.layer)
     if out_idx is not None:
         chunks = tensor.reshape(entry.out_chunks, -1, tensor.shape[-1])
         tensor = chunks.index_select(1, out_idx.to(tensor.device)).reshape(-1, tensor.shape[-1])
@@ -120,13 +152,16 @@ def gathered_norm(weight: torch.Tensor, hidden: torch.Tensor, offset: float, div
 
 
 def build_target_model(
-    model: PreTrainedModel, target_config: PretrainedConfig, tensors: dict[str, torch.Tensor]
+    model: PreTrainedModel, selection: Selection, tensors: dict[str, torch.Tensor]
 ) -> PreTrainedModel:
-    """A vanilla model of ``type(model)`` for ``target_config``; ``tensors`` overrides, the rest is copied.
+    """A vanilla model of ``type(model)`` for ``selection``; ``tensors`` overrides, the rest is copied.
 
     Tensors not given keep the base's values (they don't shrink); every parameter must end up with the
     target shape, which ``load_state_dict`` checks.
     """
+    target_config = make_target_config(
+        model.config, selection.hidden_size, selection.intermediate_size, selection.vocab
+    )
     with init_empty_weights(include_buffers=False):
         small = type(model)(target_config)
     small.tie_weights()  # accelerate's empty init re-registers parameters, which unties them
@@ -140,28 +175,32 @@ def build_target_model(
     small.load_state_dict(state, strict=True, assign=True)
     small.tie_weights()
     small.generation_config = copy.deepcopy(model.generation_config)
+    if selection.vocab is not None:
+        for field, value in remap_token_ids(model.generation_config.to_dict(), selection.vocab).items():
+            setattr(small.generation_config, field, value)
     small.eval()
     return small
 
 
 def hard_prune(
-    model: PreTrainedModel, hidden_indices: Sequence[int] | torch.Tensor, intermediate_indices: Sequence[Sequence[int]]
+    model: PreTrainedModel,
+    hidden_indices: Sequence[int] | torch.Tensor,
+    intermediate_indices: Sequence[Sequence[int]],
+    kept_token_ids: Sequence[int] | torch.Tensor | None = None,
 ) -> PreTrainedModel:
-    """A smaller vanilla model keeping the given d_model indices (global) and d_ff indices (per layer)."""
+    """A smaller vanilla model keeping the given d_model indices (global), d_ff indices (per layer)
+    and, optionally, token ids (``kept_token_ids[new_id] = old_id``)."""
     spec = get_arch_spec(model.config)
-    hidden = torch.as_tensor(hidden_indices, dtype=torch.long)
-    ffn = [torch.as_tensor(idx, dtype=torch.long) for idx in intermediate_indices]
-    target_config = make_target_config(model.config, len(hidden), len(ffn[0]))
-    validate_target_sizes(model.config, target_config.hidden_size, target_config.intermediate_size)
-    plan = build_plan(model, spec, target_config.hidden_size)
-    return build_target_model(model, target_config, pruned_tensors(model, plan, hidden, ffn))
+    selection = Selection.from_lists(hidden_indices, intermediate_indices, kept_token_ids)
+    vocab_size = None if selection.vocab is None else len(selection.vocab)
+    validate_target_sizes(model.config, selection.hidden_size, selection.intermediate_size, vocab_size)
+    plan = build_plan(model, spec, selection.hidden_size)
+    return build_target_model(model, selection, pruned_tensors(model, plan, selection))
 
 
-def pruned_tensors(
-    model: PreTrainedModel, plan: CompressionPlan, hidden: torch.Tensor, ffn: Sequence[torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def pruned_tensors(model: PreTrainedModel, plan: CompressionPlan, selection: Selection) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters(remove_duplicate=False))
-    tensors = {e.name: select(params[e.name], e, hidden, ffn) for e in plan.weights}
+    tensors = {e.name: select(params[e.name], e, selection) for e in plan.weights}
     for norm in plan.norms:
-        tensors[norm.name] = gathered_norm(params[norm.name], hidden, plan.norm_offset, norm.divide_by)
+        tensors[norm.name] = gathered_norm(params[norm.name], selection.hidden, plan.norm_offset, norm.divide_by)
     return tensors

@@ -46,7 +46,8 @@ class Projection(nn.Module):
     """Trainable P_in / P_out / A of one frozen base weight (each matrix owns its own).
 
     The base module is referenced, not registered: its weight stays in (and is saved with) the base
-    model only, frozen, in whatever dtype the base holds.
+    model only, frozen, in whatever dtype the base holds. ``row_index`` is a fixed gather of rows
+    applied first (kept token ids of a pruned vocabulary: never a dense projection over 262k rows).
     """
 
     def __init__(
@@ -56,11 +57,17 @@ class Projection(nn.Module):
         out_index: torch.Tensor | None,
         out_chunks: int = 1,
         scale: float = 1.0,
+        row_index: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        if row_index is not None and out_index is not None:
+            raise ValueError("a weight's rows are either gathered (row_index) or projected (out_index), not both")
         self._base = (base_module,)  # a tuple hides it from nn.Module registration
         self.scale = scale
+        self.register_buffer("row_index", row_index, persistent=False)
         out_base, in_base = base_module.weight.shape
+        if row_index is not None:
+            out_base = len(row_index)
         chunk = out_base // out_chunks
         if in_index is not None:
             self.p_in = nn.Parameter(one_hot_columns(in_base, in_index))
@@ -80,7 +87,10 @@ class Projection(nn.Module):
         return self._base[0].weight
 
     def forward(self) -> torch.Tensor:
-        return project_weight(self.base_weight, self.p_in, self.p_out, self.a, self.scale)
+        weight = self.base_weight
+        if self.row_index is not None:
+            weight = weight.index_select(0, self.row_index)
+        return project_weight(weight, self.p_in, self.p_out, self.a, self.scale)
 
     def extra_repr(self) -> str:
         return f"base={tuple(self.base_weight.shape)}, target={tuple(self.a.shape)}, scale={self.scale:g}"

@@ -22,10 +22,10 @@ from torch import nn
 from torch.func import functional_call
 from transformers import PretrainedConfig, PreTrainedModel
 
-from ..architectures import FFN, HIDDEN, get_arch_spec
+from ..architectures import VOCAB, get_arch_spec
 from ..config import WEIGHTS_NAME, ProjCompConfig
-from ..plan import build_plan
-from ..pruning import build_target_model, make_target_config, pruned_tensors
+from ..plan import Selection, build_plan
+from ..pruning import build_target_model, pruned_tensors
 from .layer import Projection
 
 
@@ -57,21 +57,23 @@ class ProjCompModel(nn.Module):
         self.base_model = model
         self.projcomp_config = config
 
-        hidden = torch.tensor(config.hidden_indices, dtype=torch.long)
-        ffn = [torch.tensor(idx, dtype=torch.long) for idx in config.intermediate_indices]
-        target_config = make_target_config(model.config, len(hidden), len(ffn[0]))
-        self.plan = build_plan(model, spec, len(hidden))
-        index = {HIDDEN: hidden, None: None}
+        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices)
+        self.plan = build_plan(model, spec, selection.hidden_size)
         self.projections = nn.ModuleDict()
         for entry in self.plan.weights:
-            index[FFN] = ffn[entry.layer] if entry.layer is not None else None
-            base_module = model.get_submodule(entry.name.removesuffix(".weight"))
+            rows = selection.index(entry.out_dim, entry.layer)
+            gathered = entry.out_dim == VOCAB
             self.projections[_key(entry.name)] = Projection(
-                base_module, index[entry.in_dim], index[entry.out_dim], entry.out_chunks, entry.scale
+                model.get_submodule(entry.name.removesuffix(".weight")),
+                in_index=selection.index(entry.in_dim, entry.layer),
+                out_index=None if gathered else rows,
+                out_chunks=entry.out_chunks,
+                scale=entry.scale,
+                row_index=rows if gathered else None,
             )
         with torch.no_grad():
             # Starts as the hard-pruned model; the planned weights there are only placeholders.
-            self.target = build_target_model(model, target_config, pruned_tensors(model, self.plan, hidden, ffn))
+            self.target = build_target_model(model, selection, pruned_tensors(model, self.plan, selection))
         self._projected_names = [entry.name for entry in self.plan.weights]
         self.target.requires_grad_(False)
         for module in self.target.modules():
