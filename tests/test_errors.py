@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model
 
-from tests.tiny import TINY, tiny_model
+from tests.tiny import tiny_model
 
 
 def test_unsupported_architecture_names_supported_types():

@@ -1,0 +1,214 @@
+"""Which tokens must stay, and which extra tokens keep every kept token reachable through the merges.
+
+Two strategies decide reachability:
+
+* :func:`merge_closure`: a kept token keeps its ancestors, the tokens the original BPE forms on the
+  way to it (see :meth:`MergeGraph.ancestors`).
+* :func:`reparent_closure`: a kept token whose ancestors are not kept gets a new merge ``(x, y)`` from
+  kept tokens, at the rank of its original merge; only when none works are the ancestors kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from tokenizers.pre_tokenizers import ByteLevel
+
+from .tokenizer_json import BPEDocument, config_strings, post_processor_tokens
+
+# Reserved placeholder tokens (Gemma's 6,242 <unusedN>, Llama-3's <|reserved_special_token_N|>, BERT's
+# [unusedN]) never occur in text: keeping them would spend thousands of embedding rows on nothing.
+PLACEHOLDER = re.compile(r"^[<\[]\|?(unused|reserved)[a-z_]*\d+\|?[>\]]$")
+
+# Keeping printable ASCII as single characters costs ~100 ids and keeps plain text away from the
+# <0xXX> byte tokens, whose embeddings a byte-fallback model rarely trained.
+_BASE_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F)) | {"\t", "\n", "\r"}
+
+
+def required_strings(doc: BPEDocument, special_tokens: Iterable[str] = (), keep_placeholders: bool = False) -> set[str]:
+    """Token strings every pruned vocabulary keeps (see :func:`hf_projcomp.vocab.required_token_ids`)."""
+    named = set(special_tokens) | post_processor_tokens(doc.data)
+    unk = doc.data["model"].get("unk_token")
+    if unk:
+        named.add(unk)
+    required = {t for t in named if t in doc.vocab or t in _added_contents(doc)}
+    for token in doc.added:
+        if keep_placeholders or not PLACEHOLDER.match(token["content"]):
+            required.add(token["content"])
+    if doc.kind == "byte_fallback":
+        required.update(t for t in (f"<0x{b:02X}>" for b in range(256)) if t in doc.vocab)
+        chars = _BASE_CHARS | {s for s in config_strings(doc.data) if len(s) == 1}
+        required.update(c for c in chars if c in doc.vocab)
+    else:
+        required.update(c for c in ByteLevel.alphabet() if c in doc.vocab)
+    return required
+
+
+def _added_contents(doc: BPEDocument) -> set[str]:
+    return {a["content"] for a in doc.added}
+
+
+@dataclass
+class MergeGraph:
+    """Merges indexed by the token they produce.
+
+    ``producers[t]`` lists the ranks of every merge whose result is ``t``, ascending. Gemma's merges
+    hold *every* split of a token into two vocabulary entries (514,906 merges for 262,144 tokens), a
+    GPT-2-style trained BPE exactly one.
+    """
+
+    merges: list[tuple[str, str]]
+    producers: dict[str, list[int]]
+    leaves: set[str] = field(default_factory=set)  # added tokens: matched before BPE, need no merge
+    _table: dict[tuple[str, str], tuple[int, str]] | None = None
+    _ancestors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, doc: BPEDocument) -> MergeGraph:
+        producers: dict[str, list[int]] = {}
+        vocab = doc.vocab
+        for rank, (a, b) in enumerate(doc.merges):
+            t = a + b
+            if t in vocab:
+                producers.setdefault(t, []).append(rank)
+        leaves = _added_contents(doc)
+        return cls(doc.merges, producers, leaves)
+
+    def needs_merge(self, token: str) -> bool:
+        return token in self.producers and token not in self.leaves
+
+    def first_rank(self, token: str) -> int:
+        return self.producers[token][0]
+
+    def first_parts(self, token: str) -> tuple[str, str]:
+        return self.merges[self.producers[token][0]]
+
+    def ancestors(self, token: str) -> tuple[str, ...]:
+        """Tokens that must be kept so the original merges still build ``token``.
+
+        These are the pieces the original BPE forms when it encodes ``token`` alone (characters
+        included), not the parts of its first merge: with Gemma's all-splits merges the two differ
+        (first-merge parents turned '▁through' into '▁th rou gh'). Keeping the pieces of the real
+        run, and every original merge among kept tokens, makes the pruned BPE repeat the original
+        run step by step on any text whose original tokens are all kept: each token's span is
+        merged independently of its neighbours, exactly as when that token is encoded alone.
+        Tokens the original never builds from their own characters keep their first merge's parts.
+        """
+        cached = self._ancestors.get(token)
+        if cached is None:
+            if not self.needs_merge(token):
+                cached = ()
+            else:
+                if self._table is None:
+                    table: dict[tuple[str, str], tuple[int, str]] = {}
+                    for rank, (a, b) in enumerate(self.merges):
+                        table[a, b] = (rank, a + b)  # a repeated pair keeps its last rank, as in tokenizers
+                    self._table = table
+                pieces, formed = _segment(token, self._table, len(self.merges), record=True)
+                cached = tuple(set(token) | formed - {token}) if pieces == [token] else self.first_parts(token)
+            self._ancestors[token] = cached
+        return cached
+
+    def kept_merges(self, kept: set[str]) -> list[tuple[int, tuple[str, str]]]:
+        """(rank, merge) of every original merge whose parts and result are all kept."""
+        out = []
+        for t, ranks in self.producers.items():
+            if t in kept:
+                for r in ranks:
+                    a, b = self.merges[r]
+                    if a in kept and b in kept:
+                        out.append((r, (a, b)))
+        return out
+
+
+def merge_closure(graph: MergeGraph, targets: Iterable[str]) -> set[str]:
+    """``targets`` plus the ancestors of each kept token, recursively."""
+    kept: set[str] = set()
+    stack = list(targets)
+    while stack:
+        t = stack.pop()
+        if t in kept:
+            continue
+        kept.add(t)
+        if graph.needs_merge(t):
+            stack.extend(graph.ancestors(t))
+    return kept
+
+
+def closure_merges(graph: MergeGraph, kept: set[str]) -> list[tuple[str, str]]:
+    """Original merges among kept tokens, in original order: exactly the old tokenizer's behaviour on
+    any word whose old merge path stays inside ``kept``."""
+    return [m for _, m in sorted(graph.kept_merges(kept))]
+
+
+def reparent_closure(
+    graph: MergeGraph, targets: Iterable[str], vocab: Mapping[str, int]
+) -> tuple[set[str], list[tuple[str, str]]]:
+    """Kept tokens and merges (in rank order) when unreachable tokens are re-parented.
+
+    A structural check ("some split x + y has both parts kept") is not enough: BPE applies merges
+    greedily, so x may never form inside t because a lower-rank merge grabs one of its characters
+    first. So each kept token, in rank order, is segmented by the pruned merges decided so far
+    (those ranked below it); if that leaves exactly two pieces ``x, y`` the merge ``(x, y)`` at t's
+    rank makes t, otherwise t's ancestors are kept too. Adding tokens can change the
+    segmentation of tokens decided earlier, so passes repeat until nothing is added.
+    """
+    kept = set(targets)
+    kept |= _chars_of(kept, graph, vocab)
+    while True:
+        table: dict[tuple[str, str], tuple[int, str]] = {}
+        extra: list[tuple[int, tuple[str, str]]] = []
+        grow: set[str] = set()
+        for t in sorted((t for t in kept if graph.needs_merge(t)), key=graph.first_rank):
+            ranks = graph.producers[t]
+            # Keys: original merge of rank r -> 2r; a re-parented merge sits just before t's first
+            # original merge (2 * first_rank - 1), i.e. "at the rank of t's original merge".
+            key = 2 * ranks[0] - 1
+            pieces = _segment(t, table, key)
+            originals = {graph.merges[r] for r in ranks}
+            if len(pieces) == 2:
+                pair = (pieces[0], pieces[1])
+                if pair not in originals:
+                    extra.append((key, pair))
+                    table[pair] = (key, t)
+            else:
+                grow.update(p for p in graph.ancestors(t) if p not in kept)
+            for r in ranks:
+                a, b = graph.merges[r]
+                if a in kept and b in kept:
+                    table[(a, b)] = (2 * r, t)
+        if not grow:
+            break
+        kept |= grow | _chars_of(grow, graph, vocab)
+    merges = [(2 * r, m) for r, m in graph.kept_merges(kept)] + extra
+    merges.sort()
+    return kept, [m for _, m in merges]
+
+
+def _chars_of(tokens: Iterable[str], graph: MergeGraph, vocab: Mapping[str, int]) -> set[str]:
+    """Single characters of tokens built by merges: the symbols BPE starts from."""
+    return {c for t in tokens if graph.needs_merge(t) for c in t if c in vocab}
+
+
+def _segment(
+    word: str, table: Mapping[tuple[str, str], tuple[int, str]], limit: int, record: bool = False
+) -> list[str] | tuple[list[str], set[str]]:
+    """BPE on ``word`` with the merges of ``table`` whose key is below ``limit`` (lowest key first,
+    leftmost on ties, as the tokenizers library does). With ``record``, also the set of tokens formed."""
+    symbols = list(word)
+    formed: set[str] = set()
+    while len(symbols) > 1:
+        best = None
+        for i in range(len(symbols) - 1):
+            hit = table.get((symbols[i], symbols[i + 1]))
+            if hit is not None and hit[0] < limit and (best is None or hit[0] < best[0]):
+                best = (hit[0], i, hit[1])
+        if best is None:
+            break
+        _, i, merged = best
+        symbols[i : i + 2] = [merged]
+        if record:
+            formed.add(merged)
+    return (symbols, formed) if record else symbols
