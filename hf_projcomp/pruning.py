@@ -19,19 +19,37 @@ from .plan import CompressionPlan, Selection, WeightPlan, build_plan
 
 
 def make_target_config(
-    config: PretrainedConfig, hidden_size: int, intermediate_size: int, kept_token_ids: torch.Tensor | None = None
+    config: PretrainedConfig,
+    hidden_size: int,
+    intermediate_size: int,
+    kept_token_ids: torch.Tensor | None = None,
+    vocab_size: int | None = None,
 ) -> PretrainedConfig:
     """A copy of ``config`` with the smaller widths; ``head_dim`` written where the config derived it.
 
-    With ``kept_token_ids`` (new id -> old id) the vocabulary shrinks and special-token ids are remapped.
+    With ``kept_token_ids`` (new id -> old id) the vocabulary shrinks and special-token ids are
+    remapped; a bare ``vocab_size`` is for counting parameters only.
     """
     data = config.to_dict()
     data.pop("quantization_config", None)  # a GGUF-loaded base must not make the result look quantized
     data.update(hidden_size=hidden_size, intermediate_size=intermediate_size, head_dim=head_dim(config))
     if kept_token_ids is not None:
-        data["vocab_size"] = len(kept_token_ids)
+        vocab_size = len(kept_token_ids)
         data.update(remap_token_ids(data, kept_token_ids))
+    if vocab_size is not None:
+        # Only sizes matter for counting; special ids beyond the count would fail strict validation.
+        data["vocab_size"] = vocab_size
+        if kept_token_ids is None:
+            data.update({f: None for f in SPECIAL_TOKEN_FIELDS if f in data})
     return type(config).from_dict(data)
+
+
+def count_target_parameters(
+    model: PreTrainedModel, hidden_size: int, intermediate_size: int, vocab_size: int | None = None
+) -> int:
+    """Total parameters of ``type(model)`` at the given sizes (meta device, no memory)."""
+    config = make_target_config(model.config, hidden_size, intermediate_size, vocab_size=vocab_size)
+    return count_parameters(type(model), config)[0]
 
 
 SPECIAL_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
@@ -60,6 +78,7 @@ def count_parameters(model_class: type[PreTrainedModel], config: PretrainedConfi
     """(total, embedding) parameter counts of ``model_class(config)``, built on the meta device."""
     with init_empty_weights(include_buffers=False):
         model = model_class(config)
+    model.tie_weights()  # accelerate's empty init unties them
     total = sum(p.numel() for p in model.parameters())  # tied tensors are yielded once
     embedding = sum(p.numel() for p in {id(p): p for p in (model.get_input_embeddings().weight,
                                                            model.get_output_embeddings().weight)}.values())

@@ -1,0 +1,15 @@
+"""COMPACT: training-free vocabulary and common-token FFN pruning (arXiv 2509.06836)."""
+
+from .budget import Split, candidate_splits, resolve_budget
+from .calibration import load_calibration_texts, tokenize_calibration
+from .prune import CompactResult, compact_prune
+
+__all__ = [
+    "CompactResult",
+    "Split",
+    "candidate_splits",
+    "compact_prune",
+    "load_calibration_texts",
+    "resolve_budget",
+    "tokenize_calibration",
+]

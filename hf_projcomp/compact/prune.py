@@ -1,0 +1,167 @@
+"""COMPACT (arXiv 2509.06836): training-free vocabulary + common-token FFN pruning to a parameter budget.
+
+1. Token frequencies over all calibration text (tokenising is cheap, so it reads far more text than
+   the activation pass); the kept vocabulary is the most frequent tokens, made reachable through
+   the BPE merges, plus every required token (specials, byte tokens).
+2. FFN channels per layer ranked by **common act²**: ``Σ_t h_{t,j}²`` over calibration positions whose
+   token is kept, with ``h`` the input of ``down_proj`` (the paper's formula).
+3. The budget is split between vocabulary and FFN by trying a few candidate splits that meet it and
+   keeping the one with the lowest bits per byte on held-out calibration text (the paper picks the
+   split by hand; this is our rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..architectures import get_arch_spec
+from ..evaluate import bits_per_byte
+from ..importance import activation_importance, calibration_batches, top_k
+from ..pruning import count_target_parameters, hard_prune
+from ..vocab import VocabularyPruningError, prune_tokenizer, required_token_ids
+from .budget import Split, candidate_splits, resolve_budget
+from .calibration import load_calibration_texts, tokenize_calibration
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FFN_FRACTIONS = (1.0, 0.9375, 0.875, 0.75)
+
+
+@dataclass
+class CompactResult:
+    """What ``compact_prune`` chose, for model cards and benchmarks."""
+
+    split: Split
+    candidates: dict[tuple[int, int], float]  # (vocab, d_ff) -> held-out bits per byte
+    frequency_tokens: int
+    activation_tokens: int
+
+
+def token_ranking(counts: torch.Tensor) -> torch.Tensor:
+    """Token ids, most frequent first; unseen tokens by id (BPE ids roughly follow corpus frequency)."""
+    order = torch.argsort(-counts.double() * (len(counts) + 1) + torch.arange(len(counts)).double())
+    return order
+
+
+def check_vocabularies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    vocab = model.config.vocab_size
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer):,} tokens but the model's vocab_size is {vocab:,}: "
+            "pass the tokenizer that belongs to this model"
+        )
+
+
+def compact_prune(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    calibration_data: Any,
+    target_params: float | int = 0.5,
+    *,
+    num_sequences: int = 32,
+    sequence_length: int = 512,
+    frequency_tokens: int = 2_000_000,
+    heldout_tokens: int = 2048,
+    ffn_fractions: tuple[float, ...] = DEFAULT_FFN_FRACTIONS,
+    split: tuple[int, int] | None = None,
+    text_column: str = "text",
+    prune_vocabulary: bool = True,
+    progress: bool = True,
+    return_result: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | tuple[PreTrainedModel, PreTrainedTokenizerBase, CompactResult]:
+    """Prune ``model`` (and its tokenizer) to ``target_params`` without training.
+
+    Args:
+        model: a supported causal LM (see ``hf_projcomp.ARCHITECTURES``).
+        tokenizer: its fast tokenizer; BPE with byte fallback or byte-level BPE for vocabulary pruning.
+        calibration_data: a ``datasets.Dataset`` (``text_column``), a ``.txt``/``.jsonl`` path, or strings.
+        target_params: a fraction in (0, 1) of the model's parameters, or an absolute count.
+        num_sequences, sequence_length: the activation pass (the expensive part).
+        frequency_tokens: how many calibration tokens to count for token frequencies.
+        heldout_tokens: tokens at the end of the calibration text scoring the candidate splits (never
+            counted for frequencies).
+        ffn_fractions: candidate FFN widths (fractions of the base d_ff); the vocabulary fills the rest.
+            An FFN-only candidate (whole vocabulary) is always tried when it fits.
+        split: ``(vocab_size, intermediate_size)`` to skip the search; ``target_params`` is then ignored.
+        prune_vocabulary: False keeps the vocabulary and prunes FFN channels only.
+        return_result: also return a :class:`CompactResult`.
+
+    Returns:
+        ``(model, tokenizer)``: a vanilla model of the base class and a standard tokenizer.
+    """
+    spec = get_arch_spec(model.config)
+    check_vocabularies(model, tokenizer)
+    budget = resolve_budget(model, target_params)
+    texts = load_calibration_texts(calibration_data, text_column)
+
+    # One token stream: held-out tail for choosing the split, the rest for statistics.
+    stream = tokenize_calibration(tokenizer, texts, 1, frequency_tokens + heldout_tokens + 1, progress=progress)[0][0]
+    if len(stream) < 2 * heldout_tokens:
+        heldout_tokens = len(stream) // 4
+    counted, heldout = stream[: len(stream) - heldout_tokens], stream[len(stream) - heldout_tokens :]
+    heldout_text = tokenizer.decode(heldout, skip_special_tokens=True)
+    counts = torch.bincount(counted, minlength=model.config.vocab_size)[: model.config.vocab_size]
+
+    required: set[int] = set()
+    if prune_vocabulary:
+        try:
+            required = required_token_ids(tokenizer)
+        except VocabularyPruningError as err:
+            logger.warning("%s; pruning FFN channels only", err)
+            prune_vocabulary = False
+    min_vocab = len(required) if prune_vocabulary else model.config.vocab_size
+    if split is not None:
+        vocab, inter = split
+        if not min_vocab <= vocab <= model.config.vocab_size or not 0 < inter <= model.config.intermediate_size:
+            raise ValueError(
+                f"split must be (vocab_size in [{min_vocab}, {model.config.vocab_size}], intermediate_size in "
+                f"[1, {model.config.intermediate_size}]), got {split}"
+            )
+        splits = [Split(vocab, inter, count_target_parameters(model, model.config.hidden_size, inter, vocab))]
+    else:
+        splits = candidate_splits(model, budget, min_vocab, ffn_fractions if prune_vocabulary else ())
+    if not splits:
+        raise ValueError(
+            f"target_params={target_params} ({budget:,} parameters) cannot be reached: it leaves no room for the "
+            f"{min_vocab:,} required tokens and at least one FFN channel per layer"
+        )
+
+    # Tokenizers of every candidate first: the smallest one decides which positions count for act².
+    ranking = token_ranking(counts[: len(tokenizer)]).tolist()
+    pruned = {
+        s.vocab_size: prune_tokenizer(tokenizer, ranking, max_vocab_size=s.vocab_size)
+        if s.vocab_size < model.config.vocab_size else (tokenizer, None)
+        for s in splits
+    }
+    kept_mask = torch.ones(model.config.vocab_size)
+    smallest = pruned[min(pruned)][1]
+    if smallest is not None:
+        kept_mask.zero_()
+        kept_mask[smallest] = 1.0
+    sequences = tokenize_calibration(tokenizer, texts, num_sequences, sequence_length, progress=False)
+    scores = activation_importance(
+        model, spec, calibration_batches(sequences), power=2,
+        token_weight=lambda ids: kept_mask.to(ids.device)[ids], progress=progress,
+    )
+
+    hidden = list(range(model.config.hidden_size))
+    results: dict[tuple[int, int], float] = {}
+    best: tuple[float, Split, PreTrainedModel, PreTrainedTokenizerBase] | None = None
+    for candidate in splits:
+        small_tok, kept_ids = pruned[candidate.vocab_size]
+        ffn = [top_k(layer, candidate.intermediate_size) for layer in scores.ffn]
+        small = hard_prune(model, hidden, ffn, kept_ids)
+        bpb = bits_per_byte(small, small_tok, heldout_text, progress=False) if len(splits) > 1 else float("nan")
+        results[(small.config.vocab_size, candidate.intermediate_size)] = bpb
+        logger.info("candidate vocab %d, d_ff %d: %.4f bits/byte on held-out calibration text",
+                    small.config.vocab_size, candidate.intermediate_size, bpb)
+        if best is None or bpb < best[0]:
+            best = (bpb, candidate, small, small_tok)
+    _, chosen, small, small_tok = best
+    result = CompactResult(chosen, results, len(counted), sum(s.numel() for s in sequences))
+    return (small, small_tok, result) if return_result else (small, small_tok)

@@ -1,0 +1,147 @@
+"""COMPACT on tiny models with tiny trained tokenizers of both supported kinds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
+
+from tests.tiny import TINY, fresh_env
+from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
+
+CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level")]
+
+
+def model_for(model_type: str, tokenizer) -> torch.nn.Module:
+    torch.manual_seed(0)
+    ids = {k: tokenizer.convert_tokens_to_ids(getattr(tokenizer, k.replace("_id", "")))
+           for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(tokenizer, k.replace("_id", ""))}
+    config = AutoConfig.for_model(model_type, **{**TINY, "vocab_size": len(tokenizer),
+                                                  "pad_token_id": None, **ids})
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+CALIBRATION = dict(num_sequences=4, sequence_length=64, heldout_tokens=64, progress=False)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{k}" for m, k in CASES])
+def pruned(request):
+    """The vocabulary-pruning candidate at 80% of the parameters, forced so every case prunes tokens."""
+    model_type, kind = request.param
+    tokenizer = tiny_tokenizer(kind)
+    model = model_for(model_type, tokenizer)
+    vocab_only = candidate_splits(model, resolve_budget(model, 0.8), 300, (1.0,))[-1]
+    assert vocab_only.intermediate_size == model.config.intermediate_size
+    small, small_tok = compact_prune(model, tokenizer, TRAIN * 4, split=(vocab_only.vocab_size, vocab_only.intermediate_size),
+                                     **CALIBRATION)
+    return model, tokenizer, small, small_tok
+
+
+@pytest.mark.parametrize("model_type, kind", CASES)
+def test_budget_solver_meets_the_target_within_one_percent(model_type, kind):
+    tokenizer = tiny_tokenizer(kind)
+    model = model_for(model_type, tokenizer)
+    budget = resolve_budget(model, 0.8)
+    small, small_tok, result = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, return_result=True,
+                                             **CALIBRATION)
+    assert abs(small.num_parameters() - budget) / budget < 0.01
+    assert type(small) is type(model) and small.config.vocab_size >= len(small_tok)
+    assert len(result.candidates) >= 2  # the split was chosen among candidates, not assumed
+    assert result.split.parameters == small.num_parameters() or small.config.vocab_size < result.split.vocab_size
+
+
+def test_every_candidate_split_meets_the_budget():
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    budget = resolve_budget(model, 0.8)
+    splits = candidate_splits(model, budget, 300, (1.0, 0.9, 0.8))
+    assert len(splits) >= 3
+    for split in splits:
+        assert abs(split.parameters - budget) / budget < 0.01
+        assert split.vocab_size <= model.config.vocab_size and split.intermediate_size <= model.config.intermediate_size
+
+
+def test_tokenizer_round_trips_and_stays_in_bounds(pruned):
+    model, _, small, small_tok = pruned
+    assert small.config.vocab_size == len(small_tok) < model.config.vocab_size
+    for text in HELD_OUT + TRAIN:
+        ids = small_tok.encode(text, add_special_tokens=False)
+        assert small_tok.decode(ids) == text
+        assert max(ids) < small.config.vocab_size
+    assert small.get_input_embeddings().weight.shape[0] == small.config.vocab_size
+
+
+def test_special_tokens_are_remapped(pruned):
+    _, tokenizer, small, small_tok = pruned
+    assert small_tok.convert_ids_to_tokens(small.config.eos_token_id) == tokenizer.eos_token
+    assert small_tok.convert_ids_to_tokens(small.config.bos_token_id) == tokenizer.bos_token
+    assert small.generation_config.eos_token_id == small.config.eos_token_id
+
+
+def test_kept_rows_are_the_base_rows(pruned):
+    model, tokenizer, small, small_tok = pruned
+    for token in ("▁the", "Ġthe", "the"):
+        if token in small_tok.get_vocab() and token in tokenizer.get_vocab():
+            old, new = tokenizer.convert_tokens_to_ids(token), small_tok.convert_tokens_to_ids(token)
+            assert torch.equal(small.get_input_embeddings().weight[new], model.get_input_embeddings().weight[old])
+            return
+    pytest.fail("no common token found")
+
+
+def test_reloads_in_fresh_process_without_hf_projcomp(pruned, tmp_path):
+    _, _, small, small_tok = pruned
+    small.save_pretrained(tmp_path)
+    small_tok.save_pretrained(tmp_path)
+    text = HELD_OUT[1]
+    with torch.no_grad():
+        expected = small(**small_tok(text, return_tensors="pt")).logits
+    script = f"""
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(tmp_path)!r})
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}).eval()
+assert "hf_projcomp" not in sys.modules
+with torch.no_grad():
+    torch.save(m(**tok({text!r}, return_tensors="pt")).logits, {str(tmp_path / "logits.pt")!r})
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=fresh_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, atol=1e-5)
+
+
+def test_bad_input():
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        compact_prune(model, tokenizer, TRAIN, target_params=1.5, progress=False)
+    with pytest.raises(ValueError, match="must be below the model's"):
+        compact_prune(model, tokenizer, TRAIN, target_params=10**9, progress=False)
+    with pytest.raises(ValueError, match="cannot be reached.*required tokens"):
+        compact_prune(model, tokenizer, TRAIN, target_params=0.05, progress=False)
+    with pytest.raises(ValueError, match="calibration_data is empty"):
+        compact_prune(model, tokenizer, ["", "  "], target_params=0.6, progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        compact_prune(model, tokenizer, "/nonexistent/file.txt", target_params=0.6, progress=False)
+    small_model = model_for("llama", tokenizer)
+    small_model.resize_token_embeddings(100)
+    with pytest.raises(ValueError, match="pass the tokenizer that belongs to this model"):
+        compact_prune(small_model, tokenizer, TRAIN, target_params=0.6, progress=False)
+
+
+def test_unsupported_tokenizer_prunes_ffn_only(caplog):
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "[BOS]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(
+        sorted({w for t in TRAIN for w in t.split()}))}}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]")
+    model = model_for("llama", tokenizer)
+    small, small_tok = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, num_sequences=2,
+                                     sequence_length=32, heldout_tokens=32, progress=False)
+    assert small_tok is tokenizer and small.config.vocab_size == model.config.vocab_size
+    assert small.config.intermediate_size < model.config.intermediate_size
+    assert "pruning FFN channels only" in caplog.text
