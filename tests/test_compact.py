@@ -124,6 +124,8 @@ def test_bad_input():
         compact_prune(model, tokenizer, TRAIN, target_params=10**9, progress=False)
     with pytest.raises(ValueError, match="cannot be reached.*required tokens"):
         compact_prune(model, tokenizer, TRAIN, target_params=0.05, progress=False)
+    with pytest.raises(ValueError, match=r"ffn_importance must be one of \('common_act2'"):
+        compact_prune(model, tokenizer, TRAIN, ffn_importance="random", progress=False)
     with pytest.raises(ValueError, match="calibration_data is empty"):
         compact_prune(model, tokenizer, ["", "  "], target_params=0.6, progress=False)
     with pytest.raises(ValueError, match="does not exist"):

@@ -21,7 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..architectures import get_arch_spec
 from ..evaluate import bits_per_byte
-from ..importance import activation_importance, calibration_batches, top_k
+from ..importance import activation_importance, calibration_batches, magnitude_importance, top_k
+from ..plan import build_plan
 from ..pruning import count_target_parameters, hard_prune
 from ..vocab import VocabularyPruningError, prune_tokenizer, required_token_ids
 from .budget import Split, candidate_splits, resolve_budget
@@ -30,6 +31,7 @@ from .calibration import load_calibration_texts, tokenize_calibration
 logger = logging.getLogger(__name__)
 
 DEFAULT_FFN_FRACTIONS = (1.0, 0.9375, 0.875, 0.75)
+FFN_IMPORTANCE = ("common_act2", "act2", "magnitude")
 
 
 @dataclass
@@ -69,6 +71,7 @@ def compact_prune(
     heldout_tokens: int = 2048,
     ffn_fractions: tuple[float, ...] = DEFAULT_FFN_FRACTIONS,
     split: tuple[int, int] | None = None,
+    ffn_importance: str = "common_act2",
     text_column: str = "text",
     prune_vocabulary: bool = True,
     progress: bool = True,
@@ -88,12 +91,16 @@ def compact_prune(
         ffn_fractions: candidate FFN widths (fractions of the base d_ff); the vocabulary fills the rest.
             An FFN-only candidate (whole vocabulary) is always tried when it fits.
         split: ``(vocab_size, intermediate_size)`` to skip the search; ``target_params`` is then ignored.
+        ffn_importance: ``"common_act2"`` (the paper's), ``"act2"`` (every position counts) or
+            ``"magnitude"`` (weight norms, no activation pass); the latter two exist for baselines.
         prune_vocabulary: False keeps the vocabulary and prunes FFN channels only.
         return_result: also return a :class:`CompactResult`.
 
     Returns:
         ``(model, tokenizer)``: a vanilla model of the base class and a standard tokenizer.
     """
+    if ffn_importance not in FFN_IMPORTANCE:
+        raise ValueError(f"ffn_importance must be one of {FFN_IMPORTANCE}, got {ffn_importance!r}")
     spec = get_arch_spec(model.config)
     check_vocabularies(model, tokenizer)
     budget = resolve_budget(model, target_params)
@@ -140,14 +147,19 @@ def compact_prune(
     }
     kept_mask = torch.ones(model.config.vocab_size)
     smallest = pruned[min(pruned)][1]
-    if smallest is not None:
+    if smallest is not None and ffn_importance == "common_act2":
         kept_mask.zero_()
         kept_mask[smallest] = 1.0
-    sequences = tokenize_calibration(tokenizer, texts, num_sequences, sequence_length, progress=False)
-    scores = activation_importance(
-        model, spec, calibration_batches(sequences), power=2,
-        token_weight=lambda ids: kept_mask.to(ids.device)[ids], progress=progress,
-    )
+    activation_tokens = 0
+    if ffn_importance == "magnitude":
+        scores = magnitude_importance(model, build_plan(model, spec, model.config.hidden_size))
+    else:
+        sequences = tokenize_calibration(tokenizer, texts, num_sequences, sequence_length, progress=False)
+        activation_tokens = sum(s.numel() for s in sequences)
+        scores = activation_importance(
+            model, spec, calibration_batches(sequences), power=2,
+            token_weight=lambda ids: kept_mask.to(ids.device)[ids], progress=progress,
+        )
 
     hidden = list(range(model.config.hidden_size))
     results: dict[tuple[int, int], float] = {}
@@ -163,5 +175,5 @@ def compact_prune(
         if best is None or bpb < best[0]:
             best = (bpb, candidate, small, small_tok)
     _, chosen, small, small_tok = best
-    result = CompactResult(chosen, results, len(counted), sum(s.numel() for s in sequences))
+    result = CompactResult(chosen, results, len(counted), activation_tokens)
     return (small, small_tok, result) if return_result else (small, small_tok)

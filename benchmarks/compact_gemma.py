@@ -1,0 +1,131 @@
+"""COMPACT vs baselines on Gemma-3-270M: bits per byte at equal parameter counts (not a unit test).
+
+    python benchmarks/compact_gemma.py [--ratios 0.5 0.4 0.3] [--eval-chars 60000]
+
+Every method prunes the same base model with the same calibration text (``wikitext-2/valid.txt``)
+to the same parameter budget, and is scored on the first ``--eval-chars`` characters of the
+WikiText-2 *test* file (DESIGN.md §4 protocol, 1024-token windows). Methods:
+
+- ``compact``: ours (frequency vocabulary with merge closure + common-act² FFN, split chosen on
+  held-out calibration text);
+- ``ffn_act``: (a) FFN-only activation (act²) pruning, whole vocabulary kept;
+- ``vocab_freq_ffn_magnitude``: (b) the split COMPACT chose, frequency vocabulary, FFN channels by
+  weight magnitude;
+- ``vocab_closure_only``: (c) frequency + merge-closure vocabulary pruning alone (DESIGN.md §3).
+
+Writes ``benchmarks/results/compact_gemma.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
+from hf_projcomp.demo import load_demo_model
+from hf_projcomp.evaluate import bits_per_byte, load_text
+from hf_projcomp.vocab import required_token_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "benchmarks" / "results"
+CALIBRATION = str(DATA / "wikitext-2" / "valid.txt")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def run(ratios: list[float], eval_chars: int) -> dict:
+    model, tokenizer = load_demo_model()
+    text = load_text(DATA / "wikitext-2-raw" / "wiki.test.raw", max_chars=eval_chars)
+    rows = [{"method": "base", "ratio": 1.0, "parameters": model.num_parameters(),
+             "bits_per_byte": bits_per_byte(model, tokenizer, text), "prune_seconds": 0.0}]
+    min_vocab = len(required_token_ids(tokenizer))
+
+    def record(method, ratio, small, tok, seconds, **extra):
+        rows.append({"method": method, "ratio": ratio, "parameters": small.num_parameters(),
+                     "vocab_size": small.config.vocab_size, "intermediate_size": small.config.intermediate_size,
+                     "bits_per_byte": bits_per_byte(small, tok, text), "prune_seconds": round(seconds, 1), **extra})
+        print(json.dumps(rows[-1]), flush=True)
+
+    for ratio in ratios:
+        (small, tok, result), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, return_result=True))
+        record("compact", ratio, small, tok, secs,
+               candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()})
+        split = (result.split.vocab_size, result.split.intermediate_size)
+
+        (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, prune_vocabulary=False,
+                                                         ffn_importance="act2"))
+        record("ffn_act", ratio, small, tok, secs)
+
+        (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, split=split,
+                                                         ffn_importance="magnitude"))
+        record("vocab_freq_ffn_magnitude", ratio, small, tok, secs)
+
+        vocab_only = [s for s in candidate_splits(model, resolve_budget(model, ratio), min_vocab, (1.0,))
+                      if s.intermediate_size == model.config.intermediate_size]
+        if vocab_only:
+            (small, tok), secs = timed(lambda: compact_prune(
+                model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, model.config.intermediate_size),
+                ffn_importance="magnitude"))
+            record("vocab_closure_only", ratio, small, tok, secs)
+    return {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "eval_chars": eval_chars,
+            "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+            "date": date.today().isoformat(), "rows": rows}
+
+
+def write(results: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "compact_gemma.json").write_text(json.dumps(results, indent=2) + "\n")
+    base = next(r for r in results["rows"] if r["method"] == "base")
+    lines = [f"# COMPACT vs baselines on {results['model']}", "",
+             f"Bits per byte on the first {results['eval_chars']:,} characters of WikiText-2 test "
+             f"(1024-token windows); calibration: wikitext-2 valid. {results['machine']}, {results['date']}.", "",
+             "| method | target | parameters | vocab | d_ff | bits/byte | Δ vs base | prune time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['parameters']:,} | {r.get('vocab_size', '')} | "
+                     f"{r.get('intermediate_size', '')} | {r['bits_per_byte']:.3f} | "
+                     f"{r['bits_per_byte'] - base['bits_per_byte']:+.3f} | {r['prune_seconds']} |")
+    (OUT / "compact_gemma.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in results["rows"] if r["method"] != "base"):
+        pts = sorted((r["parameters"] / 1e6, r["bits_per_byte"]) for r in results["rows"] if r["method"] == method)
+        ax.plot(*zip(*pts), marker="o", label=method)
+    ax.axhline(base["bits_per_byte"], color="gray", ls="--", label="base")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("bits per byte (lower is better)")
+    ax.set_title("Gemma-3-270M, training-free pruning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "compact_gemma.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.4, 0.3])
+    parser.add_argument("--eval-chars", type=int, default=60_000)
+    args = parser.parse_args()
+    write(run(args.ratios, args.eval_chars))
+
+
+if __name__ == "__main__":
+    main()
