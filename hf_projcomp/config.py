@@ -11,7 +11,7 @@ from typing import Any
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
-IMPORTANCE_METHODS = ("magnitude", "activation")
+IMPORTANCE_METHODS = ("magnitude", "activation", "compact")
 BASE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -29,19 +29,25 @@ class ProjCompConfig:
     intermediate_size: int | None = field(
         default=None, metadata={"help": "Target d_ff (intermediate_size), the same in every layer."}
     )
+    vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Target vocabulary for importance='compact' (the tokenizer is pruned to match)."},
+    )
     target_params: float | int | None = field(
         default=None,
         metadata={
             "help": "Target size instead of explicit widths: a fraction in (0, 1) of the base's "
-            "non-embedding parameters, or an absolute non-embedding parameter count (int > 1). "
-            "hidden_size and intermediate_size shrink by the same ratio."
+            "non-embedding parameters, or an absolute non-embedding parameter count (int > 1); "
+            "hidden_size and intermediate_size shrink by the same ratio. With importance='compact' it "
+            "counts all parameters and COMPACT's solver splits it between vocabulary and d_ff."
         },
     )
     importance: str = field(
         default="magnitude",
         metadata={
-            "help": "How the initial one-hot selections are ranked: 'magnitude' (weight norms, no data) "
-            "or 'activation' (Minitron-style, needs calibration_data)."
+            "help": "How the initial one-hot selections are ranked: 'magnitude' (weight norms, no data), "
+            "'activation' (Minitron-style, needs calibration_data token batches) or 'compact' (COMPACT's "
+            "kept vocabulary and common-token act², needs calibration text and the tokenizer)."
         },
     )
     base_dtype: str | None = field(
@@ -65,6 +71,9 @@ class ProjCompConfig:
     intermediate_indices: list[list[int]] | None = field(
         default=None, metadata={"help": "Recorded: kept d_ff indices per layer, ascending."}
     )
+    vocab_indices: list[int] | None = field(
+        default=None, metadata={"help": "Recorded: kept token ids (new id -> old id) when the vocabulary is pruned."}
+    )
     peft_type: str = field(default="PROJCOMP", metadata={"help": "Adapter type tag, as in PEFT configs."})
     task_type: str = field(default="CAUSAL_LM", metadata={"help": "Task type tag, as in PEFT configs."})
 
@@ -73,13 +82,15 @@ class ProjCompConfig:
             raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {self.importance!r}")
         if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:
             raise ValueError(f"base_dtype must be None or one of {BASE_DTYPES}, got {self.base_dtype!r}")
-        for name in ("hidden_size", "intermediate_size"):
+        for name in ("hidden_size", "intermediate_size", "vocab_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        sizes_given = self.hidden_size is not None or self.intermediate_size is not None
+        if self.vocab_size is not None and self.importance != "compact":
+            raise ValueError("vocab_size is only used with importance='compact' (which prunes the tokenizer)")
+        sizes_given = any(v is not None for v in (self.hidden_size, self.intermediate_size, self.vocab_size))
         if self.target_params is not None:
             # A recorded config carries both: the request and the sizes it resolved to.
             if sizes_given and self.hidden_indices is None:
@@ -92,7 +103,9 @@ class ProjCompConfig:
             if isinstance(tp, int) and tp <= 1:
                 raise ValueError(f"target_params as a parameter count must be > 1, got {tp}")
         elif not sizes_given:
-            raise ValueError("a target is required: set hidden_size and/or intermediate_size, or target_params")
+            raise ValueError(
+                "a target is required: set hidden_size, intermediate_size (or vocab_size), or target_params"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

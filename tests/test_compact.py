@@ -147,3 +147,26 @@ def test_unsupported_tokenizer_prunes_ffn_only(caplog):
     assert small_tok is tokenizer and small.config.vocab_size == model.config.vocab_size
     assert small.config.intermediate_size < model.config.intermediate_size
     assert "pruning FFN channels only" in caplog.text
+
+
+def test_compact_importance_initialises_the_projected_model(tmp_path):
+    from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_prune
+
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("gemma3_text", tokenizer)
+    config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        get_projcomp_model(model, config, calibration_data=TRAIN)
+    pc = get_projcomp_model(model, config, calibration_data=TRAIN * 4, tokenizer=tokenizer, progress=False)
+    cfg = pc.projcomp_config
+    assert len(cfg.vocab_indices) == len(pc.tokenizer) <= 450 and cfg.vocab_size == len(pc.tokenizer)
+    ids = pc.tokenizer(HELD_OUT[3], return_tensors="pt").input_ids
+    reference = hard_prune(model, cfg.hidden_indices, cfg.intermediate_indices, cfg.vocab_indices)
+    with torch.no_grad():
+        assert torch.allclose(pc(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
+    pc.save_pretrained(tmp_path)
+    reloaded = ProjCompModel.from_pretrained(model_for("gemma3_text", tokenizer), tmp_path)
+    assert reloaded.tokenizer.get_vocab() == pc.tokenizer.get_vocab()
+    merged = reloaded.merge_and_unload()
+    assert merged.config.vocab_size == len(pc.tokenizer) and merged.config.hidden_size == 48
+    assert merged.lm_head.weight is merged.model.embed_tokens.weight

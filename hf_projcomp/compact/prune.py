@@ -1,8 +1,10 @@
 """COMPACT (arXiv 2509.06836): training-free vocabulary + common-token FFN pruning to a parameter budget.
 
 1. Token frequencies over all calibration text (tokenising is cheap, so it reads far more text than
-   the activation pass); the kept vocabulary is the most frequent tokens, made reachable through
-   the BPE merges, plus every required token (specials, byte tokens).
+   the activation pass), averaged with the model's own predicted next-token distribution over the
+   activation pass (which ranks plausible tokens the text never used); the kept vocabulary is the
+   top of that ranking, made reachable through the BPE merges, plus every required token
+   (specials, byte tokens).
 2. FFN channels per layer ranked by **common act²**: ``Σ_t h_{t,j}²`` over calibration positions whose
    token is kept, with ``h`` the input of ``down_proj`` (the paper's formula).
 3. The budget is split between vocabulary and FFN by trying a few candidate splits that meet it and
@@ -21,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..architectures import get_arch_spec
 from ..evaluate import bits_per_byte
-from ..importance import activation_importance, calibration_batches, magnitude_importance, top_k
+from ..importance import Scores, activation_importance, calibration_batches, magnitude_importance, top_k
 from ..plan import build_plan
 from ..pruning import count_target_parameters, hard_prune
 from ..vocab import VocabularyPruningError, prune_tokenizer, required_token_ids
@@ -42,12 +44,21 @@ class CompactResult:
     candidates: dict[tuple[int, int], float]  # (vocab, d_ff) -> held-out bits per byte
     frequency_tokens: int
     activation_tokens: int
+    kept_token_ids: torch.Tensor | None  # new id -> old id; None when the vocabulary is kept
+    intermediate_indices: list[torch.Tensor]  # kept d_ff channels per layer
+    scores: Scores  # the importance the selections came from (d_model ranking included)
 
 
-def token_ranking(counts: torch.Tensor) -> torch.Tensor:
-    """Token ids, most frequent first; unseen tokens by id (BPE ids roughly follow corpus frequency)."""
-    order = torch.argsort(-counts.double() * (len(counts) + 1) + torch.arange(len(counts)).double())
-    return order
+def token_ranking(
+    counts: torch.Tensor, predicted_mass: torch.Tensor | None = None, prior_weight: float = 1.0
+) -> torch.Tensor:
+    """Token ids, most likely first: counted unigram frequency plus ``prior_weight`` × the
+    model-predicted one (the prediction ranks tokens the calibration text happened not to use, such
+    as other forms of its words); ties by id (BPE ids roughly follow corpus frequency)."""
+    score = counts.double() / max(1, int(counts.sum()))
+    if predicted_mass is not None:
+        score = score + prior_weight * predicted_mass.double() / max(1e-12, float(predicted_mass.sum()))
+    return torch.sort(-score, stable=True).indices
 
 
 def check_vocabularies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -72,6 +83,7 @@ def compact_prune(
     ffn_fractions: tuple[float, ...] = DEFAULT_FFN_FRACTIONS,
     split: tuple[int, int] | None = None,
     ffn_importance: str = "common_act2",
+    prior_weight: float = 1.0,
     text_column: str = "text",
     prune_vocabulary: bool = True,
     progress: bool = True,
@@ -93,6 +105,8 @@ def compact_prune(
         split: ``(vocab_size, intermediate_size)`` to skip the search; ``target_params`` is then ignored.
         ffn_importance: ``"common_act2"`` (the paper's), ``"act2"`` (every position counts) or
             ``"magnitude"`` (weight norms, no activation pass); the latter two exist for baselines.
+        prior_weight: weight of the model's predicted token distribution against the counted one in
+            the vocabulary ranking (0: counts only).
         prune_vocabulary: False keeps the vocabulary and prunes FFN channels only.
         return_result: also return a :class:`CompactResult`.
 
@@ -138,32 +152,37 @@ def compact_prune(
             f"{min_vocab:,} required tokens and at least one FFN channel per layer"
         )
 
-    # Tokenizers of every candidate first: the smallest one decides which positions count for act².
-    ranking = token_ranking(counts[: len(tokenizer)]).tolist()
+    # Common act²: positions whose token falls outside the smallest candidate vocabulary (ranked by
+    # calibration counts; the activation pass comes before the final ranking, which also uses it).
+    kept_mask = torch.ones(model.config.vocab_size)
+    smallest = min(s.vocab_size for s in splits)
+    if smallest < model.config.vocab_size and ffn_importance == "common_act2":
+        kept_mask.zero_()
+        kept_mask[token_ranking(counts)[:smallest]] = 1.0
+    activation_tokens = 0
+    predicted_mass = torch.zeros(model.config.vocab_size, dtype=torch.float64) if prune_vocabulary else None
+    if ffn_importance == "magnitude":
+        scores = magnitude_importance(model, build_plan(model, spec, model.config.hidden_size))
+        predicted_mass = None
+    else:
+        sequences = tokenize_calibration(tokenizer, texts, num_sequences, sequence_length, progress=False)
+        activation_tokens = sum(s.numel() for s in sequences)
+        scores = activation_importance(
+            model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
+            token_weight=lambda ids: kept_mask.to(ids.device)[ids],
+        )
+
+    ranking = token_ranking(counts, predicted_mass, prior_weight)
+    ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
         s.vocab_size: prune_tokenizer(tokenizer, ranking, max_vocab_size=s.vocab_size)
         if s.vocab_size < model.config.vocab_size else (tokenizer, None)
         for s in splits
     }
-    kept_mask = torch.ones(model.config.vocab_size)
-    smallest = pruned[min(pruned)][1]
-    if smallest is not None and ffn_importance == "common_act2":
-        kept_mask.zero_()
-        kept_mask[smallest] = 1.0
-    activation_tokens = 0
-    if ffn_importance == "magnitude":
-        scores = magnitude_importance(model, build_plan(model, spec, model.config.hidden_size))
-    else:
-        sequences = tokenize_calibration(tokenizer, texts, num_sequences, sequence_length, progress=False)
-        activation_tokens = sum(s.numel() for s in sequences)
-        scores = activation_importance(
-            model, spec, calibration_batches(sequences), power=2,
-            token_weight=lambda ids: kept_mask.to(ids.device)[ids], progress=progress,
-        )
 
     hidden = list(range(model.config.hidden_size))
     results: dict[tuple[int, int], float] = {}
-    best: tuple[float, Split, PreTrainedModel, PreTrainedTokenizerBase] | None = None
+    best: tuple | None = None
     for candidate in splits:
         small_tok, kept_ids = pruned[candidate.vocab_size]
         ffn = [top_k(layer, candidate.intermediate_size) for layer in scores.ffn]
@@ -173,7 +192,7 @@ def compact_prune(
         logger.info("candidate vocab %d, d_ff %d: %.4f bits/byte on held-out calibration text",
                     small.config.vocab_size, candidate.intermediate_size, bpb)
         if best is None or bpb < best[0]:
-            best = (bpb, candidate, small, small_tok)
-    _, chosen, small, small_tok = best
-    result = CompactResult(chosen, results, len(counted), activation_tokens)
+            best = (bpb, candidate, small, small_tok, kept_ids, ffn)
+    _, chosen, small, small_tok, kept_ids, ffn = best
+    result = CompactResult(chosen, results, len(counted), activation_tokens, kept_ids, ffn, scores)
     return (small, small_tok, result) if return_result else (small, small_tok)

@@ -69,6 +69,11 @@ class Projection(nn.Module):
         if row_index is not None:
             out_base = len(row_index)
         chunk = out_base // out_chunks
+        # A side that keeps every dimension in order needs no projection (an identity P is dead weight).
+        if in_index is not None and torch.equal(in_index, torch.arange(in_base)):
+            in_index = None
+        if out_index is not None and torch.equal(out_index, torch.arange(chunk)):
+            out_index = None
         if in_index is not None:
             self.p_in = nn.Parameter(one_hot_columns(in_base, in_index))
         else:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..architectures import VOCAB, get_arch_spec
 from ..config import WEIGHTS_NAME, ProjCompConfig
@@ -45,7 +45,7 @@ class ProjCompModel(nn.Module):
     base model. Call it like the base model (``input_ids``, ``labels``, ...).
     """
 
-    def __init__(self, model: PreTrainedModel, config: ProjCompConfig) -> None:
+    def __init__(self, model: PreTrainedModel, config: ProjCompConfig, tokenizer: Any = None) -> None:
         super().__init__()
         if config.hidden_indices is None or config.intermediate_indices is None:
             raise ValueError("config has no recorded selections; build the model with get_projcomp_model()")
@@ -56,8 +56,12 @@ class ProjCompModel(nn.Module):
             model.to(getattr(torch, config.base_dtype))
         self.base_model = model
         self.projcomp_config = config
+        if config.vocab_indices is not None and tokenizer is None:
+            raise ValueError("this adapter prunes the vocabulary: pass the pruned tokenizer it was built with")
+        # The pruned tokenizer when the vocabulary shrinks (importance="compact"), else None.
+        self.tokenizer = tokenizer
 
-        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices)
+        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices, config.vocab_indices)
         self.plan = build_plan(model, spec, selection.hidden_size)
         self.projections = nn.ModuleDict()
         for entry in self.plan.weights:
@@ -131,13 +135,16 @@ class ProjCompModel(nn.Module):
 
     # -- save / load -----------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` atomically."""
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (and the pruned tokenizer, if
+        any) atomically: into a temporary sibling directory, then renamed into place."""
         save_directory = os.fspath(save_directory)
         parent = os.path.dirname(os.path.abspath(save_directory))
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".projcomp-", dir=parent)
         try:
             self.projcomp_config.save_pretrained(tmp)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
             state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
             save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
             if os.path.isdir(save_directory):
@@ -151,7 +158,10 @@ class ProjCompModel(nn.Module):
     def from_pretrained(cls, model: PreTrainedModel, adapter_path: str | os.PathLike) -> ProjCompModel:
         """Rebuild the projected model saved in ``adapter_path`` on top of ``model`` (the same base)."""
         config = ProjCompConfig.from_pretrained(adapter_path)
-        pc = cls(model, config)
+        tokenizer = None
+        if config.vocab_indices is not None:
+            tokenizer = AutoTokenizer.from_pretrained(adapter_path)
+        pc = cls(model, config, tokenizer)
         state = load_file(os.path.join(adapter_path, WEIGHTS_NAME))
         own = pc.adapter_state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -1,0 +1,62 @@
+"""COMPACT on the real Gemma-3-270M: 50% of the parameters, training-free, reloaded with plain transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_projcomp.compact import compact_prune
+from hf_projcomp.evaluate import bits_per_byte, load_text
+
+from tests.tiny import SHARED_DATA, fresh_env
+
+VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
+TEST = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
+
+
+@pytest.fixture(scope="module")
+def saved(gemma, tmp_path_factory):
+    model, tokenizer = gemma
+    small, small_tok = compact_prune(model, tokenizer, str(VALID), target_params=0.5, num_sequences=8,
+                                     sequence_length=256, progress=False)
+    out = tmp_path_factory.mktemp("compact")
+    small.save_pretrained(out)
+    small_tok.save_pretrained(out)
+    return out, small.num_parameters() / model.num_parameters()
+
+
+def test_half_the_parameters_and_bits_per_byte_within_guard(gemma, saved):
+    model, tokenizer = gemma
+    path, ratio = saved
+    assert abs(ratio - 0.5) < 0.005
+    small = AutoModelForCausalLM.from_pretrained(path).eval()
+    small_tok = AutoTokenizer.from_pretrained(path)
+    text = load_text(TEST, max_chars=20_000)
+    base_bpb = bits_per_byte(model, tokenizer, text, progress=False)
+    small_bpb = bits_per_byte(small, small_tok, text, progress=False)
+    assert base_bpb == pytest.approx(1.167, abs=0.005)
+    assert small_bpb - base_bpb <= 0.15, (base_bpb, small_bpb)
+    ids = small_tok(text, add_special_tokens=False).input_ids
+    assert max(ids) < small.config.vocab_size and small_tok.decode(ids) == text
+
+
+def test_reloads_without_hf_projcomp(saved):
+    path, _ = saved
+    script = f"""
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+m = AutoModelForCausalLM.from_pretrained({str(path)!r})
+t = AutoTokenizer.from_pretrained({str(path)!r})
+assert "hf_projcomp" not in sys.modules
+assert m.lm_head.weight is m.model.embed_tokens.weight and len(t) == m.config.vocab_size
+text = "Robert Boulter is an English film, television and theatre actor. Zyzzyva 🙂"
+assert t.decode(t(text, add_special_tokens=False).input_ids) == text
+print(type(m).__name__, m.config.vocab_size, t.convert_ids_to_tokens(m.config.eos_token_id))
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=fresh_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    name, _, eos = out.stdout.split()
+    assert name == "Gemma3ForCausalLM" and eos == "<eos>"
