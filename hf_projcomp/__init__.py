@@ -1,6 +1,7 @@
 """hf_projcomp: make pretrained causal LMs smaller while keeping them standard transformers checkpoints."""
 
 from .architectures import ARCHITECTURES
+from .compact import compact_prune
 from .config import ProjCompConfig
 from .mapping import get_projcomp_model
 from .projection import ProjCompModel
@@ -8,4 +9,4 @@ from .pruning import hard_prune
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "ProjCompConfig", "ProjCompModel", "get_projcomp_model", "hard_prune", "__version__"]
+__all__ = ["ARCHITECTURES", "ProjCompConfig", "compact_prune", "ProjCompModel", "get_projcomp_model", "hard_prune", "__version__"]
