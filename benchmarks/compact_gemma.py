@@ -50,6 +50,9 @@ def run(ratios: list[float], eval_chars: int) -> dict:
     text = load_text(DATA / "wikitext-2-raw" / "wiki.test.raw", max_chars=eval_chars)
     rows = [{"method": "base", "ratio": 1.0, "parameters": model.num_parameters(),
              "bits_per_byte": bits_per_byte(model, tokenizer, text), "prune_seconds": 0.0}]
+    results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "eval_chars": eval_chars,
+               "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+               "date": date.today().isoformat(), "rows": rows}
     min_vocab = len(required_token_ids(tokenizer))
 
     def record(method, ratio, small, tok, seconds, **extra):
@@ -57,6 +60,7 @@ def run(ratios: list[float], eval_chars: int) -> dict:
                      "vocab_size": small.config.vocab_size, "intermediate_size": small.config.intermediate_size,
                      "bits_per_byte": bits_per_byte(small, tok, text), "prune_seconds": round(seconds, 1), **extra})
         print(json.dumps(rows[-1]), flush=True)
+        write(results)  # after every row: a long run that is cut short still leaves its results
 
     for ratio in ratios:
         (small, tok, result), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, return_result=True))
@@ -79,9 +83,7 @@ def run(ratios: list[float], eval_chars: int) -> dict:
                 model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, model.config.intermediate_size),
                 ffn_importance="magnitude"))
             record("vocab_closure_only", ratio, small, tok, secs)
-    return {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "eval_chars": eval_chars,
-            "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
-            "date": date.today().isoformat(), "rows": rows}
+    return results
 
 
 def write(results: dict) -> None:
