@@ -18,6 +18,16 @@ def input_ids() -> torch.Tensor:
     return torch.randint(3, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
+    workers made their tests ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def gemma():
     """The real Gemma-3-270M of the ``demo`` extra (fp32) and its tokenizer, loaded once per session."""

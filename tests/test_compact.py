@@ -15,6 +15,8 @@ from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 from tests.tiny import TINY, fresh_env
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level")]
 
 

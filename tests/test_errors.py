@@ -9,6 +9,8 @@ from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model
 
 from tests.tiny import tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_unsupported_architecture_names_supported_types():
     config = AutoConfig.for_model("gpt2", vocab_size=64, n_embd=32, n_layer=1, n_head=2)

@@ -23,14 +23,7 @@ SHORT_TEXT = "The lazy fox assigns bits to bytes."
 LONG_TEXT = " ".join(SENTENCES * 3) + " Über-naïve tokens: 東京."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
-    # workers made these tests ~30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokenizer(add_bos: bool) -> PreTrainedTokenizerFast:

@@ -12,6 +12,8 @@ from hf_projcomp.plan import build_plan
 
 from tests.tiny import TINY, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_magnitude_drops_dead_dimensions(model_type):
     model = tiny_model(model_type)

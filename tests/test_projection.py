@@ -14,6 +14,8 @@ from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_
 
 from tests.tiny import FAMILIES, TINY, expected_num_parameters, fresh_env, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TARGET = dict(hidden_size=48, intermediate_size=64)
 
 

@@ -9,6 +9,8 @@ from hf_projcomp import hard_prune
 
 from tests.tiny import TINY, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_vocabulary_only_pruning_is_exact_on_kept_tokens(model_type):
     model = tiny_model(model_type)

@@ -18,6 +18,8 @@ from hf_projcomp.vocab import VocabularyPruningError, prune_tokenizer, required_
 
 from tests.tiny_tokenizers import HELD_OUT, SPECIALS, TRAIN, _byte_fallback_backend, tiny_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 @pytest.fixture(scope="module")
 def tokenizers_by_kind() -> dict[str, PreTrainedTokenizerFast]:
     return {kind: tiny_tokenizer(kind) for kind in ("byte_fallback", "byte_level")}
