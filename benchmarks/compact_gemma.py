@@ -68,9 +68,13 @@ def run(ratios: list[float], eval_chars: int) -> dict:
                candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()})
         split = (result.split.vocab_size, result.split.intermediate_size)
 
-        (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, prune_vocabulary=False,
-                                                         ffn_importance="act2"))
-        record("ffn_act", ratio, small, tok, secs)
+        try:
+            (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio,
+                                                             prune_vocabulary=False, ffn_importance="act2"))
+            record("ffn_act", ratio, small, tok, secs)
+        except ValueError as err:  # Gemma's embedding alone is 63% of its parameters
+            rows.append({"method": "ffn_act", "ratio": ratio, "infeasible": str(err)})
+            print(json.dumps(rows[-1]), flush=True)
 
         (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, split=split,
                                                          ffn_importance="magnitude"))
@@ -78,7 +82,10 @@ def run(ratios: list[float], eval_chars: int) -> dict:
 
         vocab_only = [s for s in candidate_splits(model, resolve_budget(model, ratio), min_vocab, (1.0,))
                       if s.intermediate_size == model.config.intermediate_size]
-        if vocab_only:
+        if not vocab_only:
+            rows.append({"method": "vocab_closure_only", "ratio": ratio,
+                         "infeasible": "the transformer blocks alone exceed the budget"})
+        else:
             (small, tok), secs = timed(lambda: compact_prune(
                 model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, model.config.intermediate_size),
                 ffn_importance="magnitude"))
@@ -96,6 +103,9 @@ def write(results: dict) -> None:
              "| method | target | parameters | vocab | d_ff | bits/byte | Δ vs base | prune time (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
+        if "infeasible" in r:
+            lines.append(f"| {r['method']} | {r['ratio']:.0%} | infeasible: {r['infeasible']} | | | | | |")
+            continue
         lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['parameters']:,} | {r.get('vocab_size', '')} | "
                      f"{r.get('intermediate_size', '')} | {r['bits_per_byte']:.3f} | "
                      f"{r['bits_per_byte'] - base['bits_per_byte']:+.3f} | {r['prune_seconds']} |")
@@ -110,7 +120,10 @@ def write(results: dict) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in results["rows"] if r["method"] != "base"):
-        pts = sorted((r["parameters"] / 1e6, r["bits_per_byte"]) for r in results["rows"] if r["method"] == method)
+        pts = sorted((r["parameters"] / 1e6, r["bits_per_byte"]) for r in results["rows"]
+                     if r["method"] == method and "infeasible" not in r)
+        if not pts:
+            continue
         ax.plot(*zip(*pts), marker="o", label=method)
     ax.axhline(base["bits_per_byte"], color="gray", ls="--", label="base")
     ax.set_xlabel("parameters (M)")

@@ -147,9 +147,10 @@ def compact_prune(
     else:
         splits = candidate_splits(model, budget, min_vocab, ffn_fractions if prune_vocabulary else ())
     if not splits:
+        kept = "required tokens" if prune_vocabulary else "tokens of the unpruned vocabulary"
         raise ValueError(
             f"target_params={target_params} ({budget:,} parameters) cannot be reached: it leaves no room for the "
-            f"{min_vocab:,} required tokens and at least one FFN channel per layer"
+            f"{min_vocab:,} {kept} and at least one FFN channel per layer"
         )
 
     # Common act²: positions whose token falls outside the smallest candidate vocabulary (ranked by
