@@ -6,7 +6,8 @@ from .config import ProjCompConfig
 from .mapping import get_projcomp_model
 from .projection import ProjCompModel
 from .pruning import hard_prune
+from .training import ProjCompTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "ProjCompConfig", "compact_prune", "ProjCompModel", "get_projcomp_model", "hard_prune", "__version__"]
+__all__ = ["ARCHITECTURES", "ProjCompConfig", "compact_prune", "ProjCompModel", "ProjCompTrainer", "get_projcomp_model", "hard_prune", "__version__"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -91,11 +93,33 @@ class Projection(nn.Module):
     def base_weight(self) -> torch.Tensor:
         return self._base[0].weight
 
-    def forward(self) -> torch.Tensor:
+    def _trainable(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in (("p_in", self.p_in), ("p_out", self.p_out), ("a", self.a)) if p is not None}
+
+    def _project(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         weight = self.base_weight
         if self.row_index is not None:
             weight = weight.index_select(0, self.row_index)
-        return project_weight(weight, self.p_in, self.p_out, self.a, self.scale)
+        return project_weight(weight, params.get("p_in"), params.get("p_out"), params["a"], self.scale)
+
+    def forward(self) -> torch.Tensor:
+        return self._project(self._trainable())
+
+    def forward_with_vjp(self) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+        """``W_c`` outside autograd, and a function mapping ∂L/∂W_c to ∂L/∂{P_in, P_out, A}.
+
+        The products' intermediates are kept for the VJP, so pushing a step's gradient costs two
+        matrix products per factor and no recomputation of ``W_c``.
+        """
+        params = {name: p.detach() for name, p in self._trainable().items()}
+        weight, vjp = torch.func.vjp(self._project, params)
+        return weight.detach(), lambda grad: vjp(grad)[0]
+
+    def accumulate_grad(self, grads: dict[str, torch.Tensor]) -> None:
+        """Add gradients (as returned by :meth:`forward_with_vjp`'s function) to P and A."""
+        for name, param in self._trainable().items():
+            grad = grads[name].to(param.dtype)
+            param.grad = grad if param.grad is None else param.grad + grad
 
     def extra_repr(self) -> str:
         return f"base={tuple(self.base_weight.shape)}, target={tuple(self.a.shape)}, scale={self.scale:g}"

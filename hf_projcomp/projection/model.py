@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.module import _IncompatibleKeys
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..architectures import VOCAB, get_arch_spec
-from ..config import WEIGHTS_NAME, ProjCompConfig
+from ..config import CONFIG_NAME, WEIGHTS_NAME, ProjCompConfig
 from ..plan import Selection, build_plan
 from ..pruning import build_target_model, pruned_tensors
 from .layer import Projection
@@ -79,6 +80,10 @@ class ProjCompModel(nn.Module):
             # Starts as the hard-pruned model; the planned weights there are only placeholders.
             self.target = build_target_model(model, selection, pruned_tensors(model, self.plan, selection))
         self._projected_names = [entry.name for entry in self.plan.weights]
+        target_params = dict(self.target.named_parameters(remove_duplicate=False))
+        self._target_params = {name: target_params[name] for name in self._projected_names}
+        self._amortized = False
+        self._step_vjps: list = []
         self.target.requires_grad_(False)
         for module in self.target.modules():
             if _is_norm(module):
@@ -95,14 +100,64 @@ class ProjCompModel(nn.Module):
         """Every ``W_c`` by its parameter name in the target model (with autograd unless disabled)."""
         return {name: proj() for name, proj in zip(self._projected_names, self.projections.values())}
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The compressed model's forward (arguments as the base class's ``forward``)."""
+        kwargs.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        if self._amortized:
+            if not self._step_vjps:
+                self.materialize()
+            return self.target(**kwargs)
         # Tied head and embedding share one projected tensor: functional_call writes it to both.
-        return functional_call(self.target, self.projected_weights(), args, kwargs, tie_weights=True, strict=False)
+        return functional_call(self.target, self.projected_weights(), (), kwargs, tie_weights=True, strict=False)
+
+    # -- amortised optimizer step ------------------------------------------------------------------
+    def set_amortized(self, enabled: bool = True) -> None:
+        """Switch to computing every ``W_c`` once per optimizer step (see :meth:`materialize`).
+
+        While enabled, the projected weights live in the target model as ordinary parameters that
+        collect ∂L/∂W_c over all micro-batches (and that DDP all-reduces like any weight);
+        :meth:`push_gradients` then moves them into P and A once. :class:`ProjCompTrainer` drives it.
+        """
+        self._amortized = enabled
+        self._step_vjps = []
+        for name in self._projected_names:
+            param = self._target_params[name]
+            param.requires_grad_(enabled)
+            param.grad = None
+
+    def materialize(self) -> None:
+        """Compute every ``W_c`` once into the target's weights, keeping each product's VJP."""
+        self._step_vjps = []
+        for name, proj in zip(self._projected_names, self.projections.values()):
+            weight, vjp = proj.forward_with_vjp()
+            param = self._target_params[name]
+            with torch.no_grad():
+                param.copy_(weight)
+            self._step_vjps.append((proj, param, vjp))
+
+    def push_gradients(self) -> None:
+        """Send the accumulated ∂L/∂W_c through the products into P and A (once per optimizer step);
+        the next forward computes fresh ``W_c`` from the updated projections."""
+        for proj, param, vjp in self._step_vjps:
+            if param.grad is not None:
+                proj.accumulate_grad(vjp(param.grad))
+                param.grad = None
+        self._step_vjps = []
 
     # -- parameters ------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """What an adapter checkpoint holds: P, A and the target's norms (never base weights)."""
         return {name: p for name, p in self._adapter_parameters()}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer updates: every P, A and norm weight."""
+        return [p for _, p in self._adapter_parameters() if p.requires_grad]
 
     def _adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         yield from (("projections." + n, p) for n, p in self.projections.named_parameters())
@@ -112,8 +167,8 @@ class ProjCompModel(nn.Module):
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable, all) parameter counts; ``all`` = base + adapter, as PEFT reports it."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         adapter = sum(p.numel() for _, p in self._adapter_parameters())
+        trainable = sum(p.numel() for _, p in self._adapter_parameters() if p.requires_grad)
         base = sum(p.numel() for p in self.base_model.parameters())
         return trainable, base + adapter
 
@@ -134,25 +189,63 @@ class ProjCompModel(nn.Module):
         return merged
 
     # -- save / load -----------------------------------------------------------------------------
+    def state_dict(  # type: ignore[override]
+        self, *, destination: dict | None = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The adapter's tensors only (P, A, norms): the base weights are frozen and belong to the base
+        model, so checkpoints (a plain Trainer's included) stay small and resumable."""
+        out = destination if destination is not None else {}
+        for name, tensor in self.adapter_state_dict().items():
+            out[prefix + name] = tensor if keep_vars else tensor.detach()
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:
+        """Load adapter tensors (what :meth:`state_dict` returns); ``strict`` checks the key sets."""
+        own = self.adapter_state_dict()
+        missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+        if strict and (missing or unexpected):
+            raise ValueError(f"adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name in set(own) & set(state_dict):
+                if state_dict[name].shape != own[name].shape:
+                    raise ValueError(
+                        f"adapter tensor {name} has shape {tuple(state_dict[name].shape)}, "
+                        f"the model expects {tuple(own[name].shape)}"
+                    )
+                own[name].copy_(state_dict[name])
+        self._step_vjps = []  # W_c materialised from the old values are stale
+        return _IncompatibleKeys(missing, unexpected)
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (and the pruned tokenizer, if
-        any) atomically: into a temporary sibling directory, then renamed into place."""
-        save_directory = os.fspath(save_directory)
-        parent = os.path.dirname(os.path.abspath(save_directory))
+        any) into ``save_directory``.
+
+        Files are written into a temporary sibling directory first. A new directory is then renamed
+        into place; into an existing one (a Trainer checkpoint) the files move one by one after the
+        old ``adapter_config.json`` is removed and the new one moves last, so an interrupted save
+        never leaves a config beside weights it does not describe.
+        """
+        save_directory = os.path.abspath(os.fspath(save_directory))
+        parent = os.path.dirname(save_directory)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".projcomp-", dir=parent)
         try:
-            self.projcomp_config.save_pretrained(tmp)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+            state = {k: v.contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-            if os.path.isdir(save_directory):
-                shutil.rmtree(save_directory)
-            os.replace(tmp, save_directory)
-        except BaseException:
+            self.projcomp_config.save_pretrained(tmp)
+            if not os.path.exists(save_directory):
+                os.replace(tmp, save_directory)
+                return
+            config_path = os.path.join(save_directory, CONFIG_NAME)
+            if os.path.exists(config_path):
+                os.remove(config_path)
+            names = sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME)
+            for name in names:
+                os.replace(os.path.join(tmp, name), os.path.join(save_directory, name))
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, model: PreTrainedModel, adapter_path: str | os.PathLike) -> ProjCompModel:
@@ -162,19 +255,7 @@ class ProjCompModel(nn.Module):
         if config.vocab_indices is not None:
             tokenizer = AutoTokenizer.from_pretrained(adapter_path)
         pc = cls(model, config, tokenizer)
-        state = load_file(os.path.join(adapter_path, WEIGHTS_NAME))
-        own = pc.adapter_state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for name, param in own.items():
-                if state[name].shape != param.shape:
-                    raise ValueError(
-                        f"adapter tensor {name} has shape {tuple(state[name].shape)}, "
-                        f"the model expects {tuple(param.shape)}"
-                    )
-                param.copy_(state[name])
+        pc.load_state_dict(load_file(os.path.join(adapter_path, WEIGHTS_NAME)))
         return pc
 
 

@@ -1,0 +1,171 @@
+"""``ProjCompTrainer``: ``transformers.Trainer`` with the amortised projected-compression step.
+
+A plain ``Trainer`` already trains a :class:`ProjCompModel` correctly: every micro-batch computes
+every ``W_c = P_out · W · P_in + A`` with autograd. This subclass makes the projection cost once per
+optimizer step instead:
+
+1. the first forward of a step computes every ``W_c`` once, outside autograd, into the target
+   model's weights (:meth:`ProjCompModel.materialize`);
+2. every micro-batch runs the small model only; backward accumulates ∂L/∂W_c in those weights
+   (under DDP they are ordinary parameters, so they are all-reduced at the step's last micro-batch);
+3. before clipping, the accumulated ∂L/∂W_c goes through the products into P and A once
+   (:meth:`ProjCompModel.push_gradients`); clipping covers P, A and norms (global norm), then the
+   optimizer steps.
+
+It also adds distillation from the frozen base, parameter groups (no weight decay on norms, own LR
+for P/A), adapter-only checkpoints that resume exactly, and a hard stop on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer
+
+from ..config import CONFIG_NAME, WEIGHTS_NAME, ProjCompConfig
+from ..projection import ProjCompModel
+from .distill import Teacher, distillation_kl
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+class ProjCompTrainer(Trainer):
+    """``Trainer`` for a :class:`ProjCompModel` (all other arguments as ``transformers.Trainer``).
+
+    Args:
+        distill_alpha: weight α of distillation: loss = (1-α)·CE + α·T²·KL(teacher ‖ student), the
+            teacher being the frozen base model. 0 disables it (no teacher forward).
+        distill_temperature: T.
+        projection_learning_rate: learning rate of P and A (default: ``args.learning_rate``, which
+            the norms always use).
+        amortize: compute ``W_c`` once per optimizer step (True) or per micro-batch with autograd
+            (False, what a plain ``Trainer`` does).
+    """
+
+    def __init__(
+        self,
+        model: ProjCompModel,
+        *args: Any,
+        distill_alpha: float = 0.0,
+        distill_temperature: float = 1.0,
+        projection_learning_rate: float | None = None,
+        amortize: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model, ProjCompModel):
+            raise TypeError(f"model must be a ProjCompModel (see get_projcomp_model), got {type(model).__name__}")
+        if not 0.0 <= distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must lie in [0, 1], got {distill_alpha}")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
+        if projection_learning_rate is not None and projection_learning_rate <= 0:
+            raise ValueError(f"projection_learning_rate must be > 0 or None, got {projection_learning_rate}")
+        self.pc = model
+        self.distill_alpha = distill_alpha
+        self.distill_temperature = distill_temperature
+        self.projection_learning_rate = projection_learning_rate
+        self.teacher = Teacher(model) if distill_alpha > 0 else None
+        self.teacher_seconds = 0.0  # the distillation teacher's forward time, reported in the logs
+        # Before super().__init__: DDP must see the materialised W_c as parameters when it wraps the model.
+        model.set_amortized(amortize)
+        super().__init__(model, *args, **kwargs)
+
+    # -- optimizer -------------------------------------------------------------------------------
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.pc)
+            self.optimizer = optimizer_cls(self.parameter_groups(), **optimizer_kwargs)
+        return self.optimizer
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """P and A (weight decay, their own LR) and the norms (no weight decay)."""
+        projections = [p for p in self.pc.projections.parameters() if p.requires_grad]
+        in_projections = {id(p) for p in projections}
+        norms = [p for p in self.pc.trainable_parameters() if id(p) not in in_projections]
+        lr = self.projection_learning_rate or self.args.learning_rate
+        return [
+            {"params": projections, "weight_decay": self.args.weight_decay, "lr": lr},
+            {"params": norms, "weight_decay": 0.0},
+        ]
+
+    # -- the step --------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        labels = inputs.get("labels")
+        distill = self.teacher is not None and model.training and labels is not None
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if distill:
+            start = time.perf_counter()
+            teacher_logits = self.teacher.logits(inputs["input_ids"], inputs.get("attention_mask"))
+            self.teacher_seconds += time.perf_counter() - start
+            kl, positions = distillation_kl(outputs.logits, teacher_logits, labels, self.distill_temperature)
+            kl = self._normalize_like_loss(kl, positions, num_items_in_batch)
+            loss = (1 - self.distill_alpha) * loss + self.distill_alpha * self.distill_temperature**2 * kl
+        if model.training and not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.state.global_step}: stopping. Lower the learning "
+                "rate (or projection_learning_rate), enable gradient clipping (max_grad_norm), or check the data."
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def _normalize_like_loss(
+        self, total: torch.Tensor, count: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """A summed per-token term scaled exactly as ``Trainer.compute_loss`` scales the CE loss."""
+        if not (self.model_accepts_loss_kwargs and num_items_in_batch is not None):
+            return total / count.clamp(min=1)
+        scaled = total / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            scaled = scaled * (self.accelerator.num_processes // self.get_tp_size())
+        return scaled
+
+    def _clip_grad_norm(self, model: Any) -> torch.Tensor:
+        # Called once per optimizer step, after the last micro-batch's backward (and DDP's all-reduce).
+        self.pc.push_gradients()
+        return self.accelerator.clip_grad_norm_(self.pc.trainable_parameters(), self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        self.pc.push_gradients()  # a no-op when clipping already pushed
+        if grad_norm is None:
+            grad_norm = self.accelerator.clip_grad_norm_(self.pc.trainable_parameters(), float("inf"))
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.teacher is not None:
+            logs["teacher_seconds"] = round(self.teacher_seconds, 3)
+        super().log(logs, *args, **kwargs)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Adapter only (P, A, norms, selections; the pruned tokenizer if any), never base weights."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self.pc.save_pretrained(output_dir)
+        if self.processing_class is not None and self.pc.tokenizer is None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        self._load_adapter(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_adapter(self.state.best_model_checkpoint)
+
+    def _load_adapter(self, checkpoint: str) -> None:
+        weights = os.path.join(checkpoint, WEIGHTS_NAME)
+        if not os.path.isfile(weights) or not os.path.isfile(os.path.join(checkpoint, CONFIG_NAME)):
+            raise ValueError(f"{checkpoint} is not a ProjCompTrainer checkpoint (no {CONFIG_NAME} + {WEIGHTS_NAME})")
+        saved = ProjCompConfig.from_pretrained(checkpoint)
+        own = self.pc.projcomp_config
+        for name in ("hidden_indices", "intermediate_indices", "vocab_indices"):
+            if getattr(saved, name) != getattr(own, name):
+                raise ValueError(f"checkpoint {checkpoint} was trained with other selections ({name} differs)")
+        self.pc.load_state_dict(load_file(weights))

@@ -1,0 +1,69 @@
+"""Train a tiny projected model with ProjCompTrainer and save each rank's adapter (run by tests).
+
+    python tests/scripts/train_tiny.py OUT_DIR [--steps N] [--resume CHECKPOINT] [--save-steps K]
+    accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT_DIR
+
+Every run sees the same 8 sequences per optimizer step (one epoch per step), split over however
+many processes there are, so runs with different world sizes take identical steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from datasets import Dataset
+from safetensors.torch import save_file
+from transformers import TrainingArguments
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model  # noqa: E402
+from tests.tiny import tiny_model  # noqa: E402
+
+GLOBAL_BATCH = 8
+ACCUMULATION = 2
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--save-steps", type=int, default=0)
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--model-type", default="llama")
+    args = parser.parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ids = torch.randint(3, 96, (GLOBAL_BATCH, 16), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    pc = get_projcomp_model(
+        tiny_model(args.model_type), ProjCompConfig(hidden_size=48, intermediate_size=64), progress=False
+    )
+    training = TrainingArguments(
+        args.out,
+        per_device_train_batch_size=GLOBAL_BATCH // (world * ACCUMULATION),
+        gradient_accumulation_steps=ACCUMULATION,
+        max_steps=args.steps,
+        learning_rate=1e-3,
+        max_grad_norm=0.05,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, distill_alpha=0.3)
+    trainer.train(resume_from_checkpoint=args.resume)
+    rank = int(os.environ.get("RANK", "0"))
+    state = {k: v.contiguous() for k, v in pc.state_dict().items()}
+    save_file(state, os.path.join(args.out, f"rank{rank}.safetensors"))
+    return pc
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
