@@ -1,0 +1,45 @@
+"""The example Trainer script, end to end on a tiny local model directory (the Hub loading path)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.test_compact import model_for
+from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    tokenizer = tiny_tokenizer("byte_level")
+    model_for("qwen2", tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "train.txt").write_text("\n".join(TRAIN * 20), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("importance", ["activation", "compact"])
+def test_train_script_writes_a_vanilla_merged_model(base_dir, tmp_path, importance):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "examples" / "train_projected_compression.py"),
+           "--model_name_or_path", str(base_dir), "--train_file", str(base_dir / "train.txt"),
+           "--importance", importance, "--hidden_size", "48", "--intermediate_size", "64",
+           "--block_size", "32", "--calibration_sequences", "4", "--distill_alpha", "0.5",
+           "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "2",
+           "--gradient_accumulation_steps", "2", "--save_steps", "2", "--report_to", "none", "--use_cpu",
+           "--eval_text_file", str(base_dir / "train.txt"), "--eval_chars", "2000"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "merged vanilla Qwen2ForCausalLM written to" in run.stdout
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)
+    assert merged.config.vocab_size == len(tokenizer)
