@@ -1,6 +1,6 @@
 """COMPACT vs baselines on Gemma-3-270M: bits per byte at equal parameter counts (not a unit test).
 
-    python benchmarks/compact_gemma.py [--ratios 0.5 0.4 0.3] [--eval-chars 60000]
+    python benchmarks/compact_gemma.py [--ratios 0.5 0.4 0.3] [--eval-chars 60000] [--append]
 
 Every method prunes the same base model with the same calibration text (``wikitext-2/valid.txt``)
 to the same parameter budget, and is scored on the first ``--eval-chars`` characters of the
@@ -45,11 +45,15 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def run(ratios: list[float], eval_chars: int) -> dict:
+def run(ratios: list[float], eval_chars: int, append: bool = False) -> dict:
     model, tokenizer = load_demo_model()
     text = load_text(DATA / "wikitext-2-raw" / "wiki.test.raw", max_chars=eval_chars)
-    rows = [{"method": "base", "ratio": 1.0, "parameters": model.num_parameters(),
-             "bits_per_byte": bits_per_byte(model, tokenizer, text), "prune_seconds": 0.0}]
+    previous = json.loads((OUT / "compact_gemma.json").read_text()) if append else None
+    if previous and previous["eval_chars"] == eval_chars:
+        rows = [r for r in previous["rows"] if r["ratio"] not in ratios]
+    else:
+        rows = [{"method": "base", "ratio": 1.0, "parameters": model.num_parameters(),
+                 "bits_per_byte": bits_per_byte(model, tokenizer, text), "prune_seconds": 0.0}]
     results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "eval_chars": eval_chars,
                "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
                "date": date.today().isoformat(), "rows": rows}
@@ -138,8 +142,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.4, 0.3])
     parser.add_argument("--eval-chars", type=int, default=60_000)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the committed rows of other ratios (and the base) instead of starting over")
     args = parser.parse_args()
-    write(run(args.ratios, args.eval_chars))
+    write(run(args.ratios, args.eval_chars, args.append))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,18 @@ def gemma():
     from hf_projcomp.demo import load_demo_model
 
     return load_demo_model(dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory):
+    """A tiny Qwen2 with a byte-level BPE tokenizer saved as a local model directory (the Hub code
+    path), plus ``train.txt`` beside it."""
+    from tests.test_compact import model_for
+    from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    tokenizer = tiny_tokenizer("byte_level")
+    model_for("qwen2", tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "train.txt").write_text("\n".join(TRAIN * 20), encoding="utf-8")
+    return path

@@ -9,24 +9,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.test_compact import model_for
-from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    tokenizer = tiny_tokenizer("byte_level")
-    model_for("qwen2", tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    (path / "train.txt").write_text("\n".join(TRAIN * 20), encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("importance", ["activation", "compact"])
-def test_train_script_writes_a_vanilla_merged_model(base_dir, tmp_path, importance):
+def test_train_script_writes_a_vanilla_merged_model(tiny_base_dir, tmp_path, importance):
+    base_dir = tiny_base_dir
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "examples" / "train_projected_compression.py"),
            "--model_name_or_path", str(base_dir), "--train_file", str(base_dir / "train.txt"),
@@ -39,6 +27,7 @@ def test_train_script_writes_a_vanilla_merged_model(base_dir, tmp_path, importan
     assert run.returncode == 0, run.stderr[-3000:]
     assert "merged vanilla Qwen2ForCausalLM written to" in run.stdout
     assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert "projected-compression" in (out / "merged" / "README.md").read_text()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
     assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)

@@ -1,7 +1,7 @@
 """COMPACT: training-free vocabulary and common-token FFN pruning (arXiv 2509.06836)."""
 
 from .budget import Split, candidate_splits, resolve_budget
-from .calibration import load_calibration_texts, tokenize_calibration
+from .calibration import generate_calibration_texts, load_calibration_texts, tokenize_calibration
 from .prune import CompactResult, compact_prune
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Split",
     "candidate_splits",
     "compact_prune",
+    "generate_calibration_texts",
     "load_calibration_texts",
     "resolve_budget",
     "tokenize_calibration",

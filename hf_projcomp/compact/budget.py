@@ -37,12 +37,19 @@ def resolve_budget(model: PreTrainedModel, target_params: float | int) -> int:
 
 
 def candidate_splits(
-    model: PreTrainedModel, budget: int, min_vocab: int, ffn_fractions: tuple[float, ...], multiple: int = 8
+    model: PreTrainedModel,
+    budget: int,
+    min_vocab: int,
+    ffn_fractions: tuple[float, ...],
+    multiple: int = 8,
+    max_mixed: int | None = None,
 ) -> list[Split]:
-    """Feasible (vocabulary, d_ff) pairs at ``budget`` parameters, one per FFN fraction.
+    """Feasible (vocabulary, d_ff) pairs at ``budget`` parameters: FFN-only when it fits, then one
+    per FFN fraction (in the order given, at most ``max_mixed`` of them).
 
     ``min_vocab`` is the smallest vocabulary that still holds every required token; candidates
-    below it, or above the base vocabulary, are dropped.
+    below it, or above the base vocabulary, are dropped, so small budgets fall through to the
+    narrower FFN fractions.
     """
     config = model.config
     hidden, base_vocab = config.hidden_size, config.vocab_size
@@ -56,7 +63,10 @@ def candidate_splits(
     inter = step * ((budget - at_zero) // (per_channel * step))
     if 0 < inter < config.intermediate_size:
         splits.append(Split(base_vocab, inter, at_zero + inter * per_channel))
+    mixed = 0
     for fraction in ffn_fractions:
+        if max_mixed is not None and mixed >= max_mixed:
+            break
         inter = max(multiple, round(config.intermediate_size * fraction / multiple) * multiple)
         inter = min(inter, config.intermediate_size)
         at_one = count_target_parameters(model, hidden, inter, vocab_size=1)
@@ -64,4 +74,5 @@ def candidate_splits(
         vocab = 1 + (budget - at_one) // per_row
         if min_vocab <= vocab <= base_vocab and (vocab, inter) != (base_vocab, config.intermediate_size):
             splits.append(Split(vocab, inter, at_one + (vocab - 1) * per_row))
+            mixed += 1
     return splits

@@ -71,3 +71,33 @@ def tokenize_calibration(
     chunks = [c for c in chunks if len(c) == body] or [stream[:body]]
     prefix = [bos] if bos is not None else []
     return [torch.tensor([prefix + c]) for c in chunks]
+
+
+@torch.no_grad()
+def generate_calibration_texts(
+    model: Any, tokenizer: Any, num_samples: int = 16, max_new_tokens: int = 256, seed: int = 0, progress: bool = True
+) -> list[str]:
+    """Texts sampled from the model itself (top-k 50, from BOS): calibration when the user has no data.
+
+    Self-generated text reflects what the model already predicts well, which is what COMPACT's
+    common-token statistics need; real text from the target domain is better when available.
+    """
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples} and {max_new_tokens}")
+    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start_id is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start sampling from: pass calibration text")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    texts = []
+    try:
+        batch = 8
+        for first in tqdm(range(0, num_samples, batch), desc="Sampling calibration text", disable=not progress):
+            n = min(batch, num_samples - first)
+            start = torch.full((n, 1), start_id, device=model.device)
+            out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=50,
+                                 max_new_tokens=max_new_tokens, pad_token_id=start_id)
+            texts += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return [t for t in texts if t.strip()]

@@ -32,7 +32,8 @@ from .calibration import load_calibration_texts, tokenize_calibration
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FFN_FRACTIONS = (1.0, 0.9375, 0.875, 0.75)
+DEFAULT_FFN_FRACTIONS = (1.0, 0.9375, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+MAX_MIXED_CANDIDATES = 4  # each costs a tokenizer prune and a held-out evaluation
 FFN_IMPORTANCE = ("common_act2", "act2", "magnitude")
 
 
@@ -100,8 +101,9 @@ def compact_prune(
         frequency_tokens: how many calibration tokens to count for token frequencies.
         heldout_tokens: tokens at the end of the calibration text scoring the candidate splits (never
             counted for frequencies).
-        ffn_fractions: candidate FFN widths (fractions of the base d_ff); the vocabulary fills the rest.
-            An FFN-only candidate (whole vocabulary) is always tried when it fits.
+        ffn_fractions: candidate FFN widths (fractions of the base d_ff, widest first); the vocabulary
+            fills the rest. The first four that leave room for the required tokens are tried, plus an
+            FFN-only candidate (whole vocabulary) when it fits.
         split: ``(vocab_size, intermediate_size)`` to skip the search; ``target_params`` is then ignored.
         ffn_importance: ``"common_act2"`` (the paper's), ``"act2"`` (every position counts) or
             ``"magnitude"`` (weight norms, no activation pass); the latter two exist for baselines.
@@ -145,7 +147,8 @@ def compact_prune(
             )
         splits = [Split(vocab, inter, count_target_parameters(model, model.config.hidden_size, inter, vocab))]
     else:
-        splits = candidate_splits(model, budget, min_vocab, ffn_fractions if prune_vocabulary else ())
+        splits = candidate_splits(model, budget, min_vocab, ffn_fractions if prune_vocabulary else (),
+                                  max_mixed=MAX_MIXED_CANDIDATES)
     if not splits:
         kept = "required tokens" if prune_vocabulary else "tokens of the unpruned vocabulary"
         raise ValueError(

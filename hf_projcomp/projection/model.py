@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..architectures import VOCAB, get_arch_spec
+from ..export import CompressionSummary, save_compressed
 from ..config import CONFIG_NAME, WEIGHTS_NAME, ProjCompConfig
 from ..plan import Selection, build_plan
 from ..pruning import build_target_model, pruned_tensors
@@ -187,6 +189,29 @@ class ProjCompModel(nn.Module):
         merged.requires_grad_(True)
         merged.eval()
         return merged
+
+    def card_settings(self) -> dict[str, Any]:
+        """The configuration a model card reports (targets and importance, not the indices)."""
+        names = ("importance", "target_params", "hidden_size", "intermediate_size", "vocab_size", "base_dtype")
+        return {n: getattr(self.projcomp_config, n) for n in names if getattr(self.projcomp_config, n) is not None}
+
+    def save_merged(
+        self, out_dir: str | os.PathLike, tokenizer: Any = None, summary: CompressionSummary | None = None, **kwargs: Any
+    ) -> Path:
+        """:meth:`merge_and_unload`, then :func:`~hf_projcomp.export.save_compressed`: config, safetensors,
+        tokenizer (the pruned one when the vocabulary shrank) and model card, written atomically and
+        verified by reloading. ``kwargs`` go to ``save_compressed`` (``overwrite``, ``repo_id``...)."""
+        tokenizer = self.tokenizer if self.tokenizer is not None else tokenizer
+        if tokenizer is None:
+            raise ValueError("save_merged needs the base model's tokenizer: pass tokenizer=...")
+        merged = self.merge_and_unload()
+        if summary is None:
+            summary = CompressionSummary.from_configs(
+                "projected-compression", self.base_model.config, merged.config, self.base_model.num_parameters(),
+                merged.num_parameters(), base_model=self.projcomp_config.base_model_name_or_path,
+                settings=self.card_settings(),
+            )
+        return save_compressed(merged, tokenizer, out_dir, summary, **kwargs)
 
     # -- save / load -----------------------------------------------------------------------------
     def state_dict(  # type: ignore[override]

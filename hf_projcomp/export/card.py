@@ -1,0 +1,93 @@
+"""The model card (README.md with YAML metadata) of a compressed checkpoint, from ``model_cards/``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+from transformers import PretrainedConfig
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "compressed_model.md"
+REPO_URL = "https://github.com/hf-projcomp/hf_projcomp"
+METHODS = {
+    "compact": (
+        "COMPACT (training-free pruning)",
+        "COMPACT ([arXiv 2509.06836](https://arxiv.org/abs/2509.06836)): rare vocabulary is dropped "
+        "(embedding and LM-head rows, and the tokenizer, renumbered densely) and FFN channels are "
+        "ranked per layer by activations weighted toward common tokens. No training.",
+    ),
+    "projected-compression": (
+        "Projected Compression",
+        "Projected Compression ([arXiv 2506.22255](https://arxiv.org/abs/2506.22255)): trainable "
+        "projections of the frozen base weights, `W_c = P_out · W · P_in + A`, initialised as a one-hot "
+        "selection of the most important dimensions, trained, then merged into this vanilla checkpoint.",
+    ),
+}
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "vocab_size", "num_hidden_layers", "num_attention_heads")
+
+
+@dataclass
+class CompressionSummary:
+    """What a model card reports about one compression."""
+
+    method: str  # a key of METHODS
+    base_model: str | None
+    parameters_before: int
+    parameters_after: int
+    base_config: dict[str, Any]
+    config: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    calibration_data: str | None = None
+    calibration_tokens: int | None = None
+    training_data: str | None = None
+    training_tokens: int | None = None
+    eval_data: str | None = None
+    bits_per_byte_before: float | None = None
+    bits_per_byte_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+
+    @classmethod
+    def from_configs(
+        cls, method: str, base_config: PretrainedConfig, config: PretrainedConfig, base_parameters: int,
+        parameters: int, **kwargs: Any,
+    ) -> CompressionSummary:
+        return cls(method=method, base_model=kwargs.pop("base_model", None) or base_config.name_or_path or None,
+                   parameters_before=base_parameters, parameters_after=parameters,
+                   base_config=base_config.to_dict(), config=config.to_dict(), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def render_model_card(summary: CompressionSummary, repo_id: str | None = None) -> ModelCard:
+    """The card: YAML metadata (base_model, library_name, tags) and a body from the template."""
+    title, description = METHODS[summary.method]
+    tags = ["pruned", summary.method, "hf_projcomp"]
+    data = ModelCardData(
+        base_model=summary.base_model if summary.base_model and not Path(summary.base_model).exists() else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=tags,
+    )
+    sizes = [(name, summary.base_config.get(name), summary.config.get(name)) for name in SIZE_FIELDS
+             if name in summary.config]
+    base_name = summary.base_model or summary.base_config.get("model_type", "model")
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        model_name=repo_id.split("/")[-1] if repo_id else f"{Path(base_name).name}-{summary.method}",
+        base_model_name=base_name,
+        repo_id=repo_id or "path/to/this/model",
+        repo_url=REPO_URL,
+        method_title=title,
+        method_description=description,
+        architecture=(summary.config.get("architectures") or ["the base class"])[0],
+        sizes=sizes,
+        **{k: v for k, v in summary.to_dict().items() if k not in ("base_model", "base_config", "config")},
+    )

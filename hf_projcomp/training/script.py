@@ -1,0 +1,165 @@
+"""Projected compression trained with the standard Hugging Face Trainer: text files in, vanilla model out.
+
+What ``projcomp train`` and ``examples/train_projected_compression.py`` run:
+
+    projcomp train \
+        --train_file ../shared/data/wikitext-2/valid.txt --target_params 0.5 --importance activation \
+        --output_dir out/pc --max_steps 200 --per_device_train_batch_size 4 --gradient_accumulation_steps 8
+
+Every ``TrainingArguments`` flag works (``--learning_rate``, ``--save_steps``, ``--resume_from_checkpoint``,
+``--bf16`` ...), and ``accelerate launch`` runs it on several processes. Without
+``--model_name_or_path`` the base is the offline Gemma-3-270M of the ``demo`` extra. Trainer
+checkpoints hold the adapter only; the merged vanilla checkpoint (config, safetensors, tokenizer)
+is written to ``<output_dir>/merged``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import NoReturn
+
+import torch
+from datasets import load_dataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from ..config import ProjCompConfig
+from ..evaluate import bits_per_byte, load_text
+from ..export import CompressionSummary
+from ..mapping import get_projcomp_model
+from .trainer import ProjCompTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local directory; default: the demo extra's Gemma-3-270M."}
+    )
+    gguf_file: str | None = field(default=None, metadata={"help": "Load this GGUF file from model_name_or_path."})
+
+
+@dataclass
+class DataArguments:
+    train_file: str = field(metadata={"help": "A text file (or comma-separated files) to train on."})
+    eval_text_file: str | None = field(
+        default=None, metadata={"help": "Report bits per byte on this text before and after (optional)."}
+    )
+    eval_chars: int = field(default=20_000, metadata={"help": "Characters of eval_text_file to score."})
+    block_size: int = field(default=512, metadata={"help": "Tokens per training sequence."})
+
+
+@dataclass
+class CompressionArguments:
+    target_params: float | None = field(default=None, metadata={"help": "Target size (see ProjCompConfig)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Target d_model."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "Target d_ff."})
+    importance: str = field(default="activation", metadata={"help": "magnitude, activation or compact."})
+    calibration_sequences: int = field(default=32, metadata={"help": "Sequences ranking the initial selections."})
+    distill_alpha: float = field(default=0.0, metadata={"help": "Weight of distillation from the frozen base."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature."})
+    projection_learning_rate: float | None = field(default=None, metadata={"help": "LR of P and A."})
+
+
+def load_base(args: ModelArguments):
+    if args.model_name_or_path is None:
+        from ..demo import load_demo_model
+
+        return load_demo_model()
+    kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32, **kwargs)
+    return model, AutoTokenizer.from_pretrained(args.model_name_or_path, **kwargs)
+
+
+def token_blocks(tokenizer, files: list[str], block_size: int, training: TrainingArguments):
+    """run_clm's recipe: tokenise the ``text`` dataset, concatenate, cut into ``block_size`` blocks."""
+    raw = load_dataset("text", data_files={"train": files})["train"]
+    with training.main_process_first(desc="tokenising"):
+        tokens = raw.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+
+        def group(batch):
+            ids = list(chain.from_iterable(batch["input_ids"]))
+            n = len(ids) // block_size * block_size
+            blocks = [ids[i : i + block_size] for i in range(0, n, block_size)]
+            return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+        return tokens.map(group, batched=True, remove_columns=tokens.column_names)
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, as the projcomp CLI reports mistakes
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _Parser((ModelArguments, DataArguments, CompressionArguments, TrainingArguments), prog="projcomp train")
+    model_args, data_args, comp_args, training = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING, format="%(message)s")
+    model, tokenizer = load_base(model_args)
+    files = data_args.train_file.split(",")
+    eval_text = load_text(data_args.eval_text_file, max_chars=data_args.eval_chars) if data_args.eval_text_file else None
+    base_bpb = bits_per_byte(model, tokenizer, eval_text) if eval_text else None
+
+    config = ProjCompConfig(
+        target_params=comp_args.target_params,
+        hidden_size=comp_args.hidden_size,
+        intermediate_size=comp_args.intermediate_size,
+        importance=comp_args.importance,
+        base_model_name_or_path=model_args.model_name_or_path,
+    )
+    if comp_args.importance == "compact":
+        calibration = files[0]  # COMPACT reads text and prunes the tokenizer
+    else:
+        blocks = token_blocks(tokenizer, files, data_args.block_size, training)
+        n = min(comp_args.calibration_sequences, len(blocks))
+        calibration = [torch.tensor(blocks[i]["input_ids"]).unsqueeze(0) for i in range(n)]
+    pc = get_projcomp_model(model, config, calibration_data=calibration, tokenizer=tokenizer)
+    pc.print_trainable_parameters()
+    small_tokenizer = pc.tokenizer or tokenizer
+    train_blocks = token_blocks(small_tokenizer, files, data_args.block_size, training)
+
+    trainer = ProjCompTrainer(
+        model=pc,
+        args=training,
+        train_dataset=train_blocks,
+        data_collator=default_data_collator,
+        processing_class=small_tokenizer,
+        distill_alpha=comp_args.distill_alpha,
+        distill_temperature=comp_args.distill_temperature,
+        projection_learning_rate=comp_args.projection_learning_rate,
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    trainer.save_model(training.output_dir)  # the final adapter
+
+    if trainer.is_world_process_zero():
+        small = pc.merge_and_unload()
+        summary = CompressionSummary.from_configs(
+            "projected-compression", model.config, small.config, model.num_parameters(), small.num_parameters(),
+            base_model=model_args.model_name_or_path, settings=pc.card_settings(),
+            calibration_data=files[0], training_data=", ".join(files),
+            training_tokens=trainer.state.global_step * training.train_batch_size
+            * training.gradient_accumulation_steps * training.world_size * data_args.block_size,
+            eval_data=data_args.eval_text_file, bits_per_byte_before=base_bpb,
+            bits_per_byte_after=bits_per_byte(small, small_tokenizer, eval_text) if eval_text else None,
+        )
+        merged_dir = pc.save_merged(os.path.join(training.output_dir, "merged"), small_tokenizer, summary=summary,
+                                    overwrite=True)
+        params = f"{summary.parameters_before:,} -> {summary.parameters_after:,} parameters"
+        if eval_text:
+            params += f"; bits/byte {base_bpb:.4f} -> {summary.bits_per_byte_after:.4f}"
+        print(f"merged vanilla {type(small).__name__} written to {merged_dir} ({params})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Shipping: model card metadata, verified atomic save, one-commit push (captured offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_projcomp import ProjCompConfig, get_projcomp_model
+from hf_projcomp.export import CompressionSummary, VerificationError, push_to_hub, save_compressed
+from hf_projcomp.export import save as save_module
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def base(tiny_base_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_base_dir).eval(), AutoTokenizer.from_pretrained(tiny_base_dir)
+
+
+def summary_for(model, small, **extra) -> CompressionSummary:
+    return CompressionSummary.from_configs(
+        "projected-compression", model.config, small.config, model.num_parameters(), small.num_parameters(),
+        base_model="Qwen/Qwen2.5-0.5B", settings={"hidden_size": 48}, calibration_data="wikitext-2 valid",
+        calibration_tokens=16384, eval_data="WikiText-2 test", bits_per_byte_before=1.2345,
+        bits_per_byte_after=1.3456, **extra,
+    )
+
+
+def test_card_carries_metadata_and_numbers(base, tmp_path):
+    model, tokenizer = base
+    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64), progress=False)
+    small = pc.merge_and_unload()
+    out = save_compressed(small, tokenizer, tmp_path / "out", summary_for(model, small), repo_id="me/small")
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B" and meta["library_name"] == "transformers"
+    assert {"pruned", "projected-compression"} <= set(meta["tags"])
+    assert f"| parameters | {model.num_parameters():,} | {small.num_parameters():,}" in card.text
+    assert "| `hidden_size` | 64 | 48 |" in card.text and "| `intermediate_size` | 96 | 64 |" in card.text
+    assert "| 1.2345 | 1.3456 |" in card.text and "16,384 tokens" in card.text
+    assert 'from_pretrained("me/small")' in card.text
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
+        p.name for p in out.iterdir()}
+
+
+def test_save_merged_writes_a_verified_vanilla_checkpoint(base, tmp_path):
+    model, tokenizer = base
+    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64), progress=False)
+    with torch.no_grad():
+        for p in pc.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    out = pc.save_merged(tmp_path / "merged", tokenizer)
+    ids = tokenizer("lobsters are blue", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = pc(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert ModelCard.load(out / "README.md").data.to_dict()["tags"][:2] == ["pruned", "projected-compression"]
+
+
+def test_interrupted_save_leaves_nothing_that_looks_complete(base, tmp_path, monkeypatch):
+    model, tokenizer = base
+
+    def crash(*args, **kwargs):  # the weights and tokenizer are written by now; the card is not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(save_module, "render_model_card", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_compressed(model, tokenizer, tmp_path / "out", summary_for(model, model))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupted_output_fails_verification(base, tmp_path, monkeypatch):
+    model, tokenizer = base
+    write = save_module.write_checkpoint
+
+    def write_then_corrupt(model, tokenizer, directory, *args):
+        write(model, tokenizer, directory, *args)
+        weights = load_file(directory / "model.safetensors")
+        name = next(k for k in weights if "mlp" in k)
+        weights[name] = weights[name] + 0.5
+        save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+
+    monkeypatch.setattr(save_module, "write_checkpoint", write_then_corrupt)
+    with pytest.raises(VerificationError, match="reloaded logits differ"):
+        save_compressed(model, tokenizer, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(base, tmp_path):
+    model, tokenizer = base
+    save_compressed(model, tokenizer, tmp_path / "out")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_compressed(model, tokenizer, tmp_path / "out")
+    save_compressed(model, tokenizer, tmp_path / "out", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_push_is_one_commit_with_every_file_and_our_card(base, tmp_path, monkeypatch):
+    model, tokenizer = base
+    out = save_compressed(model, tokenizer, tmp_path / "out", summary_for(model, model))
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
+
+    def create_commit(self, repo_id, operations, **kw):
+        files = {op.path_in_repo: open(op.path_or_fileobj, "rb").read() for op in operations}
+        calls.append(("create_commit", repo_id, files, kw))
+        return "commit-info"
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    assert push_to_hub(out, "me/small", private=True, token="hf_x") == "commit-info"
+    assert [c[0] for c in calls] == ["create_repo", "create_commit"]
+    assert calls[0][2]["private"] is True
+    _, repo_id, files, kw = calls[1]
+    assert repo_id == "me/small" and kw["repo_type"] == "model"
+    assert set(files) == {p.name for p in out.iterdir()}
+    assert all(files[name] == (out / name).read_bytes() for name in files)
+    assert b"hf_projcomp" in files["README.md"]
+
+
+def test_push_refuses_an_incomplete_directory(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a saved compressed model"):
+        push_to_hub(tmp_path, "me/small")
