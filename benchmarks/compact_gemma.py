@@ -32,6 +32,7 @@ from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.vocab import required_token_ids
+from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -114,13 +115,8 @@ def write(results: dict) -> None:
                      f"{r.get('intermediate_size', '')} | {r['bits_per_byte']:.3f} | "
                      f"{r['bits_per_byte'] - base['bits_per_byte']:+.3f} | {r['prune_seconds']} |")
     (OUT / "compact_gemma.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in results["rows"] if r["method"] != "base"):

@@ -10,7 +10,8 @@ a CPU), d_model 640 -> 512 and d_ff 2048 -> 1024 ranked by common-token act² on
 - ``retrain``: the hard-pruned vanilla model, every weight trained with a plain ``Trainer``.
 
 Each method's learning rate is picked on a small grid (cross-entropy runs, lowest final bits per
-byte); the best of each is then also run with distillation from the frozen base (α = 0.5, T = 1).
+byte); the best of each is then also run with distillation from the frozen base (α = 0.5, T = 1,
+the same loss for both methods).
 Bits per byte are measured on the first ``--eval-chars`` characters of the WikiText-2 test file
 at several token budgets along each run (constant learning rate after a short warm-up, so a budget
 is a prefix of the longest run), and on ``--final-eval-chars`` at the end.
@@ -34,12 +35,22 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainer, get_projcomp_model, hard_prune
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
+from hf_projcomp.training import DistillationMixin, Teacher
+from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "results"
 SEQUENCE, MICRO_BATCH, ACCUMULATION = 256, 4, 4
 TOKENS_PER_STEP = SEQUENCE * MICRO_BATCH * ACCUMULATION
+
+
+class RetrainTrainer(DistillationMixin, Trainer):
+    """A plain Trainer for the hard-pruned model, with the same distillation as ProjCompTrainer."""
+
+    def __init__(self, *args, teacher: Teacher, distill_alpha: float, **kwargs) -> None:
+        self.init_distillation(teacher, distill_alpha)
+        super().__init__(*args, **kwargs)
 
 
 class BudgetEval(TrainerCallback):
@@ -110,12 +121,11 @@ def main() -> None:
             trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, data_collator=default_data_collator,
                                       distill_alpha=distill)
         else:
-            if distill:
-                raise ValueError("distillation is compared for projected compression only")
             model = hard_prune(base, recorded.hidden_indices, recorded.intermediate_indices, recorded.vocab_indices)
             model.train().requires_grad_(True)
             trained = model.eval
-            trainer = Trainer(model=model, args=training, train_dataset=data, data_collator=default_data_collator)
+            trainer = RetrainTrainer(model=model, args=training, train_dataset=data, data_collator=default_data_collator,
+                                     teacher=Teacher(base, recorded.vocab_indices), distill_alpha=distill)
         callback = BudgetEval(lambda: bits_per_byte(trained(), small_tok, eval_text, progress=False), budgets)
         trainer.add_callback(callback)
         start = time.perf_counter()
@@ -135,6 +145,7 @@ def main() -> None:
         rows = [run(method, lr, 0.0) for lr in lrs]
         best[method] = min(rows, key=lambda r: r["final_bits_per_byte"])["learning_rate"]
     run("pc", best["pc"], 0.5)
+    run("retrain", best["retrain"], 0.5)
     results["best_learning_rates"] = best
     write(results)
 
@@ -165,12 +176,8 @@ def write(results: dict) -> None:
         lines.append(f"| {r['method']} | {r['learning_rate']:g} | {r['distill_alpha']:g} | {cells} | "
                      f"{r['final_bits_per_byte']:.4f} | {r['train_seconds']:.0f} | {r['teacher_seconds']:.0f} |")
     (OUT / "train_quality.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results["runs"]:

@@ -178,13 +178,15 @@ def build_parser() -> Parser:
     parser = Parser(prog="projcomp", description="Compress causal LMs into smaller vanilla transformers checkpoints.",
                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = {"epilog": EXAMPLES, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
     def model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
         p.add_argument(flag, default=None, help="Hub id or local directory (default: the demo Gemma-3-270M)")
         p.add_argument("--gguf-file", default=None, help="load this GGUF file of the model")
 
     p = sub.add_parser("compress", help="COMPACT: training-free vocabulary + FFN pruning",
-                       description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.")
+                       description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.",
+                       **common)
     model_args(p)
     p.add_argument("--calibration", help=".txt/.jsonl file or a saved datasets directory (default: base samples)")
     p.add_argument("--samples", type=int, default=16, help="self-generated calibration texts (no --calibration)")
@@ -206,7 +208,7 @@ def build_parser() -> Parser:
     p.add_argument("training_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=train)
 
-    p = sub.add_parser("merge", help="adapter -> verified vanilla checkpoint")
+    p = sub.add_parser("merge", help="adapter -> verified vanilla checkpoint", **common)
     p.add_argument("adapter", help="directory with adapter_config.json + adapter_model.safetensors")
     model_args(p)
     p.add_argument("--output", required=True)
@@ -214,7 +216,7 @@ def build_parser() -> Parser:
     p.add_argument("--repo-id")
     p.set_defaults(func=merge)
 
-    p = sub.add_parser("eval", help="bits per byte, word perplexity, parameters, latency vs the base")
+    p = sub.add_parser("eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common)
     p.add_argument("model", help="the compressed model (directory or Hub id)")
     model_args(p, "--base")
     p.add_argument("--text", help="text file to score (default: text sampled from the base)")
@@ -222,7 +224,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=evaluate)
 
-    p = sub.add_parser("push", help="upload a saved model directory in one commit")
+    p = sub.add_parser("push", help="upload a saved model directory in one commit", **common)
     p.add_argument("directory")
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")

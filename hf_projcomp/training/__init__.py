@@ -1,6 +1,6 @@
 """Training projections with ``transformers.Trainer``: the amortised step and distillation."""
 
-from .distill import Teacher, distillation_kl
+from .distill import DistillationMixin, Teacher, distillation_kl
 from .trainer import ProjCompTrainer
 
-__all__ = ["ProjCompTrainer", "Teacher", "distillation_kl"]
+__all__ = ["DistillationMixin", "ProjCompTrainer", "Teacher", "distillation_kl"]

@@ -19,7 +19,6 @@ for P/A), adapter-only checkpoints that resume exactly, and a hard stop on a non
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import torch
@@ -28,12 +27,12 @@ from transformers import Trainer
 
 from ..config import CONFIG_NAME, WEIGHTS_NAME, ProjCompConfig
 from ..projection import ProjCompModel
-from .distill import Teacher, distillation_kl
+from .distill import DistillationMixin, Teacher
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
 
-class ProjCompTrainer(Trainer):
+class ProjCompTrainer(DistillationMixin, Trainer):
     """``Trainer`` for a :class:`ProjCompModel` (all other arguments as ``transformers.Trainer``).
 
     Args:
@@ -58,18 +57,14 @@ class ProjCompTrainer(Trainer):
     ) -> None:
         if not isinstance(model, ProjCompModel):
             raise TypeError(f"model must be a ProjCompModel (see get_projcomp_model), got {type(model).__name__}")
-        if not 0.0 <= distill_alpha <= 1.0:
-            raise ValueError(f"distill_alpha must lie in [0, 1], got {distill_alpha}")
-        if distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
         if projection_learning_rate is not None and projection_learning_rate <= 0:
             raise ValueError(f"projection_learning_rate must be > 0 or None, got {projection_learning_rate}")
         self.pc = model
-        self.distill_alpha = distill_alpha
-        self.distill_temperature = distill_temperature
         self.projection_learning_rate = projection_learning_rate
-        self.teacher = Teacher(model) if distill_alpha > 0 else None
-        self.teacher_seconds = 0.0  # the distillation teacher's forward time, reported in the logs
+        self.init_distillation(
+            Teacher(model.base_model, model.projcomp_config.vocab_indices) if distill_alpha > 0 else None,
+            distill_alpha, distill_temperature,
+        )
         # Before super().__init__: DDP must see the materialised W_c as parameters when it wraps the model.
         model.set_amortized(amortize)
         super().__init__(model, *args, **kwargs)
@@ -93,41 +88,6 @@ class ProjCompTrainer(Trainer):
         ]
 
     # -- the step --------------------------------------------------------------------------------
-    def compute_loss(
-        self,
-        model: Any,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> Any:
-        labels = inputs.get("labels")
-        distill = self.teacher is not None and model.training and labels is not None
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if distill:
-            start = time.perf_counter()
-            teacher_logits = self.teacher.logits(inputs["input_ids"], inputs.get("attention_mask"))
-            self.teacher_seconds += time.perf_counter() - start
-            kl, positions = distillation_kl(outputs.logits, teacher_logits, labels, self.distill_temperature)
-            kl = self._normalize_like_loss(kl, positions, num_items_in_batch)
-            loss = (1 - self.distill_alpha) * loss + self.distill_alpha * self.distill_temperature**2 * kl
-        if model.training and not torch.isfinite(loss).all():
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.state.global_step}: stopping. Lower the learning "
-                "rate (or projection_learning_rate), enable gradient clipping (max_grad_norm), or check the data."
-            )
-        return (loss, outputs) if return_outputs else loss
-
-    def _normalize_like_loss(
-        self, total: torch.Tensor, count: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
-    ) -> torch.Tensor:
-        """A summed per-token term scaled exactly as ``Trainer.compute_loss`` scales the CE loss."""
-        if not (self.model_accepts_loss_kwargs and num_items_in_batch is not None):
-            return total / count.clamp(min=1)
-        scaled = total / num_items_in_batch
-        if self.args.average_tokens_across_devices:
-            scaled = scaled * (self.accelerator.num_processes // self.get_tp_size())
-        return scaled
-
     def _clip_grad_norm(self, model: Any) -> torch.Tensor:
         # Called once per optimizer step, after the last micro-batch's backward (and DDP's all-reduce).
         self.pc.push_gradients()
@@ -138,11 +98,6 @@ class ProjCompTrainer(Trainer):
         if grad_norm is None:
             grad_norm = self.accelerator.clip_grad_norm_(self.pc.trainable_parameters(), float("inf"))
         return super()._get_grad_norm(model, grad_norm=grad_norm)
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self.teacher is not None:
-            logs["teacher_seconds"] = round(self.teacher_seconds, 3)
-        super().log(logs, *args, **kwargs)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
