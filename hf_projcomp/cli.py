@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   projcomp push compressed-model your-name/gemma-3-small --private
 """
 USER_ERRORS = (ValueError, TypeError, OSError)
+DEMO_BASE = "google/gemma-3-270m"  # what the demo extra's GGUF (Q4_K_M, dequantized) was made from
 
 
 class Parser(argparse.ArgumentParser):
@@ -85,7 +86,7 @@ def compress(args: argparse.Namespace) -> None:
     after = bits_per_byte(small, small_tok, eval_text) if eval_text else None
     summary = CompressionSummary.from_configs(
         "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
-        base_model=args.model, calibration_data=described, calibration_tokens=result.frequency_tokens,
+        base_model=args.model or DEMO_BASE, calibration_data=described, calibration_tokens=result.frequency_tokens,
         settings={"target_params": args.target_params, "vocab_size": small.config.vocab_size,
                   "intermediate_size": result.split.intermediate_size, "ffn_importance": "common_act2"},
         eval_data=eval_described, bits_per_byte_before=before, bits_per_byte_after=after,
