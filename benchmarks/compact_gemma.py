@@ -1,6 +1,6 @@
 """COMPACT vs baselines on Gemma-3-270M: bits per byte at equal parameter counts (not a unit test).
 
-    python benchmarks/compact_gemma.py [--ratios 0.5 0.4 0.3] [--eval-chars 60000] [--append]
+    python benchmarks/compact_gemma.py [--ratios 0.5 0.4 0.3] [--eval-chars 60000] [--append] [--methods compact ...]
 
 Every method prunes the same base model with the same calibration text (``wikitext-2/valid.txt``)
 to the same parameter budget, and is scored on the first ``--eval-chars`` characters of the
@@ -46,12 +46,15 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def run(ratios: list[float], eval_chars: int, append: bool = False) -> dict:
+METHODS = ("compact", "ffn_act", "vocab_freq_ffn_magnitude", "vocab_closure_only")
+
+
+def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tuple[str, ...] = METHODS) -> dict:
     model, tokenizer = load_demo_model()
     text = load_text(DATA / "wikitext-2-raw" / "wiki.test.raw", max_chars=eval_chars)
     previous = json.loads((OUT / "compact_gemma.json").read_text()) if append else None
     if previous and previous["eval_chars"] == eval_chars:
-        rows = [r for r in previous["rows"] if r["ratio"] not in ratios]
+        rows = [r for r in previous["rows"] if r["ratio"] not in ratios or r["method"] not in methods]
     else:
         rows = [{"method": "base", "ratio": 1.0, "parameters": model.num_parameters(),
                  "bits_per_byte": bits_per_byte(model, tokenizer, text), "prune_seconds": 0.0}]
@@ -69,38 +72,44 @@ def run(ratios: list[float], eval_chars: int, append: bool = False) -> dict:
 
     for ratio in ratios:
         (small, tok, result), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, return_result=True))
-        record("compact", ratio, small, tok, secs,
-               candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()})
+        if "compact" in methods:
+            record("compact", ratio, small, tok, secs,
+                   candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()})
         split = (result.split.vocab_size, result.split.intermediate_size)
 
-        try:
-            (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio,
-                                                             prune_vocabulary=False, ffn_importance="act2"))
-            record("ffn_act", ratio, small, tok, secs)
-        except ValueError as err:  # Gemma's embedding alone is 63% of its parameters
-            rows.append({"method": "ffn_act", "ratio": ratio, "infeasible": str(err)})
-            print(json.dumps(rows[-1]), flush=True)
+        if "ffn_act" in methods:
+            try:
+                (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio,
+                                                                 prune_vocabulary=False, ffn_importance="act2"))
+                record("ffn_act", ratio, small, tok, secs)
+            except ValueError as err:  # Gemma's embedding alone is 63% of its parameters
+                rows.append({"method": "ffn_act", "ratio": ratio, "infeasible": str(err)})
 
-        (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, split=split,
-                                                         ffn_importance="magnitude"))
-        record("vocab_freq_ffn_magnitude", ratio, small, tok, secs)
+        if "vocab_freq_ffn_magnitude" in methods:
+            (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, split=split,
+                                                             ffn_importance="magnitude"))
+            record("vocab_freq_ffn_magnitude", ratio, small, tok, secs)
 
-        vocab_only = [s for s in candidate_splits(model, resolve_budget(model, ratio), min_vocab, (1.0,))
-                      if s.intermediate_size == model.config.intermediate_size]
-        if not vocab_only:
-            rows.append({"method": "vocab_closure_only", "ratio": ratio,
-                         "infeasible": "the transformer blocks alone exceed the budget"})
-        else:
-            (small, tok), secs = timed(lambda: compact_prune(
-                model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, model.config.intermediate_size),
-                ffn_importance="magnitude"))
-            record("vocab_closure_only", ratio, small, tok, secs)
+        if "vocab_closure_only" in methods:
+            vocab_only = [s for s in candidate_splits(model, resolve_budget(model, ratio), min_vocab, (1.0,))
+                          if s.intermediate_size == model.config.intermediate_size]
+            if not vocab_only:
+                rows.append({"method": "vocab_closure_only", "ratio": ratio,
+                             "infeasible": "the transformer blocks alone exceed the budget"})
+            else:
+                inter = model.config.intermediate_size
+                (small, tok), secs = timed(lambda: compact_prune(
+                    model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, inter),
+                    ffn_importance="magnitude"))
+                record("vocab_closure_only", ratio, small, tok, secs)
     return results
 
 
 def write(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "compact_gemma.json").write_text(json.dumps(results, indent=2) + "\n")
+    order = ("base", *METHODS)
+    results["rows"].sort(key=lambda r: (-r["ratio"], order.index(r["method"])))
     base = next(r for r in results["rows"] if r["method"] == "base")
     lines = [f"# COMPACT vs baselines on {results['model']}", "",
              f"Bits per byte on the first {results['eval_chars']:,} characters of WikiText-2 test "
@@ -140,8 +149,10 @@ def main() -> None:
     parser.add_argument("--eval-chars", type=int, default=60_000)
     parser.add_argument("--append", action="store_true",
                         help="keep the committed rows of other ratios (and the base) instead of starting over")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="rerun only these (with --append, the other methods' rows are kept)")
     args = parser.parse_args()
-    write(run(args.ratios, args.eval_chars, args.append))
+    write(run(args.ratios, args.eval_chars, args.append, tuple(args.methods)))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Projected compression vs hard-prune + retrain on Gemma-3-270M, same init, same tokens (not a unit test).
 
-    python benchmarks/train_quality.py [--tokens 100000] [--pc-lrs 3e-4 1e-3] [--retrain-lrs 1e-4 3e-4]
+    python benchmarks/train_quality.py [--tokens 102400] [--pc-lrs 1e-4 3e-4] [--pc-projection-lrs 1e-5]
+                                       [--retrain-lrs 1e-4 3e-4] [--name train_quality]
 
 Both methods start from the same selection: COMPACT's kept vocabulary (so training is affordable on
 a CPU), d_model 640 -> 512 and d_ff 2048 -> 1024 ranked by common-token act² on
 ``wikitext-2/valid.txt``. Then, on the same token blocks of that file in the same order:
 
-- ``pc``: ProjCompTrainer (P, A and norms train; the base stays frozen; W_c once per step);
+- ``pc``: ProjCompTrainer (P, A and norms train; the base stays frozen; W_c once per step). Its
+  grid is (LR of A and norms) × (LR of P); with P frozen it would be exactly ``retrain``;
 - ``retrain``: the hard-pruned vanilla model, every weight trained with a plain ``Trainer``.
 
 Each method's learning rate is picked on a small grid (cross-entropy runs, lowest final bits per
@@ -15,7 +17,8 @@ the same loss for both methods).
 Bits per byte are measured on the first ``--eval-chars`` characters of the WikiText-2 test file
 at several token budgets along each run (constant learning rate after a short warm-up, so a budget
 is a prefix of the longest run), and on ``--final-eval-chars`` at the end.
-Writes ``benchmarks/results/train_quality.{json,md,png}``.
+Writes ``benchmarks/results/<name>.{json,md,png}``. The selection is cached in
+``benchmarks/results/.runs/selection`` (delete it to recompute).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainer, get_projcomp_model, hard_prune
 from hf_projcomp.demo import load_demo_model
@@ -75,13 +78,18 @@ def token_blocks(tokenizer, max_tokens: int) -> Dataset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=100_000)
-    parser.add_argument("--pc-lrs", type=float, nargs="+", default=[3e-4, 1e-3])
+    parser.add_argument("--tokens", type=int, default=102_400)
+    parser.add_argument("--pc-lrs", type=float, nargs="+", default=[1e-4, 3e-4], help="LRs of A and the norms")
+    parser.add_argument("--pc-projection-lrs", type=float, nargs="+", default=[1e-5], help="LRs of P")
     parser.add_argument("--retrain-lrs", type=float, nargs="+", default=[1e-4, 3e-4])
+    parser.add_argument("--no-distill", action="store_true", help="grid only, no distillation runs")
+    parser.add_argument("--name", default="train_quality", help="results file name")
+    parser.add_argument("--append", action="store_true", help="add to the runs already in <name>.json")
+    parser.add_argument("--note", default="", help="a line for the markdown (e.g. where the LRs came from)")
     parser.add_argument("--eval-chars", type=int, default=20_000)
     parser.add_argument("--final-eval-chars", type=int, default=60_000)
     args = parser.parse_args()
-    steps = max(1, args.tokens // TOKENS_PER_STEP)
+    steps = max(1, -(-args.tokens // TOKENS_PER_STEP))
     budgets = sorted({max(1, steps // 4), max(1, steps // 2), steps})
     budgets = [b * TOKENS_PER_STEP for b in budgets]
 
@@ -89,28 +97,28 @@ def main() -> None:
     test = DATA / "wikitext-2-raw" / "wiki.test.raw"
     eval_text, final_text = load_text(test, max_chars=args.eval_chars), load_text(test, max_chars=args.final_eval_chars)
     config = ProjCompConfig(hidden_size=512, intermediate_size=1024, vocab_size=52_000, importance="compact")
-    start = time.perf_counter()
-    init = get_projcomp_model(base, config, calibration_data=str(DATA / "wikitext-2" / "valid.txt"), tokenizer=tokenizer)
-    selection_seconds = time.perf_counter() - start
-    recorded = init.projcomp_config
-    small_tok = init.tokenizer
+    recorded, small_tok, selection_seconds = selection(base, tokenizer, config)
     data = token_blocks(small_tok, steps * TOKENS_PER_STEP)
     results = {
         "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)",
         "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
-        "date": date.today().isoformat(), "eval_chars": args.eval_chars, "final_eval_chars": args.final_eval_chars,
+        "date": date.today().isoformat(), "tokens": steps * TOKENS_PER_STEP, "eval_chars": args.eval_chars, "final_eval_chars": args.final_eval_chars,
         "target": {"hidden_size": 512, "intermediate_size": 1024, "vocab_size": len(small_tok)},
         "tokens_per_step": TOKENS_PER_STEP, "selection_seconds": selection_seconds,
         "base_bits_per_byte": bits_per_byte(base, tokenizer, final_text, progress=False), "runs": [],
+        "note": args.note,
     }
+    previous = OUT / f"{args.name}.json"
+    if args.append and previous.is_file():
+        results["runs"] = json.loads(previous.read_text())["runs"]
     step0 = hard_prune(base, recorded.hidden_indices, recorded.intermediate_indices, recorded.vocab_indices)
     results["step0_bits_per_byte"] = bits_per_byte(step0, small_tok, final_text, progress=False)
     results["small_parameters"] = step0.num_parameters()
     print(f"base {results['base_bits_per_byte']:.4f}, hard-pruned step 0 {results['step0_bits_per_byte']:.4f}", flush=True)
 
-    def run(method: str, lr: float, distill: float) -> dict:
+    def run(method: str, lr: float, distill: float, projection_lr: float | None = None) -> dict:
         training = TrainingArguments(
-            str(OUT / ".runs" / f"{method}-{lr:g}-{distill:g}"), per_device_train_batch_size=MICRO_BATCH,
+            str(OUT / ".runs" / f"{method}-{lr:g}-{projection_lr}-{distill:g}"), per_device_train_batch_size=MICRO_BATCH,
             gradient_accumulation_steps=ACCUMULATION, max_steps=steps, learning_rate=lr,
             lr_scheduler_type="constant_with_warmup", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
@@ -119,7 +127,7 @@ def main() -> None:
             pc = ProjCompModel(base, recorded, small_tok)
             trained = pc.merge_and_unload
             trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, data_collator=default_data_collator,
-                                      distill_alpha=distill)
+                                      distill_alpha=distill, projection_learning_rate=projection_lr)
         else:
             model = hard_prune(base, recorded.hidden_indices, recorded.intermediate_indices, recorded.vocab_indices)
             model.train().requires_grad_(True)
@@ -131,63 +139,88 @@ def main() -> None:
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-        row = {"method": method, "learning_rate": lr, "distill_alpha": distill, "train_seconds": seconds,
+        row = {"method": method, "learning_rate": lr, "projection_learning_rate": projection_lr,
+               "distill_alpha": distill, "train_seconds": seconds,
                "teacher_seconds": getattr(trainer, "teacher_seconds", 0.0), "budgets": callback.points,
                "losses": [(log["step"] * TOKENS_PER_STEP, log["loss"]) for log in trainer.state.log_history if "loss" in log],
                "final_bits_per_byte": bits_per_byte(trained(), small_tok, final_text, progress=False)}
         print({k: v for k, v in row.items() if k != "losses"}, flush=True)
         results["runs"].append(row)
-        write(results)
+        write(results, args.name)
         return row
 
+    grids = {"pc": [(lr, plr) for lr in args.pc_lrs for plr in args.pc_projection_lrs],
+             "retrain": [(lr, None) for lr in args.retrain_lrs]}
     best = {}
-    for method, lrs in (("pc", args.pc_lrs), ("retrain", args.retrain_lrs)):
-        rows = [run(method, lr, 0.0) for lr in lrs]
-        best[method] = min(rows, key=lambda r: r["final_bits_per_byte"])["learning_rate"]
-    run("pc", best["pc"], 0.5)
-    run("retrain", best["retrain"], 0.5)
+    for method, grid in grids.items():
+        rows = [run(method, lr, 0.0, plr) for lr, plr in grid]
+        winner = min(rows, key=lambda r: r["final_bits_per_byte"])
+        best[method] = (winner["learning_rate"], winner["projection_learning_rate"])
     results["best_learning_rates"] = best
-    write(results)
+    if not args.no_distill:
+        for method, (lr, plr) in best.items():
+            run(method, lr, 0.5, plr)
+    write(results, args.name)
 
 
-def write(results: dict) -> None:
+def selection(base, tokenizer, config: ProjCompConfig):
+    """COMPACT's selections and pruned tokenizer (cached: they take minutes and every run shares them)."""
+    cache = OUT / ".runs" / "selection"
+    if not (cache / "seconds.json").is_file():
+        start = time.perf_counter()
+        init = get_projcomp_model(base, config, calibration_data=str(DATA / "wikitext-2" / "valid.txt"),
+                                  tokenizer=tokenizer)
+        seconds = time.perf_counter() - start
+        init.projcomp_config.save_pretrained(cache)
+        init.tokenizer.save_pretrained(cache)
+        (cache / "seconds.json").write_text(json.dumps(seconds))
+    return (ProjCompConfig.from_pretrained(cache), AutoTokenizer.from_pretrained(cache),
+            json.loads((cache / "seconds.json").read_text()))
+
+
+def write(results: dict, name: str) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "train_quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     budgets = sorted({p["tokens"] for r in results["runs"] for p in r["budgets"]})
     lines = [
         "# Projected compression vs hard-prune + retrain, Gemma-3-270M",
         "",
         f"{results['model']} -> vocabulary {results['target']['vocab_size']:,} (COMPACT), d_model 512, d_ff 1024 "
         f"({results['small_parameters']:,} parameters); same init indices, same tokens of wikitext-2 valid "
-        f"({results['tokens_per_step']:,} tokens/step, constant LR after 2 warm-up steps). Bits per byte on the "
+        f"({results['tokens_per_step']:,} tokens/step, constant LR after 2 warm-up steps; for pc, LR is that of "
+        f"A and the norms, P LR that of P). Bits per byte on the "
         f"first {results['eval_chars']:,} characters of WikiText-2 test at each budget, and on "
         f"{results['final_eval_chars']:,} at the end. {results['machine']}, {results['date']}.",
         "",
+        *([results["note"], ""] if results.get("note") else []),
         f"Base model: {results['base_bits_per_byte']:.4f} bpb; hard-pruned at step 0: "
         f"{results['step0_bits_per_byte']:.4f} bpb ({results['final_eval_chars']:,} characters).",
         "",
-        "| method | LR | distill α | " + " | ".join(f"{b:,} tok" for b in budgets)
+        "| method | LR | P LR | distill α | " + " | ".join(f"{b:,} tok" for b in budgets)
         + f" | final ({results['final_eval_chars']:,} chars) | train s | teacher s |",
-        "|---|---|---|" + "---|" * len(budgets) + "---|---|---|",
+        "|---|---|---|---|" + "---|" * len(budgets) + "---|---|---|",
     ]
     for r in results["runs"]:
         by = {p["tokens"]: p["bits_per_byte"] for p in r["budgets"]}
         cells = " | ".join(f"{by[b]:.4f}" if b in by else "" for b in budgets)
-        lines.append(f"| {r['method']} | {r['learning_rate']:g} | {r['distill_alpha']:g} | {cells} | "
+        plr = r.get("projection_learning_rate")
+        lines.append(f"| {r['method']} | {r['learning_rate']:g} | {'' if plr is None else f'{plr:g}'} | "
+                     f"{r['distill_alpha']:g} | {cells} | "
                      f"{r['final_bits_per_byte']:.4f} | {r['train_seconds']:.0f} | {r['teacher_seconds']:.0f} |")
-    (OUT / "train_quality.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     plt = pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results["runs"]:
         tokens, losses = zip(*r["losses"]) if r["losses"] else ((), ())
-        ax.plot(tokens, losses, label=f"{r['method']} lr={r['learning_rate']:g} α={r['distill_alpha']:g}")
+        plr = "" if r.get("projection_learning_rate") is None else f" P lr={r['projection_learning_rate']:g}"
+        ax.plot(tokens, losses, label=f"{r['method']} lr={r['learning_rate']:g}{plr} α={r['distill_alpha']:g}")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss (CE, or CE/KL mix with distillation)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / "train_quality.png", dpi=120)
+    fig.savefig(OUT / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

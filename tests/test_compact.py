@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
+from hf_projcomp.compact.prune import alphabet_mask, token_ranking
 
 from tests.tiny import TINY, fresh_env
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
@@ -172,3 +173,20 @@ def test_compact_importance_initialises_the_projected_model(tmp_path):
     merged = reloaded.merge_and_unload()
     assert merged.config.vocab_size == len(pc.tokenizer) and merged.config.hidden_size == 48
     assert merged.lm_head.weight is merged.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("kind", ["byte_fallback", "byte_level"])
+def test_model_prior_only_ranks_tokens_in_the_calibration_alphabet(kind):
+    tok = tiny_tokenizer(kind)
+    mask = alphabet_mask(tok, ["the lobster"], len(tok) + 3)
+    assert mask.shape == (len(tok) + 3,) and not mask[len(tok):].any()
+    for word, inside in (("the", True), ("lobster", True), ("Atlantic", False), ("century", False)):
+        ids = tok(" " + word, add_special_tokens=False).input_ids
+        assert bool(mask[ids].all()) == inside, word
+    # Unseen tokens: the prior ranks the alphabet's tokens first, whatever mass the others get.
+    counts = torch.zeros(len(mask), dtype=torch.long)
+    mass = torch.rand(len(mask), generator=torch.Generator().manual_seed(0))
+    ranking = token_ranking(counts, mass, in_alphabet=mask)
+    inside = int(mask.sum())
+    assert mask[ranking[:inside]].all()
+    assert torch.equal(ranking[:inside], torch.sort(-mass * mask, stable=True).indices[:inside])

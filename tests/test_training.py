@@ -15,6 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model
 from hf_projcomp.training import Teacher, distillation_kl
+from hf_projcomp.training.trainer import DEFAULT_PROJECTION_LR_RATIO
 
 from tests.scripts import train_tiny
 from tests.tiny import MODEL_TYPES, tiny_model
@@ -53,7 +54,9 @@ def test_amortized_step_equals_per_microbatch_autograd(model_type, tmp_path):
     naive, amortized = projected(model_type), projected(model_type)
     plain = Trainer(model=naive, args=training_args(tmp_path / "a"), train_dataset=tiny_data())
     plain.train()
-    ours = ProjCompTrainer(model=amortized, args=training_args(tmp_path / "b"), train_dataset=tiny_data())
+    # One LR for every parameter, as the plain Trainer has.
+    ours = ProjCompTrainer(model=amortized, args=training_args(tmp_path / "b"), train_dataset=tiny_data(),
+                           projection_learning_rate=1e-3)
     ours.train()
     grad_norms = [log["grad_norm"] for log in ours.state.log_history if "grad_norm" in log]
     assert grad_norms and min(grad_norms) > 0.05  # clipping did act
@@ -65,11 +68,17 @@ def test_projection_learning_rate_and_no_decay_on_norms(tmp_path):
     pc = projected()
     trainer = ProjCompTrainer(model=pc, args=training_args(tmp_path, weight_decay=0.1), train_dataset=tiny_data(),
                               projection_learning_rate=5e-3)
-    projections, norms = trainer.create_optimizer().param_groups
+    projections, corrections, norms = trainer.create_optimizer().param_groups
     assert projections["lr"] == 5e-3 and projections["weight_decay"] == 0.1
+    assert corrections["lr"] == 1e-3 and corrections["weight_decay"] == 0.1
     assert norms["lr"] == 1e-3 and norms["weight_decay"] == 0.0
-    assert {id(p) for p in projections["params"]} == {id(p) for p in pc.projections.parameters()}
+    names = {id(p): n for n, p in pc.projections.named_parameters()}
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in projections["params"]} == {"p_in", "p_out"}
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in corrections["params"]} == {"a"}
+    assert len(projections["params"]) + len(corrections["params"]) == len(names)
     assert len(norms["params"]) > 0 and all(p.dim() == 1 for p in norms["params"])
+    default = ProjCompTrainer(model=pc, args=training_args(tmp_path, weight_decay=0.1), train_dataset=tiny_data())
+    assert default.create_optimizer().param_groups[0]["lr"] == pytest.approx(1e-3 * DEFAULT_PROJECTION_LR_RATIO)
 
 
 def test_two_processes_equal_each_other_and_one_process(tmp_path):
@@ -172,3 +181,17 @@ def test_trainer_rejects_bad_arguments(tmp_path):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), distill_alpha=1.5)
     with pytest.raises(ValueError, match="distill_temperature"):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), distill_temperature=0)
+
+
+@pytest.mark.parametrize("backend", ["is_fsdp_enabled", "is_deepspeed_enabled"])
+def test_trainer_refuses_sharded_backends(tmp_path, monkeypatch, backend):
+    # FSDP needs an accelerator device (accelerate refuses it on CPU), so the sharded state is simulated.
+    original = Trainer.create_accelerator_and_postprocess
+
+    def sharded(self):
+        original(self)
+        setattr(self, backend, True)
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", sharded)
+    with pytest.raises(ValueError, match="FSDP and DeepSpeed are not supported"):
+        ProjCompTrainer(model=projected(), args=training_args(tmp_path), train_dataset=tiny_data())

@@ -2,9 +2,9 @@
 
 1. Token frequencies over all calibration text (tokenising is cheap, so it reads far more text than
    the activation pass), averaged with the model's own predicted next-token distribution over the
-   activation pass (which ranks plausible tokens the text never used); the kept vocabulary is the
-   top of that ranking, made reachable through the BPE merges, plus every required token
-   (specials, byte tokens).
+   activation pass (which ranks plausible tokens the text never used), counted only for tokens
+   written in characters the calibration text uses; the kept vocabulary is the top of that ranking,
+   made reachable through the BPE merges, plus every required token (specials, byte tokens).
 2. FFN channels per layer ranked by **common act²**: ``Σ_t h_{t,j}²`` over calibration positions whose
    token is kept, with ``h`` the input of ``down_proj`` (the paper's formula).
 3. The budget is split between vocabulary and FFN by trying a few candidate splits that meet it and
@@ -51,15 +51,39 @@ class CompactResult:
 
 
 def token_ranking(
-    counts: torch.Tensor, predicted_mass: torch.Tensor | None = None, prior_weight: float = 1.0
+    counts: torch.Tensor,
+    predicted_mass: torch.Tensor | None = None,
+    prior_weight: float = 1.0,
+    in_alphabet: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Token ids, most likely first: counted unigram frequency plus ``prior_weight`` × the
     model-predicted one (the prediction ranks tokens the calibration text happened not to use, such
-    as other forms of its words); ties by id (BPE ids roughly follow corpus frequency)."""
+    as other forms of its words); ties by id (BPE ids roughly follow corpus frequency).
+
+    ``in_alphabet`` (bool per id) limits the prediction to tokens written in the calibration text's
+    characters: a multilingual model spreads mass over scripts the target text never uses. Measured
+    on Gemma-3 at 52,000 kept ids (wikitext-2 valid calibration), this cut the extra tokens the
+    pruned tokenizer needs on WikiText-2 test from +3.2% to +2.6%.
+    """
     score = counts.double() / max(1, int(counts.sum()))
     if predicted_mass is not None:
-        score = score + prior_weight * predicted_mass.double() / max(1e-12, float(predicted_mass.sum()))
+        mass = predicted_mass.double()
+        if in_alphabet is not None:
+            mass = mass * in_alphabet[: len(mass)].to(mass.dtype)
+        score = score + prior_weight * mass / max(1e-12, float(mass.sum()))
     return torch.sort(-score, stable=True).indices
+
+
+def alphabet_mask(tokenizer: PreTrainedTokenizerBase, texts: list[str], vocab_size: int) -> torch.Tensor:
+    """Per token id: does its text use only characters that occur in ``texts`` (or whitespace)?
+    Tokens that decode to partial UTF-8 (byte-level pieces) are not judged and count as inside."""
+    chars = set().union(*map(set, texts))
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[: len(pieces)] = torch.tensor(
+        [all(ch in chars or ch.isspace() or ch == "\ufffd" for ch in piece) for piece in pieces]
+    )
+    return mask
 
 
 def check_vocabularies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -176,7 +200,8 @@ def compact_prune(
             token_weight=lambda ids: kept_mask.to(ids.device)[ids],
         )
 
-    ranking = token_ranking(counts, predicted_mass, prior_weight)
+    in_alphabet = alphabet_mask(tokenizer, texts, model.config.vocab_size) if predicted_mass is not None else None
+    ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet)
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
         s.vocab_size: prune_tokenizer(tokenizer, ranking, max_vocab_size=s.vocab_size)

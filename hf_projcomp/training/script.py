@@ -68,7 +68,9 @@ class CompressionArguments:
     calibration_sequences: int = field(default=32, metadata={"help": "Sequences ranking the initial selections."})
     distill_alpha: float = field(default=0.0, metadata={"help": "Weight of distillation from the frozen base."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature."})
-    projection_learning_rate: float | None = field(default=None, metadata={"help": "LR of P and A."})
+    projection_learning_rate: float | None = field(
+        default=None, metadata={"help": "LR of P (default: learning_rate × 0.1); A and norms use learning_rate."}
+    )
 
 
 def load_base(args: ModelArguments):

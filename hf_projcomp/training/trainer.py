@@ -13,7 +13,7 @@ optimizer step instead:
    optimizer steps.
 
 It also adds distillation from the frozen base, parameter groups (no weight decay on norms, own LR
-for P/A), adapter-only checkpoints that resume exactly, and a hard stop on a non-finite loss.
+for P), adapter-only checkpoints that resume exactly, and a hard stop on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..projection import ProjCompModel
 from .distill import DistillationMixin, Teacher
 
 TRAINING_ARGS_NAME = "training_args.bin"
+DEFAULT_PROJECTION_LR_RATIO = 0.1
 
 
 class ProjCompTrainer(DistillationMixin, Trainer):
@@ -39,8 +40,12 @@ class ProjCompTrainer(DistillationMixin, Trainer):
         distill_alpha: weight α of distillation: loss = (1-α)·CE + α·T²·KL(teacher ‖ student), the
             teacher being the frozen base model. 0 disables it (no teacher forward).
         distill_temperature: T.
-        projection_learning_rate: learning rate of P and A (default: ``args.learning_rate``, which
-            the norms always use).
+        projection_learning_rate: learning rate of P (every ``p_in``/``p_out``). A and the norms use
+            ``args.learning_rate``: with P frozen, A's update is exactly that of retraining the small
+            weight. One element of P moves a whole row or column of ``W_c``, so P wants a much smaller
+            step; the default is ``args.learning_rate * DEFAULT_PROJECTION_LR_RATIO`` (on Gemma-3-270M
+            at A's LR 1e-4, P's LR 1e-4 / 1e-5 / 1e-6 gave 2.17 / 2.00 / 2.02 bits per byte after 32k
+            tokens: ``benchmarks/results/train_quality_lr_probe.md``).
         amortize: compute ``W_c`` once per optimizer step (True) or per micro-batch with autograd
             (False, what a plain ``Trainer`` does).
     """
@@ -68,6 +73,13 @@ class ProjCompTrainer(DistillationMixin, Trainer):
         # Before super().__init__: DDP must see the materialised W_c as parameters when it wraps the model.
         model.set_amortized(amortize)
         super().__init__(model, *args, **kwargs)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            # Sharding would split the materialised W_c and the base weights the products read.
+            raise ValueError(
+                "ProjCompTrainer supports single-process and DDP training (accelerate launch --multi_gpu); "
+                "FSDP and DeepSpeed are not supported: remove fsdp/deepspeed from the TrainingArguments "
+                "or the accelerate config"
+            )
 
     # -- optimizer -------------------------------------------------------------------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
@@ -77,13 +89,16 @@ class ProjCompTrainer(DistillationMixin, Trainer):
         return self.optimizer
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """P and A (weight decay, their own LR) and the norms (no weight decay)."""
-        projections = [p for p in self.pc.projections.parameters() if p.requires_grad]
-        in_projections = {id(p) for p in projections}
+        """P (its own LR), A (weight decay) and the norms (no weight decay)."""
+        named = dict(self.pc.projections.named_parameters())
+        projections = [p for n, p in named.items() if n.rsplit(".", 1)[-1] != "a" and p.requires_grad]
+        corrections = [p for n, p in named.items() if n.rsplit(".", 1)[-1] == "a" and p.requires_grad]
+        in_projections = {id(p) for p in named.values()}
         norms = [p for p in self.pc.trainable_parameters() if id(p) not in in_projections]
-        lr = self.projection_learning_rate or self.args.learning_rate
+        lr = self.projection_learning_rate or self.args.learning_rate * DEFAULT_PROJECTION_LR_RATIO
         return [
             {"params": projections, "weight_decay": self.args.weight_decay, "lr": lr},
+            {"params": corrections, "weight_decay": self.args.weight_decay},
             {"params": norms, "weight_decay": 0.0},
         ]
 
