@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--pc-projection-lrs", type=float, nargs="+", default=[1e-5], help="LRs of P")
     parser.add_argument("--retrain-lrs", type=float, nargs="+", default=[1e-4, 3e-4])
     parser.add_argument("--no-distill", action="store_true", help="grid only, no distillation runs")
+    parser.add_argument("--distill-only", action="store_true",
+                        help="skip the grid: distillation runs at the given (single) LRs, e.g. with --append")
     parser.add_argument("--name", default="train_quality", help="results file name")
     parser.add_argument("--append", action="store_true", help="add to the runs already in <name>.json")
     parser.add_argument("--note", default="", help="a line for the markdown (e.g. where the LRs came from)")
@@ -153,6 +155,11 @@ def main() -> None:
              "retrain": [(lr, None) for lr in args.retrain_lrs]}
     best = {}
     for method, grid in grids.items():
+        if args.distill_only:
+            if len(grid) != 1:
+                parser.error("--distill-only takes one LR (and one P LR) per method")
+            best[method] = grid[0]
+            continue
         rows = [run(method, lr, 0.0, plr) for lr, plr in grid]
         winner = min(rows, key=lambda r: r["final_bits_per_byte"])
         best[method] = (winner["learning_rate"], winner["projection_learning_rate"])
