@@ -173,7 +173,12 @@ def main() -> None:
 def selection(base, tokenizer, config: ProjCompConfig):
     """COMPACT's selections and pruned tokenizer (cached: they take minutes and every run shares them)."""
     cache = OUT / ".runs" / "selection"
-    if not (cache / "seconds.json").is_file():
+    targets = ("hidden_size", "intermediate_size", "vocab_size", "importance")
+    if (cache / "seconds.json").is_file():
+        cached = ProjCompConfig.from_pretrained(cache)
+        if any(getattr(cached, t) != getattr(config, t) for t in targets):
+            raise SystemExit(f"{cache} holds a selection for other targets: delete it to recompute")
+    else:
         start = time.perf_counter()
         init = get_projcomp_model(base, config, calibration_data=str(DATA / "wikitext-2" / "valid.txt"),
                                   tokenizer=tokenizer)

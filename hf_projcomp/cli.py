@@ -40,18 +40,6 @@ def fail(prog: str, message: str, status: int = 1) -> NoReturn:
     sys.exit(status)
 
 
-def load_model(name: str | None, gguf_file: str | None = None) -> tuple[Any, Any]:
-    """(model in fp32, tokenizer) from a Hub id / local directory, or the demo Gemma when ``name`` is None."""
-    if name is None:
-        from .demo import load_demo_model
-
-        return load_demo_model()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs).eval()
-    return model, AutoTokenizer.from_pretrained(name, **kwargs)
-
 
 def read_text(path: str | None, model: Any, tokenizer: Any, chars: int, seed: int) -> tuple[str, str]:
     """(text, its description): the file's first ``chars`` characters, or samples from ``model``."""
@@ -67,6 +55,7 @@ def read_text(path: str | None, model: Any, tokenizer: Any, chars: int, seed: in
 # -- compress ------------------------------------------------------------------------------------
 def compress(args: argparse.Namespace) -> None:
     from .compact import compact_prune, generate_calibration_texts
+    from .demo import load_model
     from .evaluate import bits_per_byte
     from .export import CompressionSummary, save_compressed
 
@@ -115,6 +104,7 @@ def train(args: argparse.Namespace) -> None:
 
 def merge(args: argparse.Namespace) -> None:
     from .config import ProjCompConfig
+    from .demo import load_model
     from .projection import ProjCompModel
 
     adapter = Path(args.adapter)
@@ -139,6 +129,7 @@ def forward_seconds(model: Any, vocab_size: int, tokens: int = 256, repeats: int
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    from .demo import load_model
     from .evaluate import evaluate_text
 
     model, tokenizer = load_model(args.model)

@@ -28,7 +28,7 @@ from transformers import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model"]
+__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model", "load_model"]
 
 MODEL_DIRNAME = "gemma-3-270m"
 # Written last into the temporary directory: a cache directory holding it was published whole.
@@ -209,3 +209,15 @@ def load_demo_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
+
+
+def load_model(
+    name: str | os.PathLike[str] | None, gguf_file: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model in fp32, eval mode; tokenizer) from a Hub id or local directory (``gguf_file``: a GGUF
+    file in it), or the demo Gemma-3-270M when ``name`` is None."""
+    if name is None:
+        return load_demo_model()
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs).eval()
+    return model, AutoTokenizer.from_pretrained(name, **kwargs)

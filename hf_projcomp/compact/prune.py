@@ -69,7 +69,7 @@ def token_ranking(
     if predicted_mass is not None:
         mass = predicted_mass.double()
         if in_alphabet is not None:
-            mass = mass * in_alphabet[: len(mass)].to(mass.dtype)
+            mass = mass * in_alphabet.to(mass.dtype)
         score = score + prior_weight * mass / max(1e-12, float(mass.sum()))
     return torch.sort(-score, stable=True).indices
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+
 class Teacher:
     """A frozen base model as teacher, scored on the student's vocabulary.
 

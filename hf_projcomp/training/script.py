@@ -24,15 +24,10 @@ from typing import NoReturn
 
 import torch
 from datasets import load_dataset
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    HfArgumentParser,
-    TrainingArguments,
-    default_data_collator,
-)
+from transformers import HfArgumentParser, TrainingArguments, default_data_collator
 
 from ..config import ProjCompConfig
+from ..demo import load_model
 from ..evaluate import bits_per_byte, load_text
 from ..export import CompressionSummary
 from ..mapping import get_projcomp_model
@@ -73,16 +68,6 @@ class CompressionArguments:
     )
 
 
-def load_base(args: ModelArguments):
-    if args.model_name_or_path is None:
-        from ..demo import load_demo_model
-
-        return load_demo_model()
-    kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32, **kwargs)
-    return model, AutoTokenizer.from_pretrained(args.model_name_or_path, **kwargs)
-
-
 def token_blocks(tokenizer, files: list[str], block_size: int, training: TrainingArguments):
     """run_clm's recipe: tokenise the ``text`` dataset, concatenate, cut into ``block_size`` blocks."""
     raw = load_dataset("text", data_files={"train": files})["train"]
@@ -108,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = _Parser((ModelArguments, DataArguments, CompressionArguments, TrainingArguments), prog="projcomp train")
     model_args, data_args, comp_args, training = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING, format="%(message)s")
-    model, tokenizer = load_base(model_args)
+    model, tokenizer = load_model(model_args.model_name_or_path, model_args.gguf_file)
     files = data_args.train_file.split(",")
     eval_text = load_text(data_args.eval_text_file, max_chars=data_args.eval_chars) if data_args.eval_text_file else None
     base_bpb = bits_per_byte(model, tokenizer, eval_text) if eval_text else None

@@ -90,10 +90,10 @@ class ProjCompTrainer(DistillationMixin, Trainer):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """P (its own LR), A (weight decay) and the norms (no weight decay)."""
-        named = dict(self.pc.projections.named_parameters())
-        projections = [p for n, p in named.items() if n.rsplit(".", 1)[-1] != "a" and p.requires_grad]
-        corrections = [p for n, p in named.items() if n.rsplit(".", 1)[-1] == "a" and p.requires_grad]
-        in_projections = {id(p) for p in named.values()}
+        modules = list(self.pc.projections.values())
+        projections = [p for m in modules for p in (m.p_in, m.p_out) if p is not None and p.requires_grad]
+        corrections = [m.a for m in modules if m.a.requires_grad]
+        in_projections = {id(p) for m in modules for p in m.parameters()}
         norms = [p for p in self.pc.trainable_parameters() if id(p) not in in_projections]
         lr = self.projection_learning_rate or self.args.learning_rate * DEFAULT_PROJECTION_LR_RATIO
         return [
