@@ -19,9 +19,11 @@ Writes ``benchmarks/results/compact_gemma.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
+import re
 import time
 from datetime import date
 from pathlib import Path
@@ -49,6 +51,34 @@ def timed(fn):
 METHODS = ("compact", "ffn_act", "vocab_freq_ffn_magnitude", "vocab_closure_only")
 
 
+def tokens_per_word(tokenizer, text: str, words: list[tuple[int, int]]) -> list[int]:
+    """How many tokens the tokenizer spends on each whitespace-separated word of ``text``: a token
+    belongs to the word holding its first non-space character (a leading '▁'/space is not one)."""
+    starts = [a for a, _ in words]
+    counts = [0] * len(words)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    for a, b in enc["offset_mapping"]:
+        while a < b and text[a].isspace():
+            a += 1
+        k = bisect.bisect_right(starts, a) - 1
+        if a < b and k >= 0 and a < words[k][1]:
+            counts[k] += 1
+    return counts
+
+
+def out_of_calibration(base_tok, tok, text: str, calibration_words: set[str]) -> dict:
+    """Extra tokens the pruned tokenizer needs, inside words the calibration text contains and
+    inside words it never contains (their segmentation is where vocabulary pruning loses)."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    before, after = tokens_per_word(base_tok, text, spans), tokens_per_word(tok, text, spans)
+    seen = [text[a:b] in calibration_words for a, b in spans]
+    out = {"words": len(spans), "words_absent_from_calibration": seen.count(False)}
+    for key, flag in (("calibration_words", True), ("other_words", False)):
+        out[f"tokens_{key}"] = sum(n for n, s in zip(before, seen) if s == flag)
+        out[f"extra_tokens_{key}"] = sum(m - n for m, n, s in zip(after, before, seen) if s == flag)
+    return out
+
+
 def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tuple[str, ...] = METHODS) -> dict:
     model, tokenizer = load_demo_model()
     text = load_text(DATA / "wikitext-2-raw" / "wiki.test.raw", max_chars=eval_chars)
@@ -62,6 +92,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
                "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
                "date": date.today().isoformat(), "rows": rows}
     min_vocab = len(required_token_ids(tokenizer))
+    calibration_words = set(load_text(CALIBRATION).split())
 
     def record(method, ratio, small, tok, seconds, **extra):
         rows.append({"method": method, "ratio": ratio, "parameters": small.num_parameters(),
@@ -74,7 +105,8 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
         (small, tok, result), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, return_result=True))
         if "compact" in methods:
             record("compact", ratio, small, tok, secs,
-                   candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()})
+                   candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()},
+                   out_of_calibration=out_of_calibration(tokenizer, tok, text, calibration_words))
         split = (result.split.vocab_size, result.split.intermediate_size)
 
         if "ffn_act" in methods:
@@ -123,6 +155,21 @@ def write(results: dict) -> None:
         lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['parameters']:,} | {r.get('vocab_size', '')} | "
                      f"{r.get('intermediate_size', '')} | {r['bits_per_byte']:.3f} | "
                      f"{r['bits_per_byte'] - base['bits_per_byte']:+.3f} | {r['prune_seconds']} |")
+    oov = [r for r in results["rows"] if "out_of_calibration" in r]
+    if oov:
+        first = oov[0]["out_of_calibration"]
+        lines += ["", "## Out of calibration", "",
+                  f"{first['words_absent_from_calibration']:,} of the {first['words']:,} words of the evaluated text "
+                  f"({first['words_absent_from_calibration'] / first['words']:.1%}) never occur in the calibration text "
+                  "(wikitext-2 valid, whose rare words are replaced by `<unk>`). Extra tokens the pruned tokenizer "
+                  "needs for the evaluated text, by kind of word:", "",
+                  "| method | target | vocab | in calibration words | in other words |", "|---|---|---|---|---|"]
+        for r in oov:
+            o = r["out_of_calibration"]
+            lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['vocab_size']} | "
+                         f"{o['extra_tokens_calibration_words']:+,} of {o['tokens_calibration_words']:,} | "
+                         f"{o['extra_tokens_other_words']:+,} of {o['tokens_other_words']:,} "
+                         f"({o['extra_tokens_other_words'] / o['tokens_other_words']:+.1%}) |")
     (OUT / "compact_gemma.md").write_text("\n".join(lines) + "\n")
     plt = pyplot()
     if plt is None:
