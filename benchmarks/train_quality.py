@@ -173,21 +173,20 @@ def main() -> None:
 def selection(base, tokenizer, config: ProjCompConfig):
     """COMPACT's selections and pruned tokenizer (cached: they take minutes and every run shares them)."""
     cache = OUT / ".runs" / "selection"
-    targets = ("hidden_size", "intermediate_size", "vocab_size", "importance")
-    if (cache / "seconds.json").is_file():
-        cached = ProjCompConfig.from_pretrained(cache)
-        if any(getattr(cached, t) != getattr(config, t) for t in targets):
-            raise SystemExit(f"{cache} holds a selection for other targets: delete it to recompute")
-    else:
+    # The request, not the recorded config: that holds the vocabulary reached (at most the one asked for).
+    request = {t: getattr(config, t) for t in ("hidden_size", "intermediate_size", "vocab_size", "importance")}
+    if not (cache / "selection.json").is_file():
         start = time.perf_counter()
         init = get_projcomp_model(base, config, calibration_data=str(DATA / "wikitext-2" / "valid.txt"),
                                   tokenizer=tokenizer)
         seconds = time.perf_counter() - start
         init.projcomp_config.save_pretrained(cache)
         init.tokenizer.save_pretrained(cache)
-        (cache / "seconds.json").write_text(json.dumps(seconds))
-    return (ProjCompConfig.from_pretrained(cache), AutoTokenizer.from_pretrained(cache),
-            json.loads((cache / "seconds.json").read_text()))
+        (cache / "selection.json").write_text(json.dumps({"request": request, "seconds": seconds}))
+    cached = json.loads((cache / "selection.json").read_text())
+    if cached["request"] != request:
+        raise SystemExit(f"{cache} holds a selection for {cached['request']}, not {request}: delete it to recompute")
+    return ProjCompConfig.from_pretrained(cache), AutoTokenizer.from_pretrained(cache), cached["seconds"]
 
 
 def write(results: dict, name: str) -> None:
