@@ -138,10 +138,10 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
 
 
 def write(results: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "compact_gemma.json").write_text(json.dumps(results, indent=2) + "\n")
     order = ("base", *METHODS)
     results["rows"].sort(key=lambda r: (-r["ratio"], order.index(r["method"])))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "compact_gemma.json").write_text(json.dumps(results, indent=2) + "\n")
     base = next(r for r in results["rows"] if r["method"] == "base")
     lines = [f"# COMPACT vs baselines on {results['model']}", "",
              f"Bits per byte on the first {results['eval_chars']:,} characters of WikiText-2 test "

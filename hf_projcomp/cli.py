@@ -40,7 +40,6 @@ def fail(prog: str, message: str, status: int = 1) -> NoReturn:
     sys.exit(status)
 
 
-
 def read_text(path: str | None, model: Any, tokenizer: Any, chars: int, seed: int) -> tuple[str, str]:
     """(text, its description): the file's first ``chars`` characters, or samples from ``model``."""
     from .compact import generate_calibration_texts
