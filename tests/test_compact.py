@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
-from hf_projcomp.compact.prune import alphabet_mask, token_ranking
+import hf_projcomp.compact.prune as prune_module
+from hf_projcomp.compact.prune import alphabet_mask, frequent_characters, token_ranking
 
 from tests.tiny import TINY, fresh_env
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
@@ -190,3 +191,36 @@ def test_model_prior_only_ranks_tokens_in_the_calibration_alphabet(kind):
     inside = int(mask.sum())
     assert mask[ranking[:inside]].all()
     assert torch.equal(ranking[:inside], torch.sort(-mass * mask, stable=True).indices[:inside])
+
+
+def test_frequent_characters_rank_as_seen_once(monkeypatch):
+    """The tokenizer's first single-character tokens (id order) reach the ranking as seen once, so
+    letters the calibration text lacks do not fall back to byte tokens; off by default."""
+    tokenizer = tiny_tokenizer("byte_fallback")
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    singles = [i for i, piece in enumerate(pieces) if len(piece) == 1]
+    assert "é" in pieces and frequent_characters(tokenizer, 3).tolist() == singles[:3]
+    assert frequent_characters(tokenizer, 10**6).tolist() == singles
+    model = model_for("llama", tokenizer)
+    split = (len(tokenizer) - 40, model.config.intermediate_size)
+    texts = [t.replace("é", "e") for t in TRAIN * 4]
+    seen: list = []
+    real = prune_module.token_ranking
+    # The final ranking is the call with all five arguments (the common-act² mask ranks counts alone).
+    monkeypatch.setattr(prune_module, "token_ranking",
+                        lambda *a, **k: (seen.append(a[4]) if len(a) == 5 else None) or real(*a, **k))
+    compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
+    compact_prune(model, tokenizer, texts, split=split, **CALIBRATION)
+    floor_on, floor_default = seen
+    assert floor_on.tolist() == singles and len(floor_default) == 0
+    with pytest.raises(ValueError, match="keep_characters"):
+        compact_prune(model, tokenizer, texts, split=split, keep_characters=-1, **CALIBRATION)
+
+
+def test_seen_once_floor_ranks_unseen_characters_with_hapaxes():
+    counts = torch.tensor([5, 1, 0, 0, 0])
+    mass = torch.tensor([0.0, 0.0, 0.0, 1e-9, 1.0 - 1e-9])
+    # Scores: counted 5/6 and 1/6; the prior alone gives token 4 0.1 and token 3 1e-10.
+    assert token_ranking(counts, mass, prior_weight=0.1).tolist() == [0, 1, 4, 3, 2]
+    # Floored to 1/6, tokens 2 and 3 tie with the hapax (ties by id) and pass the prior-only token.
+    assert token_ranking(counts, mass, prior_weight=0.1, seen_once=torch.tensor([2, 3])).tolist() == [0, 1, 2, 3, 4]
