@@ -212,7 +212,7 @@ def test_frequent_characters_rank_as_seen_once(monkeypatch):
     compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
     compact_prune(model, tokenizer, texts, split=split, **CALIBRATION)
     floor_on, floor_default = seen
-    assert floor_on.tolist() == singles and len(floor_default) == 0
+    assert floor_on.tolist() == singles and floor_default is None
     with pytest.raises(ValueError, match="keep_characters"):
         compact_prune(model, tokenizer, texts, split=split, keep_characters=-1, **CALIBRATION)
 
