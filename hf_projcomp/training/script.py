@@ -146,6 +146,14 @@ def main(argv: list[str] | None = None) -> None:
         if eval_text:
             params += f"; bits/byte {base_bpb:.4f} -> {summary.bits_per_byte_after:.4f}"
         print(f"merged vanilla {type(small).__name__} written to {merged_dir} ({params})")
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under ``accelerate launch``, stop the process group before exit: a gloo rank that exits with
+    it alive can abort in teardown ("terminate called without an active exception", exit -6)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

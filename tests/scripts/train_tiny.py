@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None):
     rank = int(os.environ.get("RANK", "0"))
     state = {k: v.contiguous() for k, v in pc.state_dict().items()}
     save_file(state, os.path.join(args.out, f"rank{rank}.safetensors"))
+    if torch.distributed.is_initialized():  # as the training script does: no gloo teardown abort at exit
+        torch.distributed.destroy_process_group()
     return pc
 
 
