@@ -206,9 +206,9 @@ def test_frequent_characters_rank_as_seen_once(monkeypatch):
     texts = [t.replace("é", "e") for t in TRAIN * 4]
     seen: list = []
     real = prune_module.token_ranking
-    # The final ranking is the call with all five arguments (the common-act² mask ranks counts alone).
+    # The final ranking is the call given seen_once (the common-act² mask ranks counts alone).
     monkeypatch.setattr(prune_module, "token_ranking",
-                        lambda *a, **k: (seen.append(a[4]) if len(a) == 5 else None) or real(*a, **k))
+                        lambda *a, **k: (seen.append(k["seen_once"]) if "seen_once" in k else None) or real(*a, **k))
     compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
     compact_prune(model, tokenizer, texts, split=split, **CALIBRATION)
     floor_on, floor_default = seen

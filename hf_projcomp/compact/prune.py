@@ -70,14 +70,15 @@ def token_ranking(
 
     ``seen_once`` (ids) score at least as a token counted once (see :func:`frequent_characters`).
     """
-    score = counts.double() / max(1, int(counts.sum()))
+    total = max(1, int(counts.sum()))
+    score = counts.double() / total
     if predicted_mass is not None:
         mass = predicted_mass.double()
         if in_alphabet is not None:
             mass = mass * in_alphabet.to(mass.dtype)
         score = score + prior_weight * mass / max(1e-12, float(mass.sum()))
     if seen_once is not None and len(seen_once):
-        score[seen_once] = score[seen_once].clamp_min(1.0 / max(1, int(counts.sum())))
+        score[seen_once] = score[seen_once].clamp_min(1.0 / total)
     return torch.sort(-score, stable=True).indices
 
 
@@ -239,7 +240,7 @@ def compact_prune(
 
     in_alphabet = alphabet_mask(tokenizer, texts, model.config.vocab_size) if predicted_mass is not None else None
     floor = frequent_characters(tokenizer, keep_characters) if prune_vocabulary and keep_characters else None
-    ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, floor)
+    ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, seen_once=floor)
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
         s.vocab_size: prune_tokenizer(tokenizer, ranking, max_vocab_size=s.vocab_size)
