@@ -6,11 +6,11 @@ Every method prunes the same base model with the same calibration text (``wikite
 to the same parameter budget, and is scored on the first ``--eval-chars`` characters of the
 WikiText-2 *test* file (DESIGN.md §4 protocol, 1024-token windows). Methods:
 
-- ``compact``: ours (frequency vocabulary with merge closure + common-act² FFN, split chosen on
-  held-out calibration text);
+- ``compact``: ours, defaults (counted + model-predicted vocabulary ranking with the calibration
+  scripts' letters, merge closure, common-act² FFN, split chosen on held-out calibration text);
 - ``ffn_act``: (a) FFN-only activation (act²) pruning, whole vocabulary kept;
-- ``vocab_freq_ffn_magnitude``: (b) the split COMPACT chose, frequency vocabulary, FFN channels by
-  weight magnitude;
+- ``vocab_freq_ffn_magnitude``: (b) the split COMPACT chose, frequency vocabulary (counts alone),
+  FFN channels by weight magnitude;
 - ``vocab_closure_only``: (c) frequency + merge-closure vocabulary pruning alone (DESIGN.md §3).
 
 The base and ``compact`` rows are also scored chunked (:func:`chunked_bits_per_byte`): same text,
@@ -142,7 +142,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
 
         if "vocab_freq_ffn_magnitude" in methods:
             (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, split=split,
-                                                             ffn_importance="magnitude"))
+                                                             ffn_importance="magnitude", keep_script_letters=False))
             record("vocab_freq_ffn_magnitude", ratio, small, tok, secs)
 
         if "vocab_closure_only" in methods:
@@ -155,7 +155,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
                 inter = model.config.intermediate_size
                 (small, tok), secs = timed(lambda: compact_prune(
                     model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, inter),
-                    ffn_importance="magnitude"))
+                    ffn_importance="magnitude", keep_script_letters=False))
                 record("vocab_closure_only", ratio, small, tok, secs)
     return results
 

@@ -183,7 +183,7 @@ def build_parser() -> Parser:
     p.add_argument("--samples", type=int, default=16, help="self-generated calibration texts (no --calibration)")
     p.add_argument("--sample-tokens", type=int, default=256, help="tokens per self-generated text")
     p.add_argument("--target-params", type=_target, default=0.5, help="fraction of parameters or a count")
-    p.add_argument("--num-sequences", type=int, default=32, help="activation-pass sequences")
+    p.add_argument("--num-sequences", type=int, default=64, help="activation-pass sequences")
     p.add_argument("--sequence-length", type=int, default=512, help="activation-pass sequence length")
     p.add_argument("--eval-text", help="report bits per byte before/after on this text file")
     p.add_argument("--eval-chars", type=int, default=20_000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 import hf_projcomp.compact.prune as prune_module
-from hf_projcomp.compact.prune import alphabet_mask, frequent_characters, token_ranking
+from hf_projcomp.compact.ranking import (
+    RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
+)
 
 from tests.tiny import TINY, fresh_env
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
@@ -179,7 +182,7 @@ def test_compact_importance_initialises_the_projected_model(tmp_path):
 @pytest.mark.parametrize("kind", ["byte_fallback", "byte_level"])
 def test_model_prior_only_ranks_tokens_in_the_calibration_alphabet(kind):
     tok = tiny_tokenizer(kind)
-    mask = alphabet_mask(tok, ["the lobster"], len(tok) + 3)
+    mask = alphabet_mask(token_texts(tok), character_counts(["the lobster"]), len(tok) + 3)
     assert mask.shape == (len(tok) + 3,) and not mask[len(tok):].any()
     for word, inside in (("the", True), ("lobster", True), ("Atlantic", False), ("century", False)):
         ids = tok(" " + word, add_special_tokens=False).input_ids
@@ -193,28 +196,71 @@ def test_model_prior_only_ranks_tokens_in_the_calibration_alphabet(kind):
     assert torch.equal(ranking[:inside], torch.sort(-mass * mask, stable=True).indices[:inside])
 
 
-def test_frequent_characters_rank_as_seen_once(monkeypatch):
-    """The tokenizer's first single-character tokens (id order) reach the ranking as seen once, so
-    letters the calibration text lacks do not fall back to byte tokens; off by default."""
+@pytest.mark.parametrize("kind", ["byte_fallback", "byte_level"])
+def test_script_letters_are_the_single_letter_tokens_of_the_calibration_scripts(kind):
+    tok = tiny_tokenizer(kind)
+    pieces = token_texts(tok)
+    ids = script_letters(pieces, character_counts(["the lobster"]))
+    letters = {i for i, piece in enumerate(pieces) if len(piece) == 1 and piece.isalpha()}
+    assert set(ids.tolist()) == letters  # every letter the tiny tokenizers hold is Latin
+    assert {"a", "z", "T"} <= {pieces[i] for i in ids} and " " not in {pieces[i] for i in ids}
+    if kind == "byte_fallback":
+        assert "é" in {pieces[i] for i in ids}
+
+
+def test_script_letters_skip_scripts_rare_in_calibration():
+    pieces = ["a", "é", "ab", "α", "ж", "1", " ", "\ufffd", "Ω", "日"]
+    assert script_letters(pieces, Counter("abc" * 400 + "α日")).tolist() == [0, 1]
+    assert script_letters(pieces, Counter("abc" + "α日")).tolist() == [0, 1, 3, 8, 9]
+    assert script_letters(pieces, Counter("123 ,.")).tolist() == []
+
+
+def test_seen_once_floor_is_script_letters_plus_frequent_characters(monkeypatch):
+    """compact_prune ranks the calibration scripts' letters as if seen once by default, adds the
+    tokenizer's first single-character tokens with keep_characters, and can switch both off."""
     tokenizer = tiny_tokenizer("byte_fallback")
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    singles = [i for i, piece in enumerate(pieces) if len(piece) == 1]
-    assert "é" in pieces and frequent_characters(tokenizer, 3).tolist() == singles[:3]
+    raw = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    singles = [i for i, piece in enumerate(raw) if len(piece) == 1]
+    assert "é" in raw and frequent_characters(tokenizer, 3).tolist() == singles[:3]
     assert frequent_characters(tokenizer, 10**6).tolist() == singles
     model = model_for("llama", tokenizer)
     split = (len(tokenizer) - 40, model.config.intermediate_size)
     texts = [t.replace("é", "e") for t in TRAIN * 4]
+    letters = set(script_letters(token_texts(tokenizer), character_counts(texts)).tolist())
     seen: list = []
     real = prune_module.token_ranking
     # The final ranking is the call given seen_once (the common-act² mask ranks counts alone).
     monkeypatch.setattr(prune_module, "token_ranking",
                         lambda *a, **k: (seen.append(k["seen_once"]) if "seen_once" in k else None) or real(*a, **k))
-    compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
     compact_prune(model, tokenizer, texts, split=split, **CALIBRATION)
-    floor_on, floor_default = seen
-    assert floor_on.tolist() == singles and floor_default is None
+    compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
+    compact_prune(model, tokenizer, texts, split=split, keep_script_letters=False, **CALIBRATION)
+    by_default, with_characters, off = seen
+    assert set(by_default.tolist()) == letters and tokenizer.convert_tokens_to_ids("é") in letters
+    assert sorted(with_characters.tolist()) == sorted(letters | set(singles)) and off is None
     with pytest.raises(ValueError, match="keep_characters"):
         compact_prune(model, tokenizer, texts, split=split, keep_characters=-1, **CALIBRATION)
+    with pytest.raises(TypeError, match="keep_script_letters"):
+        compact_prune(model, tokenizer, texts, split=split, keep_script_letters="yes", **CALIBRATION)
+
+
+def test_model_prior_counts_positions_whose_next_token_is_rare(monkeypatch):
+    """The predicted mass comes from positions followed by a token seen at most RARE_NEXT_COUNT
+    times in calibration: there the model spreads mass over plausible unseen alternatives."""
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    texts = TRAIN * 4
+    weights: list = []
+    real = prune_module.activation_importance
+    monkeypatch.setattr(prune_module, "activation_importance",
+                        lambda *a, **k: weights.append(k["mass_weight"]) or real(*a, **k))
+    compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, model.config.intermediate_size), **CALIBRATION)
+    rare = weights[0](torch.arange(len(tokenizer)))
+    counts = Counter(tokenizer(" ".join(texts), add_special_tokens=False).input_ids)
+    common = [i for i, n in counts.items() if n > 2 * RARE_NEXT_COUNT]
+    unseen = [i for i in range(len(tokenizer)) if i not in counts]
+    assert common and unseen and rare.dtype == torch.bool
+    assert not rare[common].any() and rare[unseen].all()
 
 
 def test_seen_once_floor_ranks_unseen_characters_with_hapaxes():

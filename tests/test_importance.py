@@ -73,6 +73,28 @@ def test_activation_ffn_scores_are_down_proj_input_magnitudes():
     assert torch.allclose(squared.ffn[1], (captured[0].double().pow(2) * weight).sum(dim=(0, 1)), rtol=1e-5)
 
 
+def test_predicted_mass_sums_next_token_probabilities_where_mass_weight_says():
+    """Position t's prediction counts with the weight of the token at t+1; padding and the last
+    position (nothing follows) count nothing."""
+    model = tiny_model("llama")
+    rows = [torch.randint(3, TINY["vocab_size"], (n,), generator=torch.Generator().manual_seed(n)).tolist()
+            for n in (12, 7)]
+    with torch.no_grad():
+        probs = [model(input_ids=torch.tensor([r])).logits[0].double().softmax(-1) for r in rows]
+    spec, vocab = get_arch_spec(model.config), model.config.vocab_size
+    everywhere = torch.zeros(vocab, dtype=torch.float64)
+    activation_importance(model, spec, calibration_batches(rows), predicted_mass=everywhere, progress=False)
+    assert torch.allclose(everywhere, sum(p[:-1].sum(0) for p in probs), rtol=1e-4)
+    assert everywhere.sum().item() == pytest.approx(11 + 6, rel=1e-5)
+
+    odd_next = torch.zeros(vocab, dtype=torch.float64)
+    activation_importance(model, spec, calibration_batches(rows), predicted_mass=odd_next, progress=False,
+                          mass_weight=lambda nxt: nxt % 2 == 1)
+    expected = sum((torch.tensor(r[1:]) % 2 == 1).double() @ p[:-1] for r, p in zip(rows, probs))
+    assert torch.allclose(odd_next, expected, rtol=1e-4)
+    assert 0 < odd_next.sum() < everywhere.sum()
+
+
 @pytest.mark.parametrize("data", [
     torch.zeros(2, 4, dtype=torch.long),
     [[1, 2, 3], [4, 5]],

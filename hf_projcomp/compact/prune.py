@@ -1,12 +1,11 @@
 """COMPACT (arXiv 2509.06836): training-free vocabulary + common-token FFN pruning to a parameter budget.
 
 1. Token frequencies over all calibration text (tokenising is cheap, so it reads far more text than
-   the activation pass), averaged with the model's own predicted next-token distribution over the
-   activation pass (which ranks plausible tokens the text never used), counted only for tokens
-   written in characters the calibration text uses (optionally, ``keep_characters`` of the base
-   tokenizer's most frequent single characters rank as if seen once). The kept vocabulary is the
-   top of that ranking, made reachable through the BPE merges, plus every required token
-   (specials, byte tokens).
+   the activation pass), averaged with the model's own predicted next-token distribution at the
+   activation pass's positions whose next token is rare (it ranks plausible tokens the text never
+   used), counted only for tokens written in characters the calibration text uses; the letters of
+   the calibration text's scripts rank as if seen once (see ``ranking.py``). The kept vocabulary is the top of that ranking, made reachable through the BPE merges,
+   plus every required token (specials, byte tokens).
 2. FFN channels per layer ranked by **common act²**: ``Σ_t h_{t,j}²`` over calibration positions whose
    token is kept, with ``h`` the input of ``down_proj`` (the paper's formula).
 3. The budget is split between vocabulary and FFN by trying a few candidate splits that meet it and
@@ -31,6 +30,9 @@ from ..pruning import count_target_parameters, hard_prune
 from ..vocab import VocabularyPruningError, prune_tokenizer, required_token_ids
 from .budget import Split, candidate_splits, resolve_budget
 from .calibration import load_calibration_texts, tokenize_calibration
+from .ranking import (
+    RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,71 +54,6 @@ class CompactResult:
     scores: Scores  # the importance the selections came from (d_model ranking included)
 
 
-def token_ranking(
-    counts: torch.Tensor,
-    predicted_mass: torch.Tensor | None = None,
-    prior_weight: float = 1.0,
-    in_alphabet: torch.Tensor | None = None,
-    seen_once: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Token ids, most likely first: counted unigram frequency plus ``prior_weight`` × the
-    model-predicted one (the prediction ranks tokens the calibration text happened not to use, such
-    as other forms of its words); ties by id (BPE ids roughly follow corpus frequency).
-
-    ``in_alphabet`` (bool per id) limits the prediction to tokens written in the calibration text's
-    characters: a multilingual model spreads mass over scripts the target text never uses. Measured
-    on Gemma-3 at 52,000 kept ids (wikitext-2 valid calibration), this cut the extra tokens the
-    pruned tokenizer needs on WikiText-2 test from +3.2% to +2.6%.
-
-    ``seen_once`` (ids) score at least as a token counted once (see :func:`frequent_characters`).
-    """
-    total = max(1, int(counts.sum()))
-    score = counts.double() / total
-    if predicted_mass is not None:
-        mass = predicted_mass.double()
-        if in_alphabet is not None:
-            mass = mass * in_alphabet.to(mass.dtype)
-        score = score + prior_weight * mass / max(1e-12, float(mass.sum()))
-    if seen_once is not None and len(seen_once):
-        score[seen_once] = score[seen_once].clamp_min(1.0 / total)
-    return torch.sort(-score, stable=True).indices
-
-
-def frequent_characters(tokenizer: PreTrainedTokenizerBase, n: int) -> torch.Tensor:
-    """Ids of the tokenizer's ``n`` first single-character tokens in id order, which BPE and
-    SentencePiece assign by corpus frequency (Gemma-3: newline, '▁', e, t, a, ... then à at 195,
-    æ at 801, ū at 1,435).
-
-    A character the pruned vocabulary lacks falls back to byte tokens, which the model hardly
-    trained: on Gemma-3 the first byte token of such a letter cost 25-56 bits (names such as Hyūga
-    or Encyclopædia in WikiText-2 test). Calibration text rarely holds every letter the served
-    text will, so these can rank as if seen once; each takes the slot of a ranked token.
-    Measured on Gemma-3 calibrated on wikitext-2 valid (bits per byte, text cut at line breaks
-    into chunks scored alone), 1,000 characters against none:
-
-    * 52,692 ids: -0.007 on the first 60,000 characters of WikiText-2 test (Chinese and Japanese
-      names), +0.0005 on 60,000 characters from its middle; 4,000 characters: +0.014 there.
-    * 24,625 ids: +0.000 on the first 60,000, +0.010 on the middle and on held-out valid.
-
-    Hence off by default: it pays only where served text holds letters the calibration lacks.
-    """
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    singles = [i for i, piece in enumerate(pieces) if piece is not None and len(piece) == 1]
-    return torch.tensor(singles[:n], dtype=torch.long)
-
-
-def alphabet_mask(tokenizer: PreTrainedTokenizerBase, texts: list[str], vocab_size: int) -> torch.Tensor:
-    """Per token id: does its text use only characters that occur in ``texts`` (or whitespace)?
-    Tokens that decode to partial UTF-8 (byte-level pieces) are not judged and count as inside."""
-    chars = set().union(*map(set, texts))
-    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
-    mask[: len(pieces)] = torch.tensor(
-        [all(ch in chars or ch.isspace() or ch == "\ufffd" for ch in piece) for piece in pieces]
-    )
-    return mask
-
-
 def check_vocabularies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     vocab = model.config.vocab_size
     if len(tokenizer) > vocab:
@@ -132,7 +69,7 @@ def compact_prune(
     calibration_data: Any,
     target_params: float | int = 0.5,
     *,
-    num_sequences: int = 32,
+    num_sequences: int = 64,
     sequence_length: int = 512,
     frequency_tokens: int = 2_000_000,
     heldout_tokens: int = 2048,
@@ -140,6 +77,7 @@ def compact_prune(
     split: tuple[int, int] | None = None,
     ffn_importance: str = "common_act2",
     prior_weight: float = 1.0,
+    keep_script_letters: bool = True,
     keep_characters: int = 0,
     text_column: str = "text",
     prune_vocabulary: bool = True,
@@ -153,7 +91,11 @@ def compact_prune(
         tokenizer: its fast tokenizer; BPE with byte fallback or byte-level BPE for vocabulary pruning.
         calibration_data: a ``datasets.Dataset`` (``text_column``), a ``.txt``/``.jsonl`` path, or strings.
         target_params: a fraction in (0, 1) of the model's parameters, or an absolute count.
-        num_sequences, sequence_length: the activation pass (the expensive part).
+        num_sequences, sequence_length: the activation pass (the expensive part: on 2 CPU cores about
+            2.3 s per 512-token sequence of Gemma-3-270M). Its rare-token positions rank the unseen
+            vocabulary, so more sequences keep more of it: on Gemma-3 at 50% of parameters, 64
+            instead of 32 cut the extra tokens on held-out text by 8-57% and bits per byte on
+            WikiText-2 test from 1.303 to 1.297 (see ``RARE_NEXT_COUNT``).
         frequency_tokens: how many calibration tokens to count for token frequencies.
         heldout_tokens: tokens at the end of the calibration text scoring the candidate splits (never
             counted for frequencies).
@@ -165,16 +107,20 @@ def compact_prune(
             ``"magnitude"`` (weight norms, no activation pass); the latter two exist for baselines.
         prior_weight: weight of the model's predicted token distribution against the counted one in
             the vocabulary ranking (0: counts only).
-        keep_characters: how many of the tokenizer's most frequent single-character tokens rank as
-            if seen once in calibration, so letters it lacks do not fall back to byte tokens; worth it
-            when served text holds letters the calibration text does not (see
-            :func:`frequent_characters` for the trade-off). 0 (default): none.
+        keep_script_letters: rank the single-letter tokens of the calibration text's scripts as if
+            seen once, so served letters the calibration text lacks (ū, æ in names) do not fall
+            back to byte tokens (see :func:`~hf_projcomp.compact.ranking.script_letters`).
+        keep_characters: how many of the tokenizer's most frequent single-character tokens, of any
+            script, also rank as if seen once; for served text in scripts the calibration text
+            lacks (see :func:`~hf_projcomp.compact.ranking.frequent_characters`). 0 (default): none.
         prune_vocabulary: False keeps the vocabulary and prunes FFN channels only.
         return_result: also return a :class:`CompactResult`.
 
     Returns:
         ``(model, tokenizer)``: a vanilla model of the base class and a standard tokenizer.
     """
+    if not isinstance(keep_script_letters, bool):
+        raise TypeError(f"keep_script_letters must be a bool, got {keep_script_letters!r}")
     if isinstance(keep_characters, bool) or not isinstance(keep_characters, int) or keep_characters < 0:
         raise ValueError(f"keep_characters must be an integer >= 0, got {keep_characters!r}")
     if ffn_importance not in FFN_IMPORTANCE:
@@ -236,10 +182,18 @@ def compact_prune(
         scores = activation_importance(
             model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
             token_weight=lambda ids: kept_mask.to(ids.device)[ids],
+            mass_weight=lambda nxt: counts.to(nxt.device)[nxt] <= RARE_NEXT_COUNT,
         )
 
-    in_alphabet = alphabet_mask(tokenizer, texts, model.config.vocab_size) if predicted_mass is not None else None
-    floor = frequent_characters(tokenizer, keep_characters) if prune_vocabulary and keep_characters else None
+    in_alphabet = floor = None
+    if prune_vocabulary:
+        pieces, chars = token_texts(tokenizer), character_counts(texts)
+        if predicted_mass is not None:
+            in_alphabet = alphabet_mask(pieces, chars, model.config.vocab_size)
+        floors = [script_letters(pieces, chars)] if keep_script_letters else []
+        if keep_characters:
+            floors.append(frequent_characters(tokenizer, keep_characters))
+        floor = torch.cat(floors).unique() if floors else None
     ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, seen_once=floor)
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {

@@ -29,12 +29,15 @@ def activation_importance(
     token_weight: TokenWeight | None = None,
     progress: bool = True,
     predicted_mass: torch.Tensor | None = None,
+    mass_weight: TokenWeight | None = None,
 ) -> Scores:
     """Per-dimension activation scores; see the module docstring.
 
     ``predicted_mass`` (vocab,), if given, receives the sum over calibration positions of the model's
     next-token probabilities: a smoothed unigram estimate that also ranks tokens the calibration
     text never used (COMPACT's vocabulary ranking reads it), at no extra forward pass.
+    ``mass_weight`` maps the tokens that actually follow (B, T-1) to the weight of each position's
+    prediction (default: every position but the last counts once).
     """
     config = model.config
     device = next(model.parameters()).device
@@ -63,8 +66,15 @@ def activation_importance(
             weights[:] = [w.unsqueeze(-1)]
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             if predicted_mass is not None:
-                for row in (logits[mask.bool()]).split(256):  # bounded memory with a 262k vocabulary
-                    predicted_mass += row.float().softmax(-1).sum(0).to(predicted_mass.device, predicted_mass.dtype)
+                nxt = ids[:, 1:]
+                w_mass = (mask[:, :-1] * mask[:, 1:]).double()
+                if mass_weight is not None:
+                    w_mass = w_mass * mass_weight(nxt).double()
+                keep = w_mass > 0
+                rows, w_rows = logits[:, :-1][keep], w_mass[keep]
+                for a in range(0, len(rows), 256):  # bounded memory with a 262k vocabulary
+                    probs = rows[a : a + 256].float().softmax(-1) * w_rows[a : a + 256, None].float()
+                    predicted_mass += probs.sum(0).to(predicted_mass.device, predicted_mass.dtype)
     finally:
         for h in handles:
             h.remove()
