@@ -64,17 +64,22 @@ def activation_importance(
             mask = batch["attention_mask"].to(device)
             w = mask.double() if token_weight is None else mask.double() * token_weight(ids).double()
             weights[:] = [w.unsqueeze(-1)]
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            if predicted_mass is not None:
-                nxt = ids[:, 1:]
-                w_mass = (mask[:, :-1] * mask[:, 1:]).double()
-                if mass_weight is not None:
-                    w_mass = w_mass * mass_weight(nxt).double()
-                keep = w_mass > 0
-                rows, w_rows = logits[:, :-1][keep], w_mass[keep]
-                for a in range(0, len(rows), 256):  # bounded memory with a 262k vocabulary
-                    probs = rows[a : a + 256].float().softmax(-1) * w_rows[a : a + 256, None].float()
-                    predicted_mass += probs.sum(0).to(predicted_mass.device, predicted_mass.dtype)
+            if predicted_mass is None:  # only the hooks matter: skip the LM head but for one position
+                model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+                continue
+            w_mass = (mask[:, :-1] * mask[:, 1:]).double()
+            if mass_weight is not None:
+                w_mass = w_mass * mass_weight(ids[:, 1:]).double()
+            # Logits only where a prediction counts: with a 262k vocabulary the LM head is a large
+            # share of the forward pass, and COMPACT's mass_weight keeps a few percent of positions.
+            positions = w_mass.gt(0).any(0).nonzero().squeeze(1)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=positions).logits
+            w_mass = w_mass[:, positions]
+            keep = w_mass > 0
+            rows, w_rows = logits[keep], w_mass[keep]
+            for a in range(0, len(rows), 256):  # bounded memory with a 262k vocabulary
+                probs = rows[a : a + 256].float().softmax(-1) * w_rows[a : a + 256, None].float()
+                predicted_mass += probs.sum(0).to(predicted_mass.device, predicted_mass.dtype)
     finally:
         for h in handles:
             h.remove()
