@@ -4,8 +4,9 @@
    the activation pass), averaged with the model's own predicted next-token distribution at the
    activation pass's positions whose next token is rare (it ranks plausible tokens the text never
    used), counted only for tokens written in characters the calibration text uses; the letters of
-   the calibration text's scripts rank as if seen once (see ``ranking.py``). The kept vocabulary is the top of that ranking, made reachable through the BPE merges,
-   plus every required token (specials, byte tokens).
+   the calibration text's scripts rank as if seen once (see ``ranking.py``). The kept vocabulary
+   is the top of that ranking, made reachable through the BPE merges, plus every required token
+   (specials, byte tokens).
 2. FFN channels per layer ranked by **common act²**: ``Σ_t h_{t,j}²`` over calibration positions whose
    token is kept, with ``h`` the input of ``down_proj`` (the paper's formula).
 3. The budget is split between vocabulary and FFN by trying a few candidate splits that meet it and
@@ -171,6 +172,7 @@ def compact_prune(
     if smallest < model.config.vocab_size and ffn_importance == "common_act2":
         kept_mask.zero_()
         kept_mask[token_ranking(counts)[:smallest]] = 1.0
+    rare_next = counts <= RARE_NEXT_COUNT
     activation_tokens = 0
     predicted_mass = torch.zeros(model.config.vocab_size, dtype=torch.float64) if prune_vocabulary else None
     if ffn_importance == "magnitude":
@@ -182,18 +184,18 @@ def compact_prune(
         scores = activation_importance(
             model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
             token_weight=lambda ids: kept_mask.to(ids.device)[ids],
-            mass_weight=lambda nxt: counts.to(nxt.device)[nxt] <= RARE_NEXT_COUNT,
+            mass_weight=lambda nxt: rare_next.to(nxt.device)[nxt],
         )
 
-    in_alphabet = floor = None
-    if prune_vocabulary:
-        pieces, chars = token_texts(tokenizer), character_counts(texts)
+    in_alphabet = None
+    floors = [frequent_characters(tokenizer, keep_characters)] if prune_vocabulary and keep_characters else []
+    if prune_vocabulary and (predicted_mass is not None or keep_script_letters):
+        pieces, chars = token_texts(tokenizer), character_counts(texts)  # decoding 262k ids takes seconds
         if predicted_mass is not None:
             in_alphabet = alphabet_mask(pieces, chars, model.config.vocab_size)
-        floors = [script_letters(pieces, chars)] if keep_script_letters else []
-        if keep_characters:
-            floors.append(frequent_characters(tokenizer, keep_characters))
-        floor = torch.cat(floors).unique() if floors else None
+        if keep_script_letters:
+            floors.append(script_letters(pieces, chars))
+    floor = torch.cat(floors).unique() if floors else None
     ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, seen_once=floor)
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
