@@ -25,7 +25,9 @@ EXAMPLES = """examples:
   projcomp merge out --output merged
   projcomp push compressed-model your-name/gemma-3-small --private
 """
-USER_ERRORS = (ValueError, TypeError, OSError)
+# Errors that describe the user's input (a bad value, a missing or existing path): one line. Anything
+# else (TypeError, other OSErrors...) is a bug or an environment failure and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 DEMO_BASE = "google/gemma-3-270m"  # what the demo extra's GGUF (Q4_K_M, dequantized) was made from
 
 
@@ -54,11 +56,11 @@ def read_text(path: str | None, model: Any, tokenizer: Any, chars: int, seed: in
 # -- compress ------------------------------------------------------------------------------------
 def compress(args: argparse.Namespace) -> None:
     from .compact import compact_prune, generate_calibration_texts
-    from .demo import load_model
+    from .loading import load_model
     from .evaluate import bits_per_byte
     from .export import CompressionSummary, save_compressed
 
-    model, tokenizer = load_model(args.model, args.gguf_file)
+    model, tokenizer = load_model(args.model, args.gguf_file, dtype=args.dtype)
     if args.calibration:
         calibration, described = _calibration_source(args.calibration), args.calibration
     else:
@@ -103,12 +105,12 @@ def train(args: argparse.Namespace) -> None:
 
 def merge(args: argparse.Namespace) -> None:
     from .config import ProjCompConfig
-    from .demo import load_model
+    from .loading import load_model
     from .projection import ProjCompModel
 
     adapter = Path(args.adapter)
     recorded = ProjCompConfig.from_pretrained(adapter)
-    model, tokenizer = load_model(args.model or recorded.base_model_name_or_path, args.gguf_file)
+    model, tokenizer = load_model(args.model or recorded.base_model_name_or_path, args.gguf_file, dtype=args.dtype)
     pc = ProjCompModel.from_pretrained(model, adapter)
     out = pc.save_merged(args.output, tokenizer, overwrite=args.overwrite, repo_id=args.repo_id)
     merged = pc.config
@@ -128,11 +130,11 @@ def forward_seconds(model: Any, vocab_size: int, tokens: int = 256, repeats: int
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from .demo import load_model
+    from .loading import load_model
     from .evaluate import evaluate_text
 
-    model, tokenizer = load_model(args.model)
-    base, base_tok = load_model(args.base, args.gguf_file)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    base, base_tok = load_model(args.base, args.gguf_file, dtype=args.dtype)
     text, described = read_text(args.text, base, base_tok, args.chars, seed=1)
     progress = not args.json
     ours, theirs = evaluate_text(model, tokenizer, text, progress=progress), evaluate_text(base, base_tok, text, progress=progress)
@@ -174,6 +176,8 @@ def build_parser() -> Parser:
     def model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
         p.add_argument(flag, default=None, help="Hub id or local directory (default: the demo Gemma-3-270M)")
         p.add_argument("--gguf-file", default=None, help="load this GGUF file of the model")
+        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="dtype to load the model in; outputs keep it (default: the checkpoint's own)")
 
     p = sub.add_parser("compress", help="COMPACT: training-free vocabulary + FFN pruning",
                        description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.",
@@ -243,8 +247,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         args.func(args)
-    except USER_ERRORS as err:
+    except Exception as err:
+        if not is_user_error(err):
+            raise
         fail(f"projcomp {args.command}", str(err))
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` reports a mistake in the user's input rather than a bug (see USER_ERRORS)."""
+    from .loading import ModelLoadError  # imported lazily: torch is loaded by now, not for --help
+
+    return isinstance(err, USER_ERRORS + (ModelLoadError,))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ import copy
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,16 +24,20 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .export.verify import verify_checkpoint
+from .io import atomic_directory
+from .vocab.files import PROBE_TEXTS, save_tokenizer
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model", "load_model"]
+__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model"]
 
 MODEL_DIRNAME = "gemma-3-270m"
 # Written last into the temporary directory: a cache directory holding it was published whole.
 _MARKER = "hf_projcomp_demo.json"
-# Text the rebuilt tokenizer must encode exactly like the GGUF one: runs of spaces, newlines,
-# tabs, digits, accents, CJK and emoji exercise every stage of Gemma's pipeline (normalizer,
-# splitting, BPE, byte fallback).
+# Text (besides the standard probe texts) the rebuilt checkpoint must treat exactly like the GGUF
+# one: WikiText's spacing, runs of spaces, tabs, CJK and emoji exercise every stage of Gemma's
+# pipeline (normalizer, splitting, BPE, byte fallback).
 _CHECK_TEXT = (
     " = Robert Boulter = \n\n Robert Boulter is an English film , television and theatre"
     " actor . He had a guest @-@ starring role in 2000 ; it cost £ 3 @,@ 000 (≈ €3.5k).\n"
@@ -93,38 +95,6 @@ def _rebuild_vanilla(gguf_model: PreTrainedModel) -> PreTrainedModel:
     return model.eval()
 
 
-def _verify(
-    directory: Path,
-    gguf_model: PreTrainedModel,
-    gguf_tokenizer: PreTrainedTokenizerBase,
-) -> None:
-    """Reload the saved checkpoint and check it matches the GGUF original; raise if not."""
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    for add_special in (True, False):
-        saved = tokenizer(_CHECK_TEXT, add_special_tokens=add_special)["input_ids"]
-        expected = gguf_tokenizer(_CHECK_TEXT, add_special_tokens=add_special)["input_ids"]
-        if saved != expected:
-            raise RuntimeError(
-                f"Saved tokenizer encodes differently from the GGUF tokenizer "
-                f"(add_special_tokens={add_special})"
-            )
-    if tokenizer.decode(saved) != _CHECK_TEXT:
-        raise RuntimeError("Saved tokenizer does not round-trip text through decode(encode(x))")
-
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
-        raise RuntimeError("Reloaded demo model has an untied LM head")
-    ids = torch.tensor([gguf_tokenizer(_CHECK_TEXT)["input_ids"]])
-    with torch.inference_mode():
-        expected_logits = gguf_model(input_ids=ids, use_cache=False).logits
-        logits = model(input_ids=ids, use_cache=False).logits
-    # Same fp32 weights and the same modelling code: anything beyond rounding is a broken save.
-    diff = (logits - expected_logits).abs().max().item()
-    if diff > 1e-4:
-        raise RuntimeError(f"Saved model's logits differ from the GGUF model's by {diff:.3g}")
-    logger.info("Verified saved checkpoint: tokenizer identical, max logit difference %.2g", diff)
-
-
 def _embedding_tensors(directory: Path) -> list[str]:
     """Names of saved tensors that hold an embedding/LM-head matrix."""
     index = directory / "model.safetensors.index.json"
@@ -139,40 +109,27 @@ def _embedding_tensors(directory: Path) -> list[str]:
 
 
 def _convert(target: Path) -> None:
-    """Convert the GGUF model into ``target``, published atomically via a sibling temp dir."""
+    """Convert the GGUF model into ``target``, published atomically (see ``hf_projcomp.io``)."""
     source = _gguf_path()  # fail on a missing extra before creating any directory
     gguf_model, tokenizer = _load_gguf(source)
     model = _rebuild_vanilla(gguf_model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling on the same filesystem, so the final rename is atomic: an interrupted
-    # conversion leaves only a hidden temp dir, never a target that looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    # mkdtemp makes the directory private (0700); the published cache should follow the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
     try:
-        logger.info("Saving converted model to %s", tmp)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        del model
-        embeddings = _embedding_tensors(tmp)
-        if gguf_model.config.tie_word_embeddings and len(embeddings) != 1:
-            raise RuntimeError(f"Expected one tied embedding tensor on disk, found {embeddings}")
-        _verify(tmp, gguf_model, tokenizer)
-        (tmp / _MARKER).write_text(
-            json.dumps({"source": source.name, "dtype": "float32"}, indent=2) + "\n"
-        )
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process published first (rename onto a non-empty directory fails).
-            if not _is_complete(target):
-                raise
-            logger.info("%s was created concurrently; keeping that copy", target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target, overwrite=target.exists()) as tmp:  # an empty target is replaced
+            logger.info("Saving converted model to %s", tmp)
+            model.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
+            del model
+            embeddings = _embedding_tensors(tmp)
+            if gguf_model.config.tie_word_embeddings and len(embeddings) != 1:
+                raise RuntimeError(f"Expected one tied embedding tensor on disk, found {embeddings}")
+            # Same fp32 weights and modelling code: anything beyond rounding is a broken save.
+            verify_checkpoint(gguf_model, tokenizer, tmp, texts=(_CHECK_TEXT, *PROBE_TEXTS))
+            (tmp / _MARKER).write_text(json.dumps({"source": source.name, "dtype": "float32"}, indent=2) + "\n")
+    except OSError:
+        # Another process published first (a rename onto a non-empty directory fails).
+        if not _is_complete(target):
+            raise
+        logger.info("%s was created concurrently; keeping that copy", target)
 
 
 def demo_model_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
@@ -209,15 +166,3 @@ def load_demo_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
-
-
-def load_model(
-    name: str | os.PathLike[str] | None, gguf_file: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model in fp32, eval mode; tokenizer) from a Hub id or local directory (``gguf_file``: a GGUF
-    file in it), or the demo Gemma-3-270M when ``name`` is None."""
-    if name is None:
-        return load_demo_model()
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs).eval()
-    return model, AutoTokenizer.from_pretrained(name, **kwargs)

@@ -8,12 +8,13 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from .architectures import get_arch_spec
-from .config import ProjCompConfig
 from .compact import compact_prune
+from .config import ProjCompConfig
+from .distributed import on_rank0_then_broadcast
 from .importance import activation_importance, calibration_batches, magnitude_importance, select_indices, top_k
 from .plan import build_plan
 from .projection import ProjCompModel
-from .pruning import resolve_target_sizes, validate_target_sizes
+from .sizing import resolve_target_sizes, validate_target_sizes
 
 
 def get_projcomp_model(
@@ -28,18 +29,33 @@ def get_projcomp_model(
     Args:
         model: the base model; it is frozen in place and stays reachable as ``.base_model``.
         config: target sizes and importance method.
-        calibration_data: token-id batches for ``importance="activation"`` (see
-            :func:`hf_projcomp.importance.calibration_batches` for the accepted forms); calibration
+        calibration_data: for ``importance="activation"``, token-id batches or text with ``tokenizer``
+            (see :func:`hf_projcomp.importance.calibration_batches` for the accepted forms); calibration
             text for ``importance="compact"`` (see :func:`hf_projcomp.compact.compact_prune`).
-        tokenizer: the model's tokenizer, required by ``importance="compact"``; the pruned one is then
-            available as ``.tokenizer`` and saved with the adapter.
+        tokenizer: the model's tokenizer, required by ``importance="compact"`` (the pruned one is then
+            available as ``.tokenizer`` and saved with the adapter) and to tokenise text for
+            ``importance="activation"``.
         progress: show a progress bar over calibration batches.
+
+    Under ``torch.distributed`` (``accelerate launch``, ``torchrun``) the selection is computed on
+    rank 0 only and broadcast, so every rank trains the same projections.
 
     Returns:
         A :class:`ProjCompModel` whose selections are recorded in its ``projcomp_config``.
     """
     if not isinstance(config, ProjCompConfig):
         raise TypeError(f"config must be a ProjCompConfig, got {type(config).__name__}")
+    get_arch_spec(model.config)  # an unsupported model fails before any calibration work
+    recorded, pruned_tokenizer = on_rank0_then_broadcast(
+        lambda: _select(model, config, calibration_data, tokenizer, progress)
+    )
+    return ProjCompModel(model, recorded, pruned_tokenizer)
+
+
+def _select(
+    model: PreTrainedModel, config: ProjCompConfig, calibration_data: Any, tokenizer: Any, progress: bool
+) -> tuple[ProjCompConfig, Any]:
+    """The config with its recorded selections (and the pruned tokenizer with ``"compact"``)."""
     spec = get_arch_spec(model.config)
     pruned_tokenizer, vocab = None, None
     if config.importance == "compact":
@@ -50,7 +66,7 @@ def get_projcomp_model(
             model, config.hidden_size, config.intermediate_size, config.target_params
         )
         if config.importance == "activation":
-            batches = calibration_batches(calibration_data)
+            batches = calibration_batches(calibration_data, tokenizer=tokenizer, progress=progress)
             scores = activation_importance(model, spec, batches, progress=progress)
         else:
             scores = magnitude_importance(model, build_plan(model, spec, hidden_size))
@@ -71,7 +87,7 @@ def get_projcomp_model(
         intermediate_indices=ffn,
         vocab_indices=vocab,
     )
-    return ProjCompModel(model, recorded, pruned_tokenizer)
+    return recorded, pruned_tokenizer
 
 
 def _compact_selection(

@@ -65,14 +65,23 @@ def test_compress_without_calibration_samples_the_base(tiny_base_dir, tmp_path):
     assert "saved" in run.stdout
 
 
-def test_eval_json(compressed, tiny_base_dir):
+def test_eval_json_reports_the_library_numbers(compressed, tiny_base_dir):
+    """Each figure of `projcomp eval --json` is what the Python API computes on the same text."""
+    from hf_projcomp.evaluate import evaluate_text, load_text
+
     out, _ = compressed
     run = ok(projcomp("eval", out, "--base", tiny_base_dir, "--text", tiny_base_dir / "train.txt",
                       "--chars", "1500", "--json"))
     report = json.loads(run.stdout)
-    assert report["parameters"] < report["base_parameters"]
-    assert report["bits_per_byte"] > 0 and report["base_bits_per_byte"] > 0 and report["forward_latency_ratio"] > 0
-    assert report["word_perplexity"] > 1
+    text = load_text(tiny_base_dir / "train.txt", max_chars=1500)
+    for path, prefix in ((out, ""), (tiny_base_dir, "base_")):
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        expected = evaluate_text(model, tokenizer, text, progress=False)
+        assert report[f"{prefix}parameters"] == model.num_parameters()
+        assert report[f"{prefix}bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-6)
+        assert report[f"{prefix}word_perplexity"] == pytest.approx(expected["word_perplexity"], rel=1e-6)
+    assert report["parameters"] < report["base_parameters"] and report["forward_latency_ratio"] > 0
+    assert report["text"] == "the first 1,500 characters of train.txt"
 
 
 def test_train_then_merge(tiny_base_dir, tmp_path):
@@ -111,3 +120,20 @@ def test_bad_arguments_exit_non_zero_with_one_line(args, message, tmp_path):
     run = projcomp(*args, cwd=tmp_path)
     assert run.returncode != 0
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+
+
+def test_bugs_keep_their_traceback(monkeypatch, capsys):
+    """Only mistakes in the user's input end as one line; a TypeError or an OSError from a bug does not."""
+    from hf_projcomp import cli
+
+    for error in (TypeError("unsupported operand"), OSError("[Errno 5] Input/output error")):
+        def broken(args, error=error):
+            raise error
+
+        monkeypatch.setattr(cli, "compress", broken)
+        with pytest.raises(type(error)):
+            cli.main(["compress"])
+    monkeypatch.setattr(cli, "compress", lambda args: (_ for _ in ()).throw(FileNotFoundError("no such file: x.txt")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compress"])
+    assert exit_info.value.code == 1 and capsys.readouterr().err == "projcomp compress: error: no such file: x.txt\n"

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
+from hf_projcomp.sizing import count_target_parameters
 import hf_projcomp.compact.prune as prune_module
 from hf_projcomp.compact.ranking import (
     RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
@@ -45,9 +46,10 @@ def pruned(request):
     model = model_for(model_type, tokenizer)
     vocab_only = candidate_splits(model, resolve_budget(model, 0.8), 300, (1.0,))[-1]
     assert vocab_only.intermediate_size == model.config.intermediate_size
-    small, small_tok = compact_prune(model, tokenizer, TRAIN * 4, split=(vocab_only.vocab_size, vocab_only.intermediate_size),
-                                     **CALIBRATION)
-    return model, tokenizer, small, small_tok
+    small, small_tok, result = compact_prune(
+        model, tokenizer, TRAIN * 4, split=(vocab_only.vocab_size, vocab_only.intermediate_size), return_result=True,
+        **CALIBRATION)
+    return model, tokenizer, small, small_tok, result
 
 
 @pytest.mark.parametrize("model_type, kind", CASES)
@@ -58,9 +60,17 @@ def test_budget_solver_meets_the_target_within_one_percent(model_type, kind):
     small, small_tok, result = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, return_result=True,
                                              **CALIBRATION)
     assert abs(small.num_parameters() - budget) / budget < 0.01
-    assert type(small) is type(model) and small.config.vocab_size >= len(small_tok)
+    assert type(small) is type(model) and small.config.vocab_size == len(small_tok)
+    # The tokenizer keeps the longest ranked prefix whose merge closure fits the split's vocabulary,
+    # so the model may come out a few rows under the split, never over the budget.
+    inter = result.split.intermediate_size
+    assert small.config.intermediate_size == inter
+    assert small.num_parameters() == count_target_parameters(model, model.config.hidden_size, inter,
+                                                             small.config.vocab_size)
+    assert small.num_parameters() <= result.split.parameters <= budget
+    assert 0 <= result.split.vocab_size - small.config.vocab_size <= 8
     assert len(result.candidates) >= 2  # the split was chosen among candidates, not assumed
-    assert result.split.parameters == small.num_parameters() or small.config.vocab_size < result.split.vocab_size
+    assert result.candidates[small.config.vocab_size, inter] == min(result.candidates.values())
 
 
 def test_every_candidate_split_meets_the_budget():
@@ -75,7 +85,7 @@ def test_every_candidate_split_meets_the_budget():
 
 
 def test_tokenizer_round_trips_and_stays_in_bounds(pruned):
-    model, _, small, small_tok = pruned
+    model, _, small, small_tok, _ = pruned
     assert small.config.vocab_size == len(small_tok) < model.config.vocab_size
     for text in HELD_OUT + TRAIN:
         ids = small_tok.encode(text, add_special_tokens=False)
@@ -85,24 +95,33 @@ def test_tokenizer_round_trips_and_stays_in_bounds(pruned):
 
 
 def test_special_tokens_are_remapped(pruned):
-    _, tokenizer, small, small_tok = pruned
+    _, tokenizer, small, small_tok, _ = pruned
     assert small_tok.convert_ids_to_tokens(small.config.eos_token_id) == tokenizer.eos_token
     assert small_tok.convert_ids_to_tokens(small.config.bos_token_id) == tokenizer.bos_token
     assert small.generation_config.eos_token_id == small.config.eos_token_id
 
 
-def test_kept_rows_are_the_base_rows(pruned):
-    model, tokenizer, small, small_tok = pruned
-    for token in ("▁the", "Ġthe", "the"):
-        if token in small_tok.get_vocab() and token in tokenizer.get_vocab():
-            old, new = tokenizer.convert_tokens_to_ids(token), small_tok.convert_tokens_to_ids(token)
-            assert torch.equal(small.get_input_embeddings().weight[new], model.get_input_embeddings().weight[old])
-            return
-    pytest.fail("no common token found")
+def test_kept_rows_and_channels_are_the_base_ones(pruned):
+    """Every embedding and LM-head row is the base row of the token it names; every FFN weight is the
+    base weight at the kept channels; nothing else changed."""
+    model, tokenizer, small, small_tok, result = pruned
+    kept = result.kept_token_ids
+    assert small_tok.convert_ids_to_tokens(list(range(len(small_tok)))) == tokenizer.convert_ids_to_tokens(kept.tolist())
+    assert torch.equal(small.get_input_embeddings().weight, model.get_input_embeddings().weight[kept])
+    assert torch.equal(small.get_output_embeddings().weight, model.get_output_embeddings().weight[kept])
+    base = dict(model.named_parameters())
+    for name, param in small.named_parameters():
+        if "embed_tokens" in name or "lm_head" in name:
+            continue
+        want = base[name]
+        if "mlp" in name:
+            channels = result.intermediate_indices[int(name.split(".")[2])]
+            want = want[:, channels] if "down_proj" in name else want[channels]
+        assert torch.equal(param, want), name
 
 
 def test_reloads_in_fresh_process_without_hf_projcomp(pruned, tmp_path):
-    _, _, small, small_tok = pruned
+    _, _, small, small_tok, _ = pruned
     small.save_pretrained(tmp_path)
     small_tok.save_pretrained(tmp_path)
     text = HELD_OUT[1]
@@ -270,3 +289,39 @@ def test_seen_once_floor_ranks_unseen_characters_with_hapaxes():
     assert token_ranking(counts, mass, prior_weight=0.1).tolist() == [0, 1, 4, 3, 2]
     # Floored to 1/6, tokens 2 and 3 tie with the hapax (ties by id) and pass the prior-only token.
     assert token_ranking(counts, mass, prior_weight=0.1, seen_once=torch.tensor([2, 3])).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_bfloat16_model_prunes_to_bfloat16():
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("gemma3_text", tokenizer).to(torch.bfloat16)
+    small, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, **CALIBRATION)
+    assert {p.dtype for p in small.parameters()} == {torch.bfloat16} and small.config.dtype == torch.bfloat16
+    small32, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, dtype=torch.float32, **CALIBRATION)
+    assert {p.dtype for p in small32.parameters()} == {torch.float32}
+
+
+def test_a_stream_is_read_only_as_far_as_needed():
+    """A streamed IterableDataset (from_generator without features, so no column names) is read
+    only up to the token budget, and gives the same result as the texts it was read from."""
+    from datasets import IterableDataset
+
+    tokenizer = tiny_tokenizer("byte_level")
+    model = model_for("qwen2", tokenizer)
+    served: list[int] = []
+
+    def rows():
+        for i in range(10_000):  # far more text than the budget below
+            served.append(i)
+            yield {"text": TRAIN[i % len(TRAIN)], "id": i}
+
+    stream = IterableDataset.from_generator(rows)
+    assert stream.column_names is None
+    kwargs = dict(split=(len(tokenizer) - 60, 64), frequency_tokens=1500, **CALIBRATION)
+    small, small_tok, result = compact_prune(model, tokenizer, stream, return_result=True, **kwargs)
+    assert 0 < len(served) < 100
+    read = [TRAIN[i % len(TRAIN)] for i in range(len(served))]
+    again, again_tok, again_result = compact_prune(model, tokenizer, read, return_result=True, **kwargs)
+    assert result.frequency_tokens == again_result.frequency_tokens
+    assert torch.equal(result.kept_token_ids, again_result.kept_token_ids)
+    with pytest.raises(ValueError, match="rows have no 'text' column"):
+        compact_prune(model, tokenizer, IterableDataset.from_generator(lambda: iter([{"body": "x"}])), **kwargs)

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.evaluate import bits_per_byte, load_text
 
-from tests.tiny import SHARED_DATA, fresh_env
+from tests.tiny import DATA, fresh_env
 
-VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
-TEST = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
+VALID = DATA / "wikitext2_valid_excerpt.txt"
+TEST = DATA / "wikitext2_test_excerpt.txt"
 
 
 @pytest.fixture(scope="module")

@@ -98,10 +98,10 @@ def test_convert_publishes_a_vanilla_tied_checkpoint(tmp_path, fake_source):
 
 
 def test_failed_conversion_leaves_nothing_that_looks_complete(tmp_path, fake_source, monkeypatch):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("simulated crash after saving")
 
-    monkeypatch.setattr(demo, "_verify", broken)
+    monkeypatch.setattr(demo, "verify_checkpoint", broken)
     target = tmp_path / "model"
     with pytest.raises(RuntimeError, match="simulated"):
         demo.demo_model_path(target)

@@ -60,9 +60,12 @@ def test_activation_importance_needs_calibration_data():
     with pytest.raises(ValueError, match="calibration_data is empty"):
         get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
                            calibration_data=[])
+    with pytest.raises(TypeError, match="calibration_data is text: pass tokenizer="):
+        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
+                           calibration_data=["some text"])
     with pytest.raises(TypeError, match="calibration_data must be"):
         get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
-                           calibration_data="some text")
+                           calibration_data=3.5)
 
 
 def test_config_must_be_a_projcomp_config():

@@ -125,3 +125,53 @@ def test_push_refuses_an_incomplete_directory(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="is not a saved compressed model"):
         push_to_hub(tmp_path, "me/small")
+
+
+def test_card_links_only_to_what_exists(base, tmp_path):
+    import re
+
+    from hf_projcomp import __version__
+    from hf_projcomp.export.card import render_model_card
+
+    model, _ = base
+    card = render_model_card(summary_for(model, model), repo_id="me/small")
+    links = re.findall(r"https?://[^\s)\]]+", card.text)
+    assert links and all(link.startswith("https://arxiv.org/abs/") for link in links), links
+    assert f"compressed with hf_projcomp {__version__}" in card.text
+
+
+def test_special_tokens_that_disagree_with_the_config_fail_the_save(base, tmp_path):
+    """config.pad_token_id must name the tokenizer's pad token; a mismatch is caught before publishing."""
+    model, tokenizer = base
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    tokenizer.pad_token = tokenizer.eos_token  # the usual idiom...
+    model.config.pad_token_id = 5  # ...with a config that still points elsewhere
+    with pytest.raises(VerificationError, match=r"config.pad_token_id = 5 names \['.*'\], but the tokenizer's pad_token"):
+        save_compressed(model, tokenizer, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = save_compressed(model, tokenizer, tmp_path / "out")
+    assert AutoTokenizer.from_pretrained(out).pad_token == tokenizer.eos_token
+
+
+def test_bfloat16_model_is_saved_in_bfloat16(base, tmp_path):
+    model, tokenizer = base
+    small = get_projcomp_model(model.to(torch.bfloat16), ProjCompConfig(hidden_size=48, intermediate_size=64),
+                               progress=False).merge_and_unload()
+    out = save_compressed(small, tokenizer, tmp_path / "bf16")
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    out32 = save_compressed(small.float(), tokenizer, tmp_path / "fp32")
+    ratio = (out / "model.safetensors").stat().st_size / (out32 / "model.safetensors").stat().st_size
+    assert 0.49 < ratio < 0.51
+
+
+def test_push_checks_the_directory_before_uploading(base, tmp_path, monkeypatch):
+    model, tokenizer = base
+    out = save_compressed(model, tokenizer, tmp_path / "out", summary_for(model, model))
+    config = (out / "config.json").read_text()
+    (out / "config.json").write_text(config.replace(f'"vocab_size": {model.config.vocab_size}', '"vocab_size": 50'))
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: pytest.fail("reached the network"))
+    with pytest.raises(VerificationError, match="vocab_size is 50"):
+        push_to_hub(out, "me/small")

@@ -14,9 +14,9 @@ import torch
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 
-from tests.tiny import SHARED_DATA, fresh_env
+from tests.tiny import DATA, fresh_env
 
-VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
+VALID = DATA / "wikitext2_valid_excerpt.txt"
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datasets
 import pytest
 import torch
 
@@ -44,7 +45,6 @@ def test_magnitude_drops_dead_dimensions(model_type):
 
 
 def test_padded_dataset_equals_unpadded_batches():
-    datasets = pytest.importorskip("datasets")
     model = tiny_model("qwen2")
     spec = get_arch_spec(model.config)
     gen = torch.Generator().manual_seed(3)
@@ -104,3 +104,41 @@ def test_predicted_mass_sums_next_token_probabilities_where_mass_weight_says():
 def test_calibration_forms(data):
     batches = calibration_batches(data)
     assert all(b["input_ids"].dim() == 2 and b["input_ids"].shape == b["attention_mask"].shape for b in batches)
+
+
+def test_activation_importance_tokenises_text_given_the_tokenizer(tmp_path):
+    """Text (strings, a text Dataset, a file) with tokenizer= is tokenised into calibration sequences,
+    the same ones tokenize_calibration gives."""
+    from hf_projcomp.importance import tokenize_calibration
+    from tests.test_compact import model_for
+    from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    texts = TRAIN * 80
+    (tmp_path / "calibration.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    expected = torch.cat(tokenize_calibration(tokenizer, texts, progress=False))
+    assert expected.shape == (32, 512) and (expected[:, 0] == tokenizer.bos_token_id).all()
+    config = ProjCompConfig(hidden_size=48, intermediate_size=64, importance="activation")
+    reference = get_projcomp_model(model, config, calibration_data=[expected[i : i + 8] for i in range(0, 32, 8)],
+                                   progress=False).projcomp_config
+    for data in (texts, datasets.Dataset.from_dict({"text": texts})):
+        batches = calibration_batches(data, tokenizer=tokenizer)
+        assert torch.equal(torch.cat([b["input_ids"] for b in batches]), expected)
+        got = get_projcomp_model(model_for("llama", tokenizer), config, calibration_data=data, tokenizer=tokenizer,
+                                 progress=False).projcomp_config
+        assert (got.hidden_indices, got.intermediate_indices) == (reference.hidden_indices, reference.intermediate_indices)
+    from_file = calibration_batches(str(tmp_path / "calibration.txt"), tokenizer=tokenizer, num_sequences=4)
+    assert torch.cat([b["input_ids"] for b in from_file]).shape == (4, 512)
+
+
+def test_a_streamed_token_dataset_is_read_only_as_far_as_needed():
+    served: list[int] = []
+
+    def rows():
+        for i in range(100_000):
+            served.append(i)
+            yield {"input_ids": [3 + i % 50] * 16}
+
+    batches = calibration_batches(datasets.IterableDataset.from_generator(rows), num_sequences=12)
+    assert [b["input_ids"].shape for b in batches] == [(8, 16), (4, 16)] and len(served) <= 13

@@ -10,7 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from transformers import AutoModelForCausalLM
+
 from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_prune
+from hf_projcomp.projection import project_weight
+from hf_projcomp.sizing import count_target_parameters
 
 from tests.tiny import FAMILIES, TINY, expected_num_parameters, fresh_env, tiny_model
 
@@ -134,14 +138,94 @@ def test_base_dtype_bfloat16_keeps_projections_fp32(input_ids):
     assert pc.merge_and_unload().dtype == torch.float32
 
 
-def test_target_params_fraction_resolves_sizes():
-    model = tiny_model("llama")
-    pc = get_projcomp_model(model, ProjCompConfig(target_params=0.5))
+def test_target_params_fraction_picks_the_closest_size_on_the_grid():
+    """Hidden (multiples of 8 and of the head count) and d_ff (multiples of 8) shrink by one ratio; the
+    chosen pair is the one whose non-embedding count is closest to the goal, found by brute force."""
+    model = tiny_model("llama", hidden_size=256, intermediate_size=512, head_dim=64)
+    pc = get_projcomp_model(model, ProjCompConfig(target_params=0.5), progress=False)
     cfg = pc.projcomp_config
-    assert cfg.hidden_size % TINY["num_attention_heads"] == 0 and cfg.hidden_size < TINY["hidden_size"]
-    base = model.num_parameters(exclude_embeddings=True)
-    small = pc.merge_and_unload().num_parameters(exclude_embeddings=True)
-    assert abs(small / base - 0.5) < 0.1
+
+    def non_embedding(hidden: int, inter: int) -> int:  # untied: embedding and LM head are 96 × hidden each
+        return count_target_parameters(model, hidden, inter) - 2 * 96 * hidden
+
+    base = model.num_parameters() - 2 * 96 * 256
+    small = pc.merge_and_unload().num_parameters() - 2 * 96 * cfg.hidden_size
+    assert small == non_embedding(cfg.hidden_size, cfg.intermediate_size)
+    grid = {(max(8, round(256 * r / 8) * 8), max(8, round(512 * r / 8) * 8)) for r in torch.linspace(0, 1, 4001).tolist()}
+    counts = {s: non_embedding(*s) for s in grid}
+    best = min(counts.values(), key=lambda n: abs(n - 0.5 * base))
+    assert abs(small - 0.5 * base) == abs(best - 0.5 * base)
+    assert abs(small / base - 0.5) < 0.02
+    assert cfg.hidden_size % TINY["num_attention_heads"] == 0
+
+
+@pytest.mark.parametrize("base_dtype", [None, "bfloat16"])
+def test_merged_model_keeps_the_dtype_the_base_had(input_ids, base_dtype):
+    """A bfloat16 base merges to bfloat16 (P and A train in float32); base_dtype, a memory saving,
+    does not change what comes out; dtype= overrides."""
+    model = tiny_model("gemma3_text").to(torch.bfloat16)
+    pc = get_projcomp_model(model, ProjCompConfig(**TARGET, base_dtype=base_dtype), progress=False)
+    perturb_trainable(pc)
+    assert all(p.dtype == torch.float32 for p in pc.trainable_parameters())
+    merged, exact = pc.merge_and_unload(), pc.merge_and_unload(dtype=torch.float32)
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16} and merged.config.dtype == torch.bfloat16
+    assert {p.dtype for p in exact.parameters()} == {torch.float32}
+    for (name, got), (_, want) in zip(merged.state_dict().items(), exact.state_dict().items()):
+        assert torch.equal(got, want.to(torch.bfloat16)), name
+    with torch.no_grad():
+        projected, vanilla = pc(input_ids=input_ids).logits, exact(input_ids=input_ids).logits
+    assert ((projected - vanilla).abs().max() / vanilla.abs().max()).item() <= 1e-4
+
+
+def test_projections_live_on_the_base_device_and_the_base_is_not_copied():
+    """Built on the meta device (the CPU-only stand-in for an accelerator), every P, A and target weight
+    is created there; the base model's parameters stay the very same objects."""
+    source = tiny_model("llama")
+    recorded = get_projcomp_model(source, ProjCompConfig(**TARGET), progress=False).projcomp_config
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(source.config)
+    before = {name: p for name, p in base.named_parameters()}
+    pc = ProjCompModel(base, recorded)
+    assert {p.device.type for p in pc.parameters()} == {"meta"} and {b.device.type for b in pc.buffers()} == {"meta"}
+    assert pc.base_model is base and all(p is before[n] for n, p in base.named_parameters())
+    projections = list(pc.projections.values())
+    assert all(t.device.type == "meta" for m in projections for t in (m.a, m.p_in, m.p_out) if t is not None)
+
+
+def test_to_moves_projections_with_the_model(input_ids):
+    pc = get_projcomp_model(tiny_model("qwen3"), ProjCompConfig(**TARGET), progress=False)
+    with torch.no_grad():
+        expected = pc(input_ids=input_ids).logits.double()
+    pc.to(torch.float64)
+    assert {p.dtype for p in pc.trainable_parameters()} == {torch.float64}
+    with torch.no_grad():
+        assert torch.allclose(pc(input_ids=input_ids).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sides", ["in", "out", "both-left", "both-right"])
+def test_projected_weight_gradients_and_what_backward_keeps(sides):
+    """project_weight's hand-written backward equals autograd's, and keeps no float32 copy of a
+    bfloat16 base weight (only the product it needs, which is smaller)."""
+    gen = torch.Generator().manual_seed(0)
+    chunks, out_b, in_b = 2, 24, 40
+    out_t, in_t = {"in": (24, 16), "out": (12, 40), "both-left": (6, 30), "both-right": (20, 8)}[sides]
+    weight = torch.randn(chunks * out_b, in_b, generator=gen).to(torch.bfloat16)
+    p_in = torch.randn(in_b, in_t, generator=gen, dtype=torch.float64) if in_t != in_b else None
+    p_out = torch.randn(chunks, out_t, out_b, generator=gen, dtype=torch.float64) if out_t != out_b else None
+    a = torch.randn(chunks * out_t, in_t, generator=gen, dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (p_in, p_out, a) if t is not None]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        got = project_weight(weight, p_in, p_out, a, scale=0.5)
+    w = weight.double().reshape(chunks, out_b, in_b)
+    w = w if p_out is None else p_out @ w
+    w = w if p_in is None else w @ p_in
+    want = a + 0.5 * w.reshape(a.shape)
+    grad = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    assert torch.allclose(got, want)
+    for g1, g2 in zip(torch.autograd.grad(got, leaves, grad), torch.autograd.grad(want, leaves, grad)):
+        assert torch.allclose(g1, g2)
+    assert not any(t.numel() >= weight.numel() and t.dtype != torch.bfloat16 for t in saved)
 
 
 def test_gemma_embedding_scale_and_tied_head_are_corrected():

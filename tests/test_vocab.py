@@ -159,9 +159,44 @@ def test_reparenting_replaces_an_ancestor_by_a_new_merge():
         assert _tokens(new, "abcd abc ab dcba") == _tokens(tok, "abcd abc ab dcba")
 
 
-def test_agreement_of_a_tokenizer_with_itself(tokenizers_by_kind):
-    tok = tokenizers_by_kind["byte_level"]
-    assert segmentation_agreement(tok, tok, torch.arange(len(tok)), HELD_OUT + TRAIN) == 1.0
+def test_agreement_counts_word_occurrences_segmented_as_before(pruned):
+    """segmentation_agreement against a word-by-word count done here: which occurrences keep their ids."""
+    old, new, kept, _ = pruned["byte_level", False]
+    texts = ["the lobster the lobster zyzzyva", "the quokka"]
+    words = [" the", " lobster", " the", " lobster", " zyzzyva", " the", " quokka"]
+    words[0], words[5] = "the", "the"  # a text's first word has no space before it
+    to_old = kept.tolist()
+    same = [[to_old[i] for i in new.encode(w, add_special_tokens=False)] == old.encode(w, add_special_tokens=False)
+            for w in words]
+    assert 0 < sum(same) < len(same)  # the tiny vocabulary keeps some of these words and splits others
+    assert segmentation_agreement(old, new, kept, texts) == pytest.approx(sum(same) / len(same))
+    covered = [s for w, s in zip(words, same) if set(old.encode(w, add_special_tokens=False)) <= set(to_old)]
+    assert segmentation_agreement(old, new, kept, texts, covered_only=True) == pytest.approx(sum(covered) / len(covered))
+
+
+@pytest.mark.parametrize("kind", ["byte_fallback", "byte_level"])
+def test_specials_set_after_loading_survive_pruning(kind):
+    """``pad_token = eos_token``, special tokens added at run time, a chat template and the padding
+    side live on the tokenizer object, not in its init kwargs; the pruned tokenizer keeps them all."""
+    tok = tiny_tokenizer(kind)
+    tok.pad_token = tok.eos_token
+    tok.add_special_tokens({"additional_special_tokens": ["<tool>", "<think>"]})
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    tok.padding_side = "left"
+    new, kept = prune_tokenizer(tok, _frequent_ids(tok))
+    to_old = kept.tolist()
+    assert new.special_tokens_map == tok.special_tokens_map and new.pad_token == tok.eos_token
+    assert to_old[new.pad_token_id] == tok.pad_token_id == tok.eos_token_id
+    assert new.extra_special_tokens == ["<tool>", "<think>"]
+    assert [to_old[i] for i in new.extra_special_tokens_ids] == tok.extra_special_tokens_ids
+    assert len(set(new.extra_special_tokens_ids) | {new.eos_token_id}) == 3  # nothing collapsed onto eos
+    text = "hi <tool> there <think>"
+    assert [to_old[i] for i in new(text)["input_ids"]][:3] == tok(text)["input_ids"][:3]
+    assert new.chat_template == tok.chat_template and new.padding_side == "left"
+    chat = [{"role": "user", "content": "hello"}]
+    assert new.apply_chat_template(chat, tokenize=False) == tok.apply_chat_template(chat, tokenize=False)
+    batch = new(["a", "the lobster"], padding=True)["input_ids"]
+    assert batch[0][0] == new.pad_token_id  # left padding with eos
 
 
 def test_max_vocab_size_takes_the_longest_ranked_prefix_that_fits(tokenizers_by_kind):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
-from ..pruning import count_target_parameters
+from ..sizing import count_target_parameters
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..architectures import get_arch_spec
 from ..evaluate import bits_per_byte
 from ..importance import Scores, activation_importance, calibration_batches, magnitude_importance, top_k
+from ..importance.calibration import iter_calibration_texts, read_tokens, token_sequences
 from ..plan import build_plan
-from ..pruning import count_target_parameters, hard_prune
+from ..hard_prune import hard_prune
+from ..sizing import count_target_parameters
 from ..vocab import VocabularyPruningError, prune_tokenizer, required_token_ids
 from .budget import Split, candidate_splits, resolve_budget
-from .calibration import load_calibration_texts, tokenize_calibration
 from .ranking import (
     RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
 )
@@ -82,6 +83,7 @@ def compact_prune(
     keep_characters: int = 0,
     text_column: str = "text",
     prune_vocabulary: bool = True,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
     return_result: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | tuple[PreTrainedModel, PreTrainedTokenizerBase, CompactResult]:
@@ -90,7 +92,8 @@ def compact_prune(
     Args:
         model: a supported causal LM (see ``hf_projcomp.ARCHITECTURES``).
         tokenizer: its fast tokenizer; BPE with byte fallback or byte-level BPE for vocabulary pruning.
-        calibration_data: a ``datasets.Dataset`` (``text_column``), a ``.txt``/``.jsonl`` path, or strings.
+        calibration_data: a ``datasets.Dataset`` or streamed ``IterableDataset`` (``text_column``), a
+            ``.txt``/``.jsonl`` path, or strings; read only as far as ``frequency_tokens`` needs.
         target_params: a fraction in (0, 1) of the model's parameters, or an absolute count.
         num_sequences, sequence_length: the activation pass (the expensive part: on 2 CPU cores about
             1.8 s per 512-token sequence of Gemma-3-270M). Its rare-token positions rank the unseen
@@ -115,6 +118,7 @@ def compact_prune(
             script, also rank as if seen once; for served text in scripts the calibration text
             lacks (see :func:`~hf_projcomp.compact.ranking.frequent_characters`). 0 (default): none.
         prune_vocabulary: False keeps the vocabulary and prunes FFN channels only.
+        dtype: dtype of the pruned model (default: the base model's).
         return_result: also return a :class:`CompactResult`.
 
     Returns:
@@ -129,10 +133,13 @@ def compact_prune(
     spec = get_arch_spec(model.config)
     check_vocabularies(model, tokenizer)
     budget = resolve_budget(model, target_params)
-    texts = load_calibration_texts(calibration_data, text_column)
 
-    # One token stream: held-out tail for choosing the split, the rest for statistics.
-    stream = tokenize_calibration(tokenizer, texts, 1, frequency_tokens + heldout_tokens + 1, progress=progress)[0][0]
+    # One token stream: held-out tail for choosing the split, the rest for statistics. Texts past
+    # what it needs are never read (a streamed dataset may be endless).
+    texts, stream = read_tokens(tokenizer, iter_calibration_texts(calibration_data, text_column),
+                                frequency_tokens + heldout_tokens, progress=progress)
+    bos = tokenizer.bos_token_id
+    stream = torch.tensor(([bos] if bos is not None else []) + stream, dtype=torch.long)
     if len(stream) < 2 * heldout_tokens:
         heldout_tokens = len(stream) // 4
     counted, heldout = stream[: len(stream) - heldout_tokens], stream[len(stream) - heldout_tokens :]
@@ -179,7 +186,7 @@ def compact_prune(
         scores = magnitude_importance(model, build_plan(model, spec, model.config.hidden_size))
         predicted_mass = None
     else:
-        sequences = tokenize_calibration(tokenizer, texts, num_sequences, sequence_length, progress=False)
+        sequences = token_sequences(stream[1 if bos is not None else 0 :].tolist(), bos, num_sequences, sequence_length)
         activation_tokens = sum(s.numel() for s in sequences)
         scores = activation_importance(
             model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
@@ -210,7 +217,7 @@ def compact_prune(
     for candidate in splits:
         small_tok, kept_ids = pruned[candidate.vocab_size]
         ffn = [top_k(layer, candidate.intermediate_size) for layer in scores.ffn]
-        small = hard_prune(model, hidden, ffn, kept_ids)
+        small = hard_prune(model, hidden, ffn, kept_ids, dtype=dtype)
         bpb = bits_per_byte(small, small_tok, heldout_text, progress=False) if len(splits) > 1 else float("nan")
         results[(small.config.vocab_size, candidate.intermediate_size)] = bpb
         logger.info("candidate vocab %d, d_ff %d: %.4f bits/byte on held-out calibration text",

@@ -2,9 +2,10 @@
 
 from .card import METHODS, CompressionSummary, render_model_card
 from .hub import push_to_hub
-from .save import VerificationError, save_compressed, verify_checkpoint
+from .save import save_compressed
+from .verify import VerificationError, check_checkpoint, check_tokenizer, verify_checkpoint
 
 __all__ = [
-    "METHODS", "CompressionSummary", "VerificationError", "push_to_hub", "render_model_card", "save_compressed",
-    "verify_checkpoint",
+    "METHODS", "CompressionSummary", "VerificationError", "check_checkpoint", "check_tokenizer", "push_to_hub", "render_model_card",
+    "save_compressed", "verify_checkpoint",
 ]

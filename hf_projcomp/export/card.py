@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import PretrainedConfig
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "compressed_model.md"
-REPO_URL = "https://github.com/hf-projcomp/hf_projcomp"
+TEMPLATE_NAME = "compressed_model.md"
 METHODS = {
     "compact": (
         "COMPACT (training-free pruning)",
@@ -65,6 +65,31 @@ class CompressionSummary:
         return dataclasses.asdict(self)
 
 
+def template_path(name: str = TEMPLATE_NAME) -> Path:
+    """A model card template: ``hf_projcomp/model_cards/`` in an installed wheel (``pyproject.toml`` maps
+    the repository's top-level ``model_cards/`` there), that folder itself in a source checkout."""
+    installed = resources.files("hf_projcomp") / "model_cards" / name
+    if installed.is_file():
+        return Path(str(installed))
+    source = Path(__file__).resolve().parents[2] / "model_cards" / name
+    if not source.is_file():
+        raise FileNotFoundError(f"model card template {name} is missing from the hf_projcomp installation")
+    return source
+
+
+def project_url() -> str | None:
+    """The project URL ``pyproject.toml`` declares, if any (cards link only to what exists)."""
+    try:
+        urls = metadata.metadata("hf_projcomp").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("homepage", "repository", "source") and url.strip():
+            return url.strip()
+    return None
+
+
 def render_model_card(summary: CompressionSummary, repo_id: str | None = None) -> ModelCard:
     """The card: YAML metadata (base_model, library_name, tags) and a body from the template."""
     title, description = METHODS[summary.method]
@@ -80,14 +105,21 @@ def render_model_card(summary: CompressionSummary, repo_id: str | None = None) -
     base_name = summary.base_model or summary.base_config.get("model_type", "model")
     return ModelCard.from_template(
         data,
-        template_path=str(TEMPLATE),
+        template_path=str(template_path()),
         model_name=repo_id.split("/")[-1] if repo_id else f"{Path(base_name).name}-{summary.method}",
         base_model_name=base_name,
         repo_id=repo_id or "path/to/this/model",
-        repo_url=REPO_URL,
+        project_url=project_url(),
+        version=_version(),
         method_title=title,
         method_description=description,
         architecture=(summary.config.get("architectures") or ["the base class"])[0],
         sizes=sizes,
         **{k: v for k, v in summary.to_dict().items() if k not in ("base_model", "base_config", "config")},
     )
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -8,6 +8,8 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from .verify import check_checkpoint
+
 REQUIRED_FILES = ("config.json", "README.md")
 
 
@@ -22,8 +24,10 @@ def push_to_hub(
 ) -> Any:
     """Create ``repo_id`` if needed and upload every file of ``out_dir`` in a single commit.
 
-    The README is the card :func:`save_compressed` wrote, uploaded as is (transformers'
-    ``push_to_hub`` would generate its own). Returns huggingface_hub's ``CommitInfo``.
+    The directory is checked first (:func:`~hf_projcomp.export.check_checkpoint`: config, tokenizer
+    and tokenizer side files agree), so nothing inconsistent reaches the Hub. The README is the card
+    :func:`save_compressed` wrote, uploaded as is (transformers' ``push_to_hub`` would generate its
+    own). Returns huggingface_hub's ``CommitInfo``.
     """
     root = Path(out_dir)
     missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
@@ -32,6 +36,7 @@ def push_to_hub(
             f"{root} is not a saved compressed model (needs {', '.join(REQUIRED_FILES)} and safetensors weights; "
             "write it with save_compressed or `projcomp compress`)"
         )
+    check_checkpoint(root)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.relative_to(root).parts[0].startswith("."))
     operations = [CommitOperationAdd(path_in_repo=p.relative_to(root).as_posix(), path_or_fileobj=str(p)) for p in files]
     api = HfApi(token=token)

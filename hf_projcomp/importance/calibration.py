@@ -1,13 +1,174 @@
-"""Calibration input: token-id batches in the shapes users already have."""
+"""Calibration input in the shapes users have: token-id batches, or text to tokenise.
+
+Text comes from a ``datasets.Dataset`` or streamed ``IterableDataset`` (``text`` column), a
+``.txt``/``.jsonl`` file, or a list of strings, and is read lazily: a stream is read only as far as
+the token budget needs.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 Batch = dict[str, torch.Tensor]
+
+# Text given for activation importance becomes this many sequences of this many tokens.
+DEFAULT_NUM_SEQUENCES = 32
+DEFAULT_SEQUENCE_LENGTH = 512
+# A .txt file is read in blocks of about this many characters, each ending at a blank line (or the end).
+_TEXT_BLOCK_CHARS = 1 << 20
+
+
+def _is_dataset(data: Any) -> bool:
+    return hasattr(data, "column_names") and hasattr(data, "__iter__") and not isinstance(data, (str, bytes))
+
+
+def _first_row(data: Any) -> Any:
+    return next(iter(data), None)
+
+
+def is_text(data: Any, text_column: str = "text") -> bool:
+    """Whether calibration ``data`` is text (to tokenise) rather than token ids."""
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    if _is_dataset(data):
+        columns = data.column_names
+        if columns is None:  # IterableDataset.from_generator without features: look at a row
+            row = _first_row(data)
+            columns = list(row) if isinstance(row, dict) else []
+        return "input_ids" not in columns and text_column in columns
+    if isinstance(data, (list, tuple)):
+        return bool(data) and isinstance(data[0], str)
+    return False
+
+
+def _read_text_file(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        pending = ""
+        while True:
+            block = f.read(_TEXT_BLOCK_CHARS)
+            if not block:
+                break
+            pending += block
+            cut = pending.rfind("\n\n")
+            if cut >= 0:  # a blank line separates paragraphs: no token spans it
+                yield pending[: cut + 2]
+                pending = pending[cut + 2 :]
+        if pending:
+            yield pending
+
+
+def iter_calibration_texts(data: Any, text_column: str = "text") -> Iterator[str]:
+    """Non-empty texts of ``data``, lazily: a ``datasets.Dataset``/``IterableDataset`` (``text_column``),
+    a ``.txt`` file (in blocks that end at blank lines), a ``.jsonl`` file (``text_column`` of each
+    line), or an iterable of strings."""
+    if data is None:
+        raise ValueError("calibration_data is required")
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise ValueError(f"calibration_data file {str(path)!r} does not exist (pass a list of strings for raw text)")
+        texts: Iterable[str]
+        if path.suffix in (".jsonl", ".json"):
+            texts = (json.loads(line)[text_column] for line in path.open(encoding="utf-8") if line.strip())
+        else:
+            texts = _read_text_file(path)
+    elif _is_dataset(data):
+        texts = (_column(row, text_column) for row in data)
+    elif isinstance(data, Iterable) and not isinstance(data, (bytes, dict)):
+        texts = data
+    else:
+        raise TypeError(
+            "calibration_data must be a datasets.Dataset or IterableDataset, a path to a .txt/.jsonl file, or a "
+            f"list of strings; got {type(data).__name__}"
+        )
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"calibration_data must hold strings, got {type(text).__name__}")
+        if text.strip():
+            yield text
+
+
+def _column(row: Any, name: str) -> Any:
+    if not isinstance(row, dict) or name not in row:
+        found = list(row) if isinstance(row, dict) else type(row).__name__
+        raise ValueError(f"calibration_data rows have no {name!r} column (found {found})")
+    return row[name]
+
+
+def load_calibration_texts(data: Any, text_column: str = "text") -> list[str]:
+    """Every text of ``data`` (see :func:`iter_calibration_texts`); ``ValueError`` when there is none."""
+    texts = list(iter_calibration_texts(data, text_column))
+    if not texts:
+        raise ValueError("calibration_data is empty")
+    return texts
+
+
+def read_tokens(
+    tokenizer: Any, texts: Iterable[str], max_tokens: int, progress: bool = True
+) -> tuple[list[str], list[int]]:
+    """Tokenise ``texts`` one by one (no special tokens) until ``max_tokens`` are gathered.
+
+    Returns the texts read and their concatenated token ids (at most ``max_tokens``); later texts are
+    never read. ``ValueError`` when there is no text at all.
+    """
+    read: list[str] = []
+    stream: list[int] = []
+    with tqdm(total=max_tokens, desc="Tokenising calibration text", disable=not progress, unit="tok") as bar:
+        for text in texts:
+            read.append(text)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            take = min(len(ids), max_tokens - len(stream))
+            stream.extend(ids[:take])
+            bar.update(take)
+            if len(stream) >= max_tokens:
+                break
+        else:
+            bar.total = bar.n  # the text ran out before the budget: the bar ends at what there was
+            bar.refresh()
+    if not read:
+        raise ValueError("calibration_data is empty")
+    return read, stream
+
+
+def token_sequences(stream: list[int], bos: int | None, num_sequences: int, sequence_length: int) -> list[torch.Tensor]:
+    """Up to ``num_sequences`` sequences of ``sequence_length`` tokens cut from the start of ``stream``,
+    each starting with ``bos`` when given (as the model saw in training); a short stream gives one
+    shorter sequence."""
+    if num_sequences < 1 or sequence_length < 2:
+        raise ValueError(
+            f"num_sequences must be >= 1 and sequence_length >= 2, got {num_sequences} and {sequence_length}"
+        )
+    body = sequence_length - (bos is not None)
+    needed = num_sequences * body
+    chunks = [stream[i : i + body] for i in range(0, min(len(stream), needed), body)]
+    chunks = [c for c in chunks if len(c) == body] or [stream[:body]]
+    prefix = [bos] if bos is not None else []
+    return [torch.tensor([prefix + c]) for c in chunks]
+
+
+def tokenize_calibration(
+    tokenizer: Any,
+    data: Any,
+    num_sequences: int = DEFAULT_NUM_SEQUENCES,
+    sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
+    progress: bool = True,
+    text_column: str = "text",
+) -> list[torch.Tensor]:
+    """Token sequences (1, ``sequence_length``) from calibration text (any form
+    :func:`iter_calibration_texts` takes), reading only the text they need."""
+    bos = tokenizer.bos_token_id
+    body = sequence_length - (bos is not None)
+    texts = data if isinstance(data, Iterator) else iter_calibration_texts(data, text_column)
+    _, stream = read_tokens(tokenizer, texts, num_sequences * body, progress=progress)
+    return token_sequences(stream, bos, num_sequences, sequence_length)
 
 
 def _as_batch(item: Any) -> Batch:
@@ -28,31 +189,55 @@ def _as_batch(item: Any) -> Batch:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _dataset_batches(dataset: Any, batch_size: int) -> Iterator[Batch]:
-    if "input_ids" not in dataset.column_names:
-        raise ValueError(f"calibration_data Dataset needs an 'input_ids' column, has {dataset.column_names}")
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]["input_ids"]
-        width = max(len(r) for r in rows)
-        # Right padding, masked out of every statistic.
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        yield {"input_ids": ids, "attention_mask": mask}
+def _padded(rows: list[Any]) -> Batch:
+    width = max(len(r) for r in rows)
+    # Right padding, masked out of every statistic.
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
-def calibration_batches(data: Any, batch_size: int = 8) -> list[Batch]:
+def _dataset_batches(dataset: Any, batch_size: int, limit: int | None) -> Iterator[Batch]:
+    rows = (_column(row, "input_ids") for row in dataset)
+    if limit is not None:
+        rows = islice(rows, limit)
+    while chunk := list(islice(rows, batch_size)):
+        yield _padded(chunk)
+
+
+def calibration_batches(
+    data: Any,
+    batch_size: int = 8,
+    *,
+    tokenizer: Any = None,
+    num_sequences: int | None = None,
+    sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
+    progress: bool = False,
+) -> list[Batch]:
     """Normalise calibration data to a list of ``{"input_ids", "attention_mask"}`` batches.
 
-    Accepts a ``datasets.Dataset`` with an ``input_ids`` column, a tensor of shape (batch, seq) or
-    (seq,), or an iterable of such tensors / lists of ids / dicts with ``input_ids``.
+    Token ids: a ``datasets.Dataset``/``IterableDataset`` with an ``input_ids`` column, a tensor of
+    shape (batch, seq) or (seq,), or an iterable of such tensors / lists of ids / dicts with
+    ``input_ids``. Text (see :func:`iter_calibration_texts`) is tokenised with ``tokenizer`` into
+    ``num_sequences`` sequences of ``sequence_length`` tokens (default :data:`DEFAULT_NUM_SEQUENCES`).
+    A streamed dataset is read only up to ``num_sequences`` rows (default :data:`DEFAULT_NUM_SEQUENCES`);
+    other token inputs are used whole unless ``num_sequences`` is given.
     """
     if data is None:
         raise ValueError("calibration_data is required for data-driven importance")
-    if hasattr(data, "column_names"):
-        batches = list(_dataset_batches(data, batch_size))
+    if is_text(data):
+        if tokenizer is None:
+            raise TypeError("calibration_data is text: pass tokenizer=... to tokenise it (or pass token ids)")
+        sequences = tokenize_calibration(tokenizer, data, num_sequences or DEFAULT_NUM_SEQUENCES, sequence_length,
+                                         progress=progress)
+        return [_as_batch(torch.cat(sequences[i : i + batch_size])) for i in range(0, len(sequences), batch_size)]
+    if _is_dataset(data):
+        streamed = not hasattr(data, "__len__")
+        limit = num_sequences or (DEFAULT_NUM_SEQUENCES if streamed else None)
+        batches = list(_dataset_batches(data, batch_size, limit))
     elif isinstance(data, torch.Tensor):
         batches = [_as_batch(data)]
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
@@ -60,11 +245,11 @@ def calibration_batches(data: Any, batch_size: int = 8) -> list[Batch]:
         # A flat list of ints is one sequence, not many batches.
         if items and all(isinstance(x, int) for x in items):
             items = [items]
-        batches = [_as_batch(item) for item in items]
+        batches = [_as_batch(item) for item in items[:num_sequences]]
     else:
         raise TypeError(
-            "calibration_data must be a datasets.Dataset, a tensor, or an iterable of token-id batches; "
-            f"got {type(data).__name__}"
+            "calibration_data must be a datasets.Dataset, a tensor, an iterable of token-id batches, or text "
+            f"with tokenizer=...; got {type(data).__name__}"
         )
     if not batches:
         raise ValueError("calibration_data is empty")

@@ -15,32 +15,80 @@ def project_weight(
     a: torch.Tensor,
     scale: float = 1.0,
 ) -> torch.Tensor:
-    """``scale · P_out · W · P_in + A`` with ``W`` viewed as ``chunks × out × in``.
+    """``scale · P_out · W · P_in + A`` with ``W`` viewed as ``chunks × out × in``, differentiable in
+    ``p_in``, ``p_out`` and ``a`` (``W`` is frozen).
 
     ``p_in``: (in_base, in_target) or None; ``p_out``: (chunks, out_target, out_base) or None, one
     block per fused output chunk (phi3's gate_up). The product order with fewer FLOPs is used.
+    ``W`` may be held in a lower precision than P and A: it is cast per call and the cast is never
+    kept for the backward pass (which casts again), so a bfloat16 base costs no float32 copy of
+    itself while gradients are pending.
     """
-    chunks = p_out.shape[0] if p_out is not None else 1
-    w = weight.to(a.dtype).reshape(chunks, -1, weight.shape[-1])  # (chunks, out_base, in_base)
-    if p_out is not None and p_in is not None:
-        out_t, out_b = p_out.shape[1:]
-        in_b, in_t = p_in.shape
-        if out_t * in_b * (out_b + in_t) <= out_b * in_t * (in_b + out_t):
-            w = (p_out @ w) @ p_in
+    return _ProjectedWeight.apply(weight, p_in, p_out, a, scale)
+
+
+def _cheaper_left_first(p_in: torch.Tensor, p_out: torch.Tensor) -> bool:
+    """Whether ``(P_out · W) · P_in`` costs fewer FLOPs than ``P_out · (W · P_in)``."""
+    out_t, out_b = p_out.shape[1:]
+    in_b, in_t = p_in.shape
+    return out_t * in_b * (out_b + in_t) <= out_b * in_t * (in_b + out_t)
+
+
+class _ProjectedWeight(torch.autograd.Function):
+    """:func:`project_weight` with a hand-written backward that saves the frozen ``W`` as given (it is
+    alive anyway) and at most one float32 product, instead of autograd's float32 cast of ``W``."""
+
+    @staticmethod
+    def forward(ctx, weight, p_in, p_out, a, scale):  # noqa: D102
+        chunks = p_out.shape[0] if p_out is not None else 1
+        w = weight.to(a.dtype).reshape(chunks, -1, weight.shape[-1])  # (chunks, out_base, in_base)
+        left = right = None  # P_out · W or W · P_in, whichever the product went through
+        if p_out is not None and p_in is not None:
+            if _cheaper_left_first(p_in, p_out):
+                left = p_out @ w
+                product = left @ p_in
+            else:
+                right = w @ p_in
+                product = p_out @ right
+        elif p_out is not None:
+            product = p_out @ w
+        elif p_in is not None:
+            product = w @ p_in
         else:
-            w = p_out @ (w @ p_in)
-    elif p_out is not None:
-        w = p_out @ w
-    elif p_in is not None:
-        w = w @ p_in
-    w = w.reshape(a.shape)
-    return a + (w * scale if scale != 1.0 else w)
+            product = w
+        ctx.save_for_backward(weight, p_in, p_out, left, right)
+        ctx.scale, ctx.chunks, ctx.dtype = scale, chunks, a.dtype
+        product = product.reshape(a.shape)
+        return a + (product * scale if scale != 1.0 else product)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        weight, p_in, p_out, left, right = ctx.saved_tensors
+        need_in, need_out, need_a = ctx.needs_input_grad[1:4]
+        g = grad.reshape(ctx.chunks, -1, grad.shape[-1])  # (chunks, out_target, in_target)
+        if ctx.scale != 1.0:
+            g = g * ctx.scale
+
+        def w() -> torch.Tensor:
+            return weight.to(ctx.dtype).reshape(ctx.chunks, -1, weight.shape[-1])
+
+        grad_in = grad_out = None
+        if need_in and p_in is not None:
+            if left is None:  # ∂/∂P_in = Σ_chunks (P_out · W)ᵀ · G
+                left = w() if p_out is None else p_out @ w()
+            grad_in = (left.transpose(1, 2) @ g).sum(0)
+        if need_out and p_out is not None:
+            if right is None:  # ∂/∂P_out = G · (W · P_in)ᵀ
+                grad_out = g @ w().transpose(1, 2) if p_in is None else (g @ p_in.T) @ w().transpose(1, 2)
+            else:
+                grad_out = g @ right.transpose(1, 2)
+        return None, grad_in, grad_out, grad if need_a else None, None
 
 
-def one_hot_columns(base: int, index: torch.Tensor) -> torch.Tensor:
+def one_hot_columns(base: int, index: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """(base × k) selection matrix S with ``x @ S == x[..., index]``."""
-    p = torch.zeros(base, len(index))
-    p[index, torch.arange(len(index))] = 1.0
+    p = torch.zeros(base, len(index), device=device)
+    p[index.to(p.device), torch.arange(len(index), device=p.device)] = 1.0
     return p
 
 
@@ -66,7 +114,8 @@ class Projection(nn.Module):
             raise ValueError("a weight's rows are either gathered (row_index) or projected (out_index), not both")
         self._base = (base_module,)  # a tuple hides it from nn.Module registration
         self.scale = scale
-        self.register_buffer("row_index", row_index, persistent=False)
+        device = base_module.weight.device  # P, A and indices live beside the weight they project
+        self.register_buffer("row_index", None if row_index is None else row_index.to(device), persistent=False)
         out_base, in_base = base_module.weight.shape
         if row_index is not None:
             out_base = len(row_index)
@@ -77,17 +126,17 @@ class Projection(nn.Module):
         if out_index is not None and torch.equal(out_index, torch.arange(chunk)):
             out_index = None
         if in_index is not None:
-            self.p_in = nn.Parameter(one_hot_columns(in_base, in_index))
+            self.p_in = nn.Parameter(one_hot_columns(in_base, in_index, device))
         else:
             self.register_parameter("p_in", None)
         if out_index is not None:
-            p_out = one_hot_columns(chunk, out_index).T.contiguous()
+            p_out = one_hot_columns(chunk, out_index, device).T.contiguous()
             self.p_out = nn.Parameter(p_out.unsqueeze(0).repeat(out_chunks, 1, 1))
         else:
             self.register_parameter("p_out", None)
         out_t = out_base if out_index is None else out_chunks * len(out_index)
         in_t = in_base if in_index is None else len(in_index)
-        self.a = nn.Parameter(torch.zeros(out_t, in_t))
+        self.a = nn.Parameter(torch.zeros(out_t, in_t, device=device))
 
     @property
     def base_weight(self) -> torch.Tensor:
@@ -108,12 +157,17 @@ class Projection(nn.Module):
     def forward_with_vjp(self) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
         """``W_c`` outside autograd, and a function mapping ∂L/∂W_c to ∂L/∂{P_in, P_out, A}.
 
-        The products' intermediates are kept for the VJP, so pushing a step's gradient costs two
-        matrix products per factor and no recomputation of ``W_c``.
+        The product's graph (one float32 intermediate, see :func:`project_weight`) is kept until the
+        function is called, so pushing a step's gradient needs no recomputation of ``W_c``.
         """
-        params = {name: p.detach() for name, p in self._trainable().items()}
-        weight, vjp = torch.func.vjp(self._project, params)
-        return weight.detach(), lambda grad: vjp(grad)[0]
+        leaves = {name: p.detach().requires_grad_(True) for name, p in self._trainable().items()}
+        with torch.enable_grad():
+            weight = self._project(leaves)
+
+        def vjp(grad: torch.Tensor) -> dict[str, torch.Tensor]:
+            return dict(zip(leaves, torch.autograd.grad(weight, list(leaves.values()), grad)))
+
+        return weight.detach(), vjp
 
     def accumulate_grad(self, grads: dict[str, torch.Tensor]) -> None:
         """Add gradients (as returned by :meth:`forward_with_vjp`'s function) to P and A."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,13 @@ from torch.nn.modules.module import _IncompatibleKeys
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..architectures import VOCAB, get_arch_spec
+from ..config import WEIGHTS_NAME, ProjCompConfig
 from ..export import CompressionSummary, save_compressed
-from ..config import CONFIG_NAME, WEIGHTS_NAME, ProjCompConfig
+from ..hard_prune import pruned_tensors
+from ..io import atomic_directory
 from ..plan import Selection, build_plan
-from ..pruning import build_target_model, pruned_tensors
+from ..target import build_target_model, cast_parameters
+from ..vocab.files import SIDE_FILES, save_tokenizer
 from .layer import Projection
 
 
@@ -54,6 +55,8 @@ class ProjCompModel(nn.Module):
             raise ValueError("config has no recorded selections; build the model with get_projcomp_model()")
         check_base_matches(model.config, config)
         spec = get_arch_spec(model.config)
+        # What merge_and_unload returns: the base's own precision, not base_dtype's memory saving.
+        self.output_dtype = model.dtype
         model.requires_grad_(False)
         if config.base_dtype is not None:
             model.to(getattr(torch, config.base_dtype))
@@ -79,8 +82,11 @@ class ProjCompModel(nn.Module):
                 row_index=rows if gathered else None,
             )
         with torch.no_grad():
-            # Starts as the hard-pruned model; the planned weights there are only placeholders.
-            self.target = build_target_model(model, selection, pruned_tensors(model, self.plan, selection))
+            # Starts as the hard-pruned model; the planned weights there are only placeholders. It
+            # trains in float32 whatever the base holds, like P and A.
+            self.target = build_target_model(
+                model, selection, pruned_tensors(model, self.plan, selection), dtype=torch.float32
+            )
         self._projected_names = [entry.name for entry in self.plan.weights]
         target_params = dict(self.target.named_parameters(remove_duplicate=False))
         self._target_params = {name: target_params[name] for name in self._projected_names}
@@ -180,12 +186,14 @@ class ProjCompModel(nn.Module):
 
     # -- merge -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def merge_and_unload(self) -> PreTrainedModel:
-        """Compute every ``W_c`` once and return a vanilla model of the base class with the smaller config."""
+    def merge_and_unload(self, dtype: torch.dtype | None = None) -> PreTrainedModel:
+        """Compute every ``W_c`` once and return a vanilla model of the base class with the smaller config,
+        in ``dtype`` (default: the dtype the base model had when it was wrapped)."""
         merged = copy.deepcopy(self.target)
         params = dict(merged.named_parameters(remove_duplicate=False))
         for name, weight in self.projected_weights().items():
             params[name].copy_(weight)
+        cast_parameters(merged, dtype or self.output_dtype)
         merged.requires_grad_(True)
         merged.eval()
         return merged
@@ -243,34 +251,14 @@ class ProjCompModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (and the pruned tokenizer, if
-        any) into ``save_directory``.
-
-        Files are written into a temporary sibling directory first. A new directory is then renamed
-        into place; into an existing one (a Trainer checkpoint) the files move one by one after the
-        old ``adapter_config.json`` is removed and the new one moves last, so an interrupted save
-        never leaves a config beside weights it does not describe.
-        """
-        save_directory = os.path.abspath(os.fspath(save_directory))
-        parent = os.path.dirname(save_directory)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".projcomp-", dir=parent)
-        try:
+        any) into ``save_directory``, atomically (see :func:`hf_projcomp.io.atomic_directory`; into an
+        existing directory such as a Trainer checkpoint the config moves in last)."""
+        with atomic_directory(save_directory, merge=True, owned=SIDE_FILES) as tmp:
             if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp)
+                save_tokenizer(self.tokenizer, tmp)
             state = {k: v.contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
             self.projcomp_config.save_pretrained(tmp)
-            if not os.path.exists(save_directory):
-                os.replace(tmp, save_directory)
-                return
-            config_path = os.path.join(save_directory, CONFIG_NAME)
-            if os.path.exists(config_path):
-                os.remove(config_path)
-            names = sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME)
-            for name in names:
-                os.replace(os.path.join(tmp, name), os.path.join(save_directory, name))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, model: PreTrainedModel, adapter_path: str | os.PathLike) -> ProjCompModel:

@@ -27,7 +27,7 @@ from datasets import load_dataset
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator
 
 from ..config import ProjCompConfig
-from ..demo import load_model
+from ..loading import load_model
 from ..evaluate import bits_per_byte, load_text
 from ..export import CompressionSummary
 from ..mapping import get_projcomp_model
@@ -42,6 +42,11 @@ class ModelArguments:
         default=None, metadata={"help": "Hub id or local directory; default: the demo extra's Gemma-3-270M."}
     )
     gguf_file: str | None = field(default=None, metadata={"help": "Load this GGUF file from model_name_or_path."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype of the frozen base and of the merged model: auto (the checkpoint's), float32, "
+                  "bfloat16 or float16. P and A train in float32 regardless."},
+    )
 
 
 @dataclass
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = _Parser((ModelArguments, DataArguments, CompressionArguments, TrainingArguments), prog="projcomp train")
     model_args, data_args, comp_args, training = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING, format="%(message)s")
-    model, tokenizer = load_model(model_args.model_name_or_path, model_args.gguf_file)
+    model, tokenizer = load_model(model_args.model_name_or_path, model_args.gguf_file, dtype=model_args.dtype)
     files = data_args.train_file.split(",")
     eval_text = load_text(data_args.eval_text_file, max_chars=data_args.eval_chars) if data_args.eval_text_file else None
     base_bpb = bits_per_byte(model, tokenizer, eval_text) if eval_text else None

@@ -26,7 +26,9 @@ from safetensors.torch import load_file
 from transformers import Trainer
 
 from ..config import CONFIG_NAME, WEIGHTS_NAME, ProjCompConfig
+from ..distributed import check_same_on_all_ranks
 from ..projection import ProjCompModel
+from ..vocab.files import save_tokenizer
 from .distill import DistillationMixin, Teacher
 
 TRAINING_ARGS_NAME = "training_args.bin"
@@ -73,6 +75,8 @@ class ProjCompTrainer(DistillationMixin, Trainer):
         # Before super().__init__: DDP must see the materialised W_c as parameters when it wraps the model.
         model.set_amortized(amortize)
         super().__init__(model, *args, **kwargs)
+        own = model.projcomp_config
+        check_same_on_all_ranks((own.hidden_indices, own.intermediate_indices, own.vocab_indices), "selections")
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             # Sharding would split the materialised W_c and the base weights the products read.
             raise ValueError(
@@ -120,7 +124,7 @@ class ProjCompTrainer(DistillationMixin, Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         self.pc.save_pretrained(output_dir)
         if self.processing_class is not None and self.pc.tokenizer is None:
-            self.processing_class.save_pretrained(output_dir)
+            save_tokenizer(self.processing_class, output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -141,15 +142,47 @@ def _fit_budget(plan: Callable[[int], Any], n: int, budget: int) -> Any:
     return lo_plan
 
 
+# Tokenizer state users set after loading (``tok.pad_token = tok.eos_token``, a chat template...):
+# it lives on the instance, not in ``init_kwargs``, and the pruned tokenizer must keep it.
+_INSTANCE_SETTINGS = (
+    "chat_template", "padding_side", "truncation_side", "model_max_length", "model_input_names",
+    "clean_up_tokenization_spaces", "split_special_tokens", "response_template", "chat_control_tokens",
+)
+
+
 def _same_class(tokenizer: Any, backend: Tokenizer) -> Any:
-    """Wrap ``backend`` in the original's class with its init settings (special tokens, padding side,
-    chat template...), as transformers' own ``train_new_from_iterator`` does."""
+    """Wrap ``backend`` in the original's class with the original's settings and special tokens as they
+    are on the object now, not as it was loaded (``init_kwargs``), as transformers' own
+    ``train_new_from_iterator`` does for the latter."""
     if isinstance(tokenizer, Tokenizer):
         return backend
     kwargs = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _STALE_INIT_KWARGS}
-    # Settings changed after loading live on the instance, not in init_kwargs.
-    for attr in ("chat_template", "padding_side", "truncation_side"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None and value != getattr(type(tokenizer), attr, None):
-            kwargs[attr] = value
-    return type(tokenizer)(tokenizer_object=backend, **kwargs)
+    for attr in _INSTANCE_SETTINGS:
+        if attr in tokenizer.__dict__:
+            kwargs[attr] = copy.deepcopy(tokenizer.__dict__[attr])
+    named = tokenizer._special_tokens_map  # None values too: a special the user unset stays unset
+    standard = set(type(tokenizer).SPECIAL_TOKENS_ATTRIBUTES)
+    kwargs.update({k: v for k, v in named.items() if k in standard})
+    kwargs["model_specific_special_tokens"] = {k: v for k, v in named.items() if k not in standard and v is not None}
+    kwargs["extra_special_tokens"] = list(tokenizer._extra_special_tokens)
+    # Passing add_bos/eos_token would rebuild the post-processor from them; the backend already holds
+    # the original's (remapped), as it is now, so only the flags are mirrored.
+    flags = {f: tokenizer.__dict__[f] for f in ("_add_bos_token", "_add_eos_token") if f in tokenizer.__dict__}
+    kwargs.pop("add_bos_token", None)
+    kwargs.pop("add_eos_token", None)
+    new = type(tokenizer)(tokenizer_object=backend, **kwargs)
+    for flag, value in flags.items():
+        object.__setattr__(new, flag, value)
+    _check_same_specials(tokenizer, new)
+    return new
+
+
+def _check_same_specials(old: Any, new: Any) -> None:
+    """The pruned tokenizer names the same special tokens and template as the original, or fails."""
+    for what in ("special_tokens_map", "extra_special_tokens", "chat_template", "padding_side", "add_bos_token",
+                 "add_eos_token"):
+        if getattr(old, what, None) != getattr(new, what, None):
+            raise VocabularyPruningError(
+                f"the pruned tokenizer's {what} ({getattr(new, what, None)!r}) differs from the original's "
+                f"({getattr(old, what, None)!r})"
+            )

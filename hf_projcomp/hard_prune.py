@@ -1,0 +1,63 @@
+"""Hard pruning by index selection: the step-0 reference of projected compression (one-hot P, A = 0)
+built by plain index gathers, and a compressor of its own (the "hard-prune + retrain" baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from .architectures import get_arch_spec
+from .plan import CompressionPlan, Selection, WeightPlan, build_plan
+from .sizing import validate_target_sizes
+from .target import build_target_model
+
+
+def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
+    """Gather the kept rows/columns of one planned weight (times its fixed scale)."""
+    out_idx, in_idx = selection.index(entry.out_dim, entry.layer), selection.index(entry.in_dim, entry.layer)
+    if out_idx is not None:
+        chunks = tensor.reshape(entry.out_chunks, -1, tensor.shape[-1])
+        tensor = chunks.index_select(1, out_idx.to(tensor.device)).reshape(-1, tensor.shape[-1])
+    if in_idx is not None:
+        tensor = tensor.index_select(1, in_idx.to(tensor.device))
+    # Scales fold in at float32: Gemma's embedding ratio would round twice in half precision.
+    return tensor.float() * entry.scale if entry.scale != 1.0 else tensor
+
+
+def gathered_norm(weight: torch.Tensor, hidden: torch.Tensor, offset: float, divide_by: float) -> torch.Tensor:
+    """A d_model norm weight at the kept indices, with ``divide_by`` folded into its effective scale."""
+    kept = weight.index_select(0, hidden.to(weight.device))
+    return kept if divide_by == 1.0 else (kept.float() + offset) / divide_by - offset
+
+
+def pruned_tensors(model: PreTrainedModel, plan: CompressionPlan, selection: Selection) -> dict[str, torch.Tensor]:
+    """Every planned weight and norm of ``model`` gathered at ``selection``, by target parameter name."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensors = {e.name: select(params[e.name], e, selection) for e in plan.weights}
+    for norm in plan.norms:
+        tensors[norm.name] = gathered_norm(params[norm.name], selection.hidden, plan.norm_offset, norm.divide_by)
+    return tensors
+
+
+def hard_prune(
+    model: PreTrainedModel,
+    hidden_indices: Sequence[int] | torch.Tensor,
+    intermediate_indices: Sequence[Sequence[int]],
+    kept_token_ids: Sequence[int] | torch.Tensor | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> PreTrainedModel:
+    """A smaller vanilla model keeping the given d_model indices (global), d_ff indices (per layer)
+    and, optionally, token ids (``kept_token_ids[new_id] = old_id``), in ``dtype`` (default: the
+    base's)."""
+    spec = get_arch_spec(model.config)
+    selection = Selection.from_lists(hidden_indices, intermediate_indices, kept_token_ids)
+    vocab_size = None if selection.vocab is None else len(selection.vocab)
+    validate_target_sizes(model.config, selection.hidden_size, selection.intermediate_size, vocab_size)
+    plan = build_plan(model, spec, selection.hidden_size)
+    return build_target_model(model, selection, pruned_tensors(model, plan, selection), dtype=dtype)
+
+
+__all__ = ["gathered_norm", "hard_prune", "pruned_tensors", "select"]

@@ -1,0 +1,34 @@
+"""What users install and clone is complete: the wheel carries its data, the tests need nothing outside
+the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_the_model_card_templates(tmp_path):
+    """A non-editable install must find model_cards/*.md inside the package (``.ci/run`` also installs
+    the wheel in a fresh virtualenv and compresses, evaluates and merges with it)."""
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (wheel,) = tmp_path.glob("hf_projcomp-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    templates = {f"hf_projcomp/model_cards/{p.name}" for p in (ROOT / "model_cards").glob("*.md")}
+    assert templates and templates <= names
+    assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
+
+
+def test_the_tests_read_nothing_outside_the_repository():
+    """Contributors clone this repository alone: no test may read ../shared (benchmarks may, and say so)."""
+    pattern = re.compile(r"""["']shared["']|\.\./shared|parents\[\d\]\.parent""")
+    offenders = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != Path(__file__).name
+                 and pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+    assert (ROOT / "tests" / "data" / "README.md").is_file()
