@@ -37,12 +37,12 @@ from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.vocab import required_token_ids
+from data import TEST, VALID, data_file  # benchmarks/data.py
 from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "results"
-CALIBRATION = str(DATA / "wikitext-2" / "valid.txt")
+
 
 
 def timed(fn):
@@ -100,8 +100,9 @@ def chunked_bits_per_byte(model, tokenizer, text: str, size: int = 3000) -> floa
 
 
 def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tuple[str, ...] = METHODS) -> dict:
+    calibration = str(data_file(VALID))
     model, tokenizer = load_demo_model()
-    text = load_text(DATA / "wikitext-2-raw" / "wiki.test.raw", max_chars=eval_chars)
+    text = load_text(data_file(TEST), max_chars=eval_chars)
     previous = json.loads((OUT / "compact_gemma.json").read_text()) if append else None
     if previous and previous["eval_chars"] == eval_chars:
         rows = [r for r in previous["rows"] if r["ratio"] not in ratios or r["method"] not in methods]
@@ -115,7 +116,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
                "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
                "date": date.today().isoformat(), "rows": rows}
     min_vocab = len(required_token_ids(tokenizer))
-    calibration_words = set(load_text(CALIBRATION).split())
+    calibration_words = set(load_text(calibration).split())
 
     def record(method, ratio, small, tok, seconds, **extra):
         rows.append({"method": method, "ratio": ratio, "parameters": small.num_parameters(),
@@ -125,7 +126,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
         write(results)  # after every row: a long run that is cut short still leaves its results
 
     for ratio in ratios:
-        (small, tok, result), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, return_result=True))
+        (small, tok, result), secs = timed(lambda: compact_prune(model, tokenizer, calibration, ratio, return_result=True))
         if "compact" in methods:
             record("compact", ratio, small, tok, secs, bits_per_byte_chunked=chunked_bits_per_byte(small, tok, text),
                    candidates={f"{v}x{i}": round(b, 4) for (v, i), b in result.candidates.items()},
@@ -134,14 +135,14 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
 
         if "ffn_act" in methods:
             try:
-                (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio,
+                (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, calibration, ratio,
                                                                  prune_vocabulary=False, ffn_importance="act2"))
                 record("ffn_act", ratio, small, tok, secs)
             except ValueError as err:  # Gemma's embedding alone is 63% of its parameters
                 rows.append({"method": "ffn_act", "ratio": ratio, "infeasible": str(err)})
 
         if "vocab_freq_ffn_magnitude" in methods:
-            (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, CALIBRATION, ratio, split=split,
+            (small, tok), secs = timed(lambda: compact_prune(model, tokenizer, calibration, ratio, split=split,
                                                              ffn_importance="magnitude", keep_script_letters=False))
             record("vocab_freq_ffn_magnitude", ratio, small, tok, secs)
 
@@ -154,7 +155,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
             else:
                 inter = model.config.intermediate_size
                 (small, tok), secs = timed(lambda: compact_prune(
-                    model, tokenizer, CALIBRATION, ratio, split=(vocab_only[0].vocab_size, inter),
+                    model, tokenizer, calibration, ratio, split=(vocab_only[0].vocab_size, inter),
                     ffn_importance="magnitude", keep_script_letters=False))
                 record("vocab_closure_only", ratio, small, tok, secs)
     return results

@@ -39,10 +39,10 @@ from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainer, get_proj
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.training import DistillationMixin, Teacher
+from data import TEST, VALID, data_file  # benchmarks/data.py
 from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "results"
 SEQUENCE, MICRO_BATCH, ACCUMULATION = 256, 4, 4
 TOKENS_PER_STEP = SEQUENCE * MICRO_BATCH * ACCUMULATION
@@ -70,7 +70,7 @@ class BudgetEval(TrainerCallback):
 
 
 def token_blocks(tokenizer, max_tokens: int) -> Dataset:
-    text = load_text(DATA / "wikitext-2" / "valid.txt")
+    text = load_text(data_file(VALID))
     ids = tokenizer(text).input_ids[: max_tokens + SEQUENCE]
     blocks = [ids[i : i + SEQUENCE] for i in range(0, len(ids) - SEQUENCE + 1, SEQUENCE)]
     return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
@@ -96,7 +96,7 @@ def main() -> None:
     budgets = [b * TOKENS_PER_STEP for b in budgets]
 
     base, tokenizer = load_demo_model()
-    test = DATA / "wikitext-2-raw" / "wiki.test.raw"
+    test = data_file(TEST)
     eval_text, final_text = load_text(test, max_chars=args.eval_chars), load_text(test, max_chars=args.final_eval_chars)
     config = ProjCompConfig(hidden_size=512, intermediate_size=1024, vocab_size=52_000, importance="compact")
     recorded, small_tok, selection_seconds = selection(base, tokenizer, config)
@@ -177,7 +177,7 @@ def selection(base, tokenizer, config: ProjCompConfig):
     request = {t: getattr(config, t) for t in ("hidden_size", "intermediate_size", "vocab_size", "importance")}
     if not (cache / "selection.json").is_file():
         start = time.perf_counter()
-        init = get_projcomp_model(base, config, calibration_data=str(DATA / "wikitext-2" / "valid.txt"),
+        init = get_projcomp_model(base, config, calibration_data=str(data_file(VALID)),
                                   tokenizer=tokenizer)
         seconds = time.perf_counter() - start
         init.projcomp_config.save_pretrained(cache)
