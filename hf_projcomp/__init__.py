@@ -1,15 +1,50 @@
-"""hf_projcomp: make pretrained causal LMs smaller while keeping them standard transformers checkpoints."""
+"""hf_projcomp: make pretrained causal LMs smaller while keeping them standard transformers checkpoints.
 
-from .architectures import ARCHITECTURES
-from .compact import compact_prune
-from .config import ProjCompConfig
-from .mapping import get_projcomp_model
-from .projection import ProjCompModel
-from .hard_prune import hard_prune
-from .loading import load_model
-from .training import ProjCompTrainer
+The public names load on first use (PEP 562), so ``import hf_projcomp`` and ``projcomp --help`` don't
+pay for importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "ProjCompConfig", "compact_prune", "ProjCompModel", "ProjCompTrainer", "get_projcomp_model", "hard_prune", "load_model",
-           "__version__"]
+_EXPORTS = {
+    "ARCHITECTURES": ".architectures",
+    "ProjCompConfig": ".config",
+    "ProjCompModel": ".projection",
+    "ProjCompTrainer": ".training",
+    "compact_prune": ".compact",
+    "get_projcomp_model": ".mapping",
+    "hard_prune": ".hard_pruning",
+    "load_model": ".loading",
+}
+
+__all__ = [
+    "ARCHITECTURES", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer", "compact_prune", "get_projcomp_model",
+    "hard_prune", "load_model", "__version__",
+]
+
+if TYPE_CHECKING:
+    from .architectures import ARCHITECTURES
+    from .compact import compact_prune
+    from .config import ProjCompConfig
+    from .hard_pruning import hard_prune
+    from .loading import load_model
+    from .mapping import get_projcomp_model
+    from .projection import ProjCompModel
+    from .training import ProjCompTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hf_projcomp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

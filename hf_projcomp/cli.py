@@ -1,8 +1,10 @@
 """The ``projcomp`` command line: compress, train, merge, eval, push.
 
 Every model argument takes a Hub id or a local directory and defaults to the offline Gemma-3-270M of
-the ``demo`` extra; without calibration/evaluation text the base model samples its own. User mistakes
-end as one ``projcomp <command>: error: ...`` line and a non-zero exit status.
+the ``demo`` extra; calibration and evaluation text default to the WikiText-2 excerpts bundled with
+the package (:mod:`hf_projcomp.texts`). Arguments are checked before anything heavy is imported or
+loaded: a mistake ends as one ``projcomp <command>: error: ...`` line and a non-zero exit status
+within a second or two. Heavy modules (torch, transformers) are imported inside the commands.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
-
 EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
   projcomp compress --model Qwen/Qwen2.5-0.5B --calibration data.txt --target-params 0.6 --output qwen-small
@@ -28,7 +28,12 @@ EXAMPLES = """examples:
 # Errors that describe the user's input (a bad value, a missing or existing path): one line. Anything
 # else (TypeError, other OSErrors...) is a bug or an environment failure and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
-DEMO_BASE = "google/gemma-3-270m"  # what the demo extra's GGUF (Q4_K_M, dequantized) was made from
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Activation sequences of `projcomp compress` by default: the most that keep the default job within a
+# minute on 2 CPU cores (16 took 66 s). More sequences rank the vocabulary better on dev text, and
+# any of them beats the self-sampled calibration this replaced (benchmarks/results/cli_default.md).
+COMPRESS_SEQUENCES = 8
+logger = logging.getLogger("hf_projcomp.cli")
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,50 +47,112 @@ def fail(prog: str, message: str, status: int = 1) -> NoReturn:
     sys.exit(status)
 
 
-def read_text(path: str | None, model: Any, tokenizer: Any, chars: int, seed: int) -> tuple[str, str]:
-    """(text, its description): the file's first ``chars`` characters, or samples from ``model``."""
-    from .compact import generate_calibration_texts
-    from .evaluate import load_text
+# -- argument types: checked at parse time, before any import of torch ---------------------------
+def _target(value: str) -> float | int:
+    """A fraction in (0, 1) or a whole parameter count > 1."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if 0.0 < number < 1.0:
+        return number
+    if number > 1 and number.is_integer():
+        return int(number)
+    raise argparse.ArgumentTypeError(
+        f"expected a fraction in (0, 1) or a whole parameter count > 1, got {value!r}")
 
-    if path:
-        return load_text(path, max_chars=chars), f"the first {chars:,} characters of {Path(path).name}"
-    text = "\n\n".join(generate_calibration_texts(model, tokenizer, num_samples=8, max_new_tokens=256, seed=seed))
-    return text[:chars], "text sampled from the base model (a sanity check, not a benchmark)"
+
+def _existing_file(value: str) -> str:
+    if not Path(value).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{value} does not exist")
+    return value
+
+
+def _model(value: str) -> str:
+    from .io import looks_like_path
+
+    if looks_like_path(value) and not Path(value).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"model path {value} does not exist")
+    return value
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        parser.error(f"output directory {out} already exists; pass --overwrite to replace it")
+    if getattr(args, "samples", None) and args.calibration:
+        parser.error("give --calibration or --samples, not both")
 
 
 # -- compress ------------------------------------------------------------------------------------
 def compress(args: argparse.Namespace) -> None:
     from .compact import compact_prune, generate_calibration_texts
-    from .loading import load_model
-    from .evaluate import bits_per_byte
+    from .evaluate import bits_per_byte, load_text
     from .export import CompressionSummary, save_compressed
+    from .loading import hub_id_of, load_model
+    from .texts import CALIBRATION, DESCRIPTIONS, bundled_text
 
+    start = time.perf_counter()
     model, tokenizer = load_model(args.model, args.gguf_file, dtype=args.dtype)
-    if args.calibration:
-        calibration, described = _calibration_source(args.calibration), args.calibration
-    else:
-        calibration = generate_calibration_texts(model, tokenizer, args.samples, args.sample_tokens, seed=args.seed)
+    if args.samples:
+        logger.info("Sampling %d calibration texts of %d tokens from the model", args.samples, args.sample_tokens)
+        calibration = generate_calibration_texts(model, tokenizer, args.samples, args.sample_tokens, seed=args.seed,
+                                                 progress=not args.quiet)
         described = f"{len(calibration)} texts sampled from the base model (top-k 50, seed {args.seed})"
-    eval_text, eval_described = (read_text(args.eval_text, model, tokenizer, args.eval_chars, 1)
-                                 if args.eval_text else (None, None))
-    before = bits_per_byte(model, tokenizer, eval_text) if eval_text else None
+    elif args.calibration:
+        calibration, described = _calibration_source(args.calibration), Path(args.calibration).name
+    else:
+        calibration, described = str(bundled_text(CALIBRATION, path=True)), DESCRIPTIONS[CALIBRATION]
+    eval_text = load_text(args.eval_text, max_chars=args.eval_chars) if args.eval_text else None
+    before = bits_per_byte(model, tokenizer, eval_text, progress=not args.quiet) if eval_text else None
+    logger.info("Pruning to %s of %s parameters with COMPACT, calibrated on %s", _budget(args.target_params),
+                f"{model.num_parameters():,}", described)
     small, small_tok, result = compact_prune(
         model, tokenizer, calibration, args.target_params, num_sequences=args.num_sequences,
-        sequence_length=args.sequence_length, return_result=True,
+        sequence_length=args.sequence_length, return_result=True, progress=not args.quiet,
     )
-    after = bits_per_byte(small, small_tok, eval_text) if eval_text else None
+    after = bits_per_byte(small, small_tok, eval_text, progress=not args.quiet) if eval_text else None
     summary = CompressionSummary.from_configs(
         "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
-        base_model=args.model or DEMO_BASE, calibration_data=described, calibration_tokens=result.frequency_tokens,
+        base_model=hub_id_of(args.model or model.name_or_path), calibration_data=described,
+        calibration_tokens=result.frequency_tokens,
         settings={"target_params": args.target_params, "vocab_size": small.config.vocab_size,
-                  "intermediate_size": result.split.intermediate_size, "ffn_importance": "common_act2"},
-        eval_data=eval_described, bits_per_byte_before=before, bits_per_byte_after=after,
+                  "intermediate_size": result.split.intermediate_size, "ffn_importance": "common_act2",
+                  "num_sequences": args.num_sequences},
+        eval_data=f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}" if eval_text else None,
+        bits_per_byte_before=before, bits_per_byte_after=after,
     )
     out = save_compressed(small, small_tok, args.output, summary, repo_id=args.repo_id, overwrite=args.overwrite)
-    line = f"{summary.parameters_before:,} -> {summary.parameters_after:,} parameters"
-    if after is not None:
-        line += f", bits/byte {before:.4f} -> {after:.4f}"
-    print(f"saved {out} ({line})")
+    quality = f"; bits/byte {before:.4f} -> {after:.4f}" if after is not None else ""
+    print(f"saved {out} in {time.perf_counter() - start:.0f} s ({summary.parameters_before:,} -> "
+          f"{summary.parameters_after:,} parameters{quality})")
+    print(_card_section(out / "README.md", "Sizes"))
+
+
+def _budget(target: float | int) -> str:
+    return f"{target:.0%}" if isinstance(target, float) else f"{target:,}"
+
+
+def _card_section(card: Path, title: str) -> str:
+    """The lines of one ``## title`` section of a written model card."""
+    lines, inside = [], False
+    for line in card.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line == f"## {title}"
+            continue
+        if inside and line.strip():
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _calibration_source(path: str) -> Any:
@@ -108,35 +175,45 @@ def merge(args: argparse.Namespace) -> None:
     from .loading import load_model
     from .projection import ProjCompModel
 
+    start = time.perf_counter()
     adapter = Path(args.adapter)
     recorded = ProjCompConfig.from_pretrained(adapter)
-    model, tokenizer = load_model(args.model or recorded.base_model_name_or_path, args.gguf_file, dtype=args.dtype)
+    local = recorded.base_model_local_path
+    base = args.model or (local if local and Path(local).is_dir() else recorded.base_model_name_or_path)
+    model, tokenizer = load_model(base, args.gguf_file, dtype=args.dtype)
     pc = ProjCompModel.from_pretrained(model, adapter)
     out = pc.save_merged(args.output, tokenizer, overwrite=args.overwrite, repo_id=args.repo_id)
     merged = pc.config
-    print(f"saved {out} (vanilla {merged.architectures[0] if merged.architectures else 'model'}, hidden_size "
-          f"{merged.hidden_size}, intermediate_size {merged.intermediate_size}, vocab_size {merged.vocab_size})")
+    print(f"saved {out} in {time.perf_counter() - start:.0f} s (vanilla "
+          f"{merged.architectures[0] if merged.architectures else 'model'}, hidden_size {merged.hidden_size}, "
+          f"intermediate_size {merged.intermediate_size}, vocab_size {merged.vocab_size})")
 
 
 # -- eval ----------------------------------------------------------------------------------------
-@torch.no_grad()
 def forward_seconds(model: Any, vocab_size: int, tokens: int = 256, repeats: int = 3) -> float:
+    import torch
+
     ids = torch.randint(0, vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
-    model(input_ids=ids)  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model(input_ids=ids)
+    with torch.no_grad():
+        model(input_ids=ids)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(input_ids=ids)
     return (time.perf_counter() - start) / repeats
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_text, load_text
     from .loading import load_model
-    from .evaluate import evaluate_text
+    from .texts import DESCRIPTIONS, EVALUATION, bundled_text
 
     model, tokenizer = load_model(args.model, dtype=args.dtype)
     base, base_tok = load_model(args.base, args.gguf_file, dtype=args.dtype)
-    text, described = read_text(args.text, base, base_tok, args.chars, seed=1)
-    progress = not args.json
+    if args.text:
+        text, described = load_text(args.text, max_chars=args.chars), f"the first {args.chars:,} characters of {Path(args.text).name}"
+    else:
+        text, described = bundled_text(EVALUATION)[: args.chars], DESCRIPTIONS[EVALUATION]
+    progress = not (args.json or args.quiet)
     ours, theirs = evaluate_text(model, tokenizer, text, progress=progress), evaluate_text(base, base_tok, text, progress=progress)
     seconds, base_seconds = forward_seconds(model, len(tokenizer)), forward_seconds(base, len(base_tok))
     report = {
@@ -166,85 +243,120 @@ def push(args: argparse.Namespace) -> None:
     print(f"pushed {args.directory} to {getattr(info, 'commit_url', None) or args.repo_id}")
 
 
+def _check_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No token, no upload: stop before the network (and before importing torch)."""
+    import os
+
+    if args.token or os.environ.get("HF_TOKEN"):
+        return
+    from huggingface_hub import get_token
+
+    if not get_token():
+        parser.error("no Hugging Face token: pass --token, set HF_TOKEN, or log in with `hf auth login`")
+
+
 # -- parser --------------------------------------------------------------------------------------
-def build_parser() -> Parser:
+def build_parser() -> tuple[Parser, dict[str, Parser]]:
     parser = Parser(prog="projcomp", description="Compress causal LMs into smaller vanilla transformers checkpoints.",
                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    common = {"epilog": EXAMPLES, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    verbosity = argparse.ArgumentParser(add_help=False)
+    group = verbosity.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug messages, transformers' info too")
+    common = {"epilog": EXAMPLES, "formatter_class": argparse.RawDescriptionHelpFormatter, "parents": [verbosity]}
+    parsers: dict[str, Parser] = {}
 
     def model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
-        p.add_argument(flag, default=None, help="Hub id or local directory (default: the demo Gemma-3-270M)")
+        p.add_argument(flag, type=_model, default=None,
+                       help="Hub id or local directory (default: the demo Gemma-3-270M)")
         p.add_argument("--gguf-file", default=None, help="load this GGUF file of the model")
-        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        p.add_argument("--dtype", default="auto", choices=DTYPES,
                        help="dtype to load the model in; outputs keep it (default: the checkpoint's own)")
 
-    p = sub.add_parser("compress", help="COMPACT: training-free vocabulary + FFN pruning",
-                       description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.",
-                       **common)
+    p = parsers["compress"] = sub.add_parser(
+        "compress", help="COMPACT: training-free vocabulary + FFN pruning",
+        description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.", **common)
     model_args(p)
-    p.add_argument("--calibration", help=".txt/.jsonl file or a saved datasets directory (default: base samples)")
-    p.add_argument("--samples", type=int, default=16, help="self-generated calibration texts (no --calibration)")
-    p.add_argument("--sample-tokens", type=int, default=256, help="tokens per self-generated text")
-    p.add_argument("--target-params", type=_target, default=0.5, help="fraction of parameters or a count")
-    p.add_argument("--num-sequences", type=int, default=64, help="activation-pass sequences")
-    p.add_argument("--sequence-length", type=int, default=512, help="activation-pass sequence length")
-    p.add_argument("--eval-text", help="report bits per byte before/after on this text file")
-    p.add_argument("--eval-chars", type=int, default=20_000)
+    p.add_argument("--calibration", type=_existing_file,
+                   help=".txt/.jsonl file or a saved datasets directory (default: the bundled WikiText-2 excerpt)")
+    p.add_argument("--samples", type=_positive, help="calibrate on N texts sampled from the model instead")
+    p.add_argument("--sample-tokens", type=_positive, default=256, help="tokens per sampled text")
+    p.add_argument("--target-params", type=_target, default=0.5,
+                   help="fraction of the parameters in (0, 1), or a parameter count (default: %(default)s)")
+    p.add_argument("--num-sequences", type=_positive, default=COMPRESS_SEQUENCES,
+                   help="activation-pass sequences (default: %(default)s)")
+    p.add_argument("--sequence-length", type=_positive, default=512, help="activation-pass sequence length")
+    p.add_argument("--eval-text", type=_existing_file, help="report bits per byte before/after on this text file")
+    p.add_argument("--eval-chars", type=_positive, default=20_000)
     p.add_argument("--output", default="compressed-model", help="output directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id", help="Hub repo id shown in the model card's usage snippet")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=compress)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples)")
+    p.set_defaults(func=compress, check=_check_output)
 
-    p = sub.add_parser("train", help="projected compression through the HF Trainer (HF-style arguments)",
-                       add_help=False, description="All arguments go to hf_projcomp.training.script "
-                       "(HfArgumentParser + TrainingArguments); `projcomp train --help` lists them.")
+    p = parsers["train"] = sub.add_parser(
+        "train", help="projected compression through the HF Trainer (HF-style arguments)", add_help=False,
+        description="All arguments go to hf_projcomp.training.script (HfArgumentParser + TrainingArguments); "
+                    "`projcomp train --help` lists them.")
     p.add_argument("training_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=train)
 
-    p = sub.add_parser("merge", help="adapter -> verified vanilla checkpoint", **common)
-    p.add_argument("adapter", help="directory with adapter_config.json + adapter_model.safetensors")
+    p = parsers["merge"] = sub.add_parser("merge", help="adapter -> verified vanilla checkpoint", **common)
+    p.add_argument("adapter", type=_existing_file, help="directory with adapter_config.json + adapter_model.safetensors")
     model_args(p)
     p.add_argument("--output", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id")
-    p.set_defaults(func=merge)
+    p.set_defaults(func=merge, check=_check_output)
 
-    p = sub.add_parser("eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common)
-    p.add_argument("model", help="the compressed model (directory or Hub id)")
+    p = parsers["eval"] = sub.add_parser(
+        "eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common)
+    p.add_argument("model", type=_model, help="the compressed model (directory or Hub id)")
     model_args(p, "--base")
-    p.add_argument("--text", help="text file to score (default: text sampled from the base)")
-    p.add_argument("--chars", type=int, default=20_000, help="characters of --text to score")
+    p.add_argument("--text", type=_existing_file,
+                   help="text file to score (default: the first 20,000 characters of WikiText-2 test, bundled)")
+    p.add_argument("--chars", type=_positive, default=20_000, help="characters of the text to score")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=evaluate)
 
-    p = sub.add_parser("push", help="upload a saved model directory in one commit", **common)
-    p.add_argument("directory")
+    p = parsers["push"] = sub.add_parser("push", help="upload a saved model directory in one commit", **common)
+    p.add_argument("directory", type=_existing_file)
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")
-    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.add_argument("--message", default="Upload compressed model (hf_projcomp)")
-    p.set_defaults(func=push)
-    return parser
+    p.set_defaults(func=push, check=_check_push)
+    return parser, parsers
 
 
-def _target(value: str) -> float | int:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) or a parameter count, got {value!r}") from None
-    return int(number) if number > 1 else number
+def configure_logging(args: argparse.Namespace) -> None:
+    """hf_projcomp's info messages are shown by default (the one-time demo conversion says so, the
+    steps say what they do); -q shows warnings only, -v adds debug and transformers' info."""
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package = logging.getLogger("hf_projcomp")
+    package.handlers[:] = [handler]
+    package.setLevel(level)
+    package.propagate = False
+    if verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_info()
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser, parsers = build_parser()
     if argv[:1] == ["train"]:  # HF-style flags belong to HfArgumentParser, not to this parser
         args = argparse.Namespace(command="train", func=train, training_args=argv[1:])
     else:
         args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        if getattr(args, "check", None):
+            args.check(parsers[args.command], args)
+    configure_logging(args)
     try:
         args.func(args)
     except Exception as err:
@@ -254,10 +366,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` reports a mistake in the user's input rather than a bug (see USER_ERRORS)."""
-    from .loading import ModelLoadError  # imported lazily: torch is loaded by now, not for --help
+    """Whether ``err`` reports a mistake in the user's input, or a Hub refusal, rather than a bug."""
+    from .export import HubError
+    from .loading import ModelLoadError
 
-    return isinstance(err, USER_ERRORS + (ModelLoadError,))
+    return isinstance(err, USER_ERRORS + (ModelLoadError, HubError))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,12 @@ class ProjCompConfig:
         },
     )
     # Recorded by get_projcomp_model.
-    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Recorded: base model id/path."})
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Recorded: the base model's Hub id when it has one, else its local path."}
+    )
+    base_model_local_path: str | None = field(
+        default=None, metadata={"help": "Recorded: the local directory the base was loaded from, if any."}
+    )
     model_type: str | None = field(default=None, metadata={"help": "Recorded: base config.model_type."})
     architecture: str | None = field(default=None, metadata={"help": "Recorded: base model class name."})
     base_hidden_size: int | None = field(default=None, metadata={"help": "Recorded: base d_model."})
@@ -74,6 +79,8 @@ class ProjCompConfig:
     vocab_indices: list[int] | None = field(
         default=None, metadata={"help": "Recorded: kept token ids (new id -> old id) when the vocabulary is pruned."}
     )
+    training_data: str | None = field(default=None, metadata={"help": "Recorded by training: the data trained on."})
+    training_tokens: int | None = field(default=None, metadata={"help": "Recorded by training: tokens trained on."})
     peft_type: str = field(default="PROJCOMP", metadata={"help": "Adapter type tag, as in PEFT configs."})
     task_type: str = field(default="CAUSAL_LM", metadata={"help": "Task type tag, as in PEFT configs."})
 

@@ -26,6 +26,7 @@ from transformers import (
 
 from .export.verify import verify_checkpoint
 from .io import atomic_directory
+from .loading import DEMO_MARKER
 from .vocab.files import PROBE_TEXTS, save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ __all__ = ["default_cache_dir", "demo_model_path", "load_demo_model"]
 
 MODEL_DIRNAME = "gemma-3-270m"
 # Written last into the temporary directory: a cache directory holding it was published whole.
-_MARKER = "hf_projcomp_demo.json"
+_MARKER = DEMO_MARKER
 # Text (besides the standard probe texts) the rebuilt checkpoint must treat exactly like the GGUF
 # one: WikiText's spacing, runs of spaces, tabs, CJK and emoji exercise every stage of Gemma's
 # pipeline (normalizer, splitting, BPE, byte fallback).

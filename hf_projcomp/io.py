@@ -15,6 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether a model argument is meant as a local path rather than a Hub id (``org/name``)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -58,9 +63,18 @@ def atomic_directory(
     tmp = make_temp_sibling(out)
     try:
         yield tmp
+        _default_permissions(tmp)
         _publish(tmp, out, merge=merge, owned=owned)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_permissions(root: Path) -> None:
+    """Files and folders as a plain ``open``/``mkdir`` would create them: writers that go through a
+    private temporary file (safetensors weights come out 0600) must not publish unreadable files."""
+    mask = _umask()
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _publish(tmp: Path, out: Path, merge: bool, owned: Collection[str]) -> None:
@@ -89,4 +103,4 @@ def _publish(tmp: Path, out: Path, merge: bool, owned: Collection[str]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["atomic_directory", "make_temp_sibling"]
+__all__ = ["atomic_directory", "looks_like_path", "make_temp_sibling"]

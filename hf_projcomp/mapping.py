@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -11,6 +13,7 @@ from .architectures import get_arch_spec
 from .compact import compact_prune
 from .config import ProjCompConfig
 from .distributed import on_rank0_then_broadcast
+from .loading import hub_id_of
 from .importance import activation_importance, calibration_batches, magnitude_importance, select_indices, top_k
 from .plan import build_plan
 from .projection import ProjCompModel
@@ -71,11 +74,15 @@ def _select(
         else:
             scores = magnitude_importance(model, build_plan(model, spec, hidden_size))
         hidden, ffn = select_indices(scores, hidden_size, intermediate_size)
+    name = config.base_model_name_or_path or getattr(model, "name_or_path", None) or None
+    local = os.fspath(Path(name).expanduser().resolve()) if name and Path(name).expanduser().is_dir() else None
     recorded = dataclasses.replace(
         config,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
-        base_model_name_or_path=config.base_model_name_or_path or getattr(model, "name_or_path", None) or None,
+        # A Hub id travels with the adapter; a machine's cache path only as the local hint.
+        base_model_name_or_path=hub_id_of(name) or local,
+        base_model_local_path=local,
         model_type=model.config.model_type,
         architecture=type(model).__name__,
         base_hidden_size=model.config.hidden_size,

@@ -1,7 +1,7 @@
 """Which tensors of a model shrink, along which sides: the shared map for projecting, pruning, merging.
 
 A plan is derived once from the architecture table and the model's parameter names; projection
-(``projection/``) turns each entry into trainable P/A matrices, hard pruning (``hard_prune.py``) into
+(``projection/``) turns each entry into trainable P/A matrices, hard pruning (``hard_pruning.py``) into
 index gathers. Tensors not in the plan keep their shape and are copied (q/k/v biases, q/k norms).
 """
 

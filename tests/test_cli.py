@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -15,15 +19,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def projcomp(*args, cwd=None, fake_hub_log=None):
+def projcomp(*args, cwd=None, fake_hub_log=None, env=None):
     if fake_hub_log is None:
         cmd = [sys.executable, "-m", "hf_projcomp.cli", *map(str, args)]
     else:
         code = ("import sys; from tests.fake_hub import install; install(sys.argv[1]); "
                 "from hf_projcomp.cli import main; main(sys.argv[2:])")
         cmd = [sys.executable, "-c", code, str(fake_hub_log), *map(str, args)]
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **{k: v for k, v in __import__("os").environ.items()
-                                                                  if k not in ("PYTHONPATH",)}}
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **{k: v for k, v in os.environ.items()
+                                                                  if k not in ("PYTHONPATH",)}, **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd or ROOT, env=env)
 
 
@@ -48,7 +52,13 @@ def compressed(tiny_base_dir, tmp_path_factory):
 
 def test_compress_writes_a_checkpoint_with_card(compressed, tiny_base_dir):
     out, run = compressed
-    assert f"saved {out}" in run.stdout and "bits/byte" in run.stdout
+    assert re.search(rf"saved {re.escape(str(out))} in \d+ s \(.* parameters; bits/byte", run.stdout), run.stdout
+    assert "| parameters |" in run.stdout and "| `vocab_size` |" in run.stdout  # the card's size table
+    assert "Pruning to 80% of" in run.stderr  # the CLI's own info messages show by default
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # no private (0600) files
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
     assert model.num_parameters() <= 0.8 * base.num_parameters() * 1.01
@@ -85,14 +95,26 @@ def test_eval_json_reports_the_library_numbers(compressed, tiny_base_dir):
 
 
 def test_train_then_merge(tiny_base_dir, tmp_path):
+    """Trained from a Hub cache snapshot: the adapter records the repo id (the path only as a local
+    hint) and its training data; both cards name the base model and the training."""
+    snapshot = tmp_path / "hub" / "models--me--tiny-base" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_base_dir, snapshot)
     out = tmp_path / "run"
-    ok(projcomp("train", "--model_name_or_path", tiny_base_dir, "--train_file", tiny_base_dir / "train.txt",
+    ok(projcomp("train", "--model_name_or_path", snapshot, "--train_file", snapshot / "train.txt",
                 "--hidden_size", "48", "--intermediate_size", "64", "--block_size", "32",
                 "--calibration_sequences", "2", "--output_dir", out, "--max_steps", "2",
                 "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu"))
     assert (out / "adapter_config.json").is_file() and (out / "merged" / "README.md").is_file()
-    run = ok(projcomp("merge", out, "--model", tiny_base_dir, "--output", tmp_path / "merged"))
+    recorded = json.loads((out / "adapter_config.json").read_text())
+    assert recorded["base_model_name_or_path"] == "me/tiny-base"
+    assert recorded["base_model_local_path"] == str(snapshot.resolve())
+    assert recorded["training_data"] == "train.txt" and recorded["training_tokens"] == 2 * 2 * 32
+    run = ok(projcomp("merge", out, "--output", tmp_path / "merged"))  # the base found from the adapter
     assert "hidden_size 48, intermediate_size 64" in run.stdout
+    for card in (ModelCard.load(out / "merged" / "README.md"), ModelCard.load(tmp_path / "merged" / "README.md")):
+        assert card.data.to_dict()["base_model"] == "me/tiny-base"
+        assert "Training: train.txt (128 tokens)" in card.text and "training-free" not in card.text
+        assert 'from_pretrained("merged")' in card.text and "path/to" not in card.text
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     again = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert all((a == b).all() for a, b in zip(merged.state_dict().values(), again.state_dict().values()))
@@ -101,25 +123,75 @@ def test_train_then_merge(tiny_base_dir, tmp_path):
 def test_push_through_the_hub_api(compressed, tmp_path):
     out, _ = compressed
     log = tmp_path / "hub.jsonl"
-    run = ok(projcomp("push", out, "me/tiny-compact", "--private", fake_hub_log=log))
+    run = ok(projcomp("push", out, "me/tiny-compact", "--private", fake_hub_log=log, env={"HF_TOKEN": "hf_x"}))
     assert "pushed" in run.stdout
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c["call"] for c in calls] == ["create_repo", "create_commit"] and calls[0]["private"] is True
-    assert calls[1]["files"] == {p.name: p.stat().st_size for p in out.iterdir()}
+    readme = len((out / "README.md").read_text().replace(f'"{out.name}"', '"me/tiny-compact"').encode())
+    assert calls[1]["files"] == {p.name: readme if p.name == "README.md" else p.stat().st_size for p in out.iterdir()}
+
+
+# Each must fail at argument checking: one line, exit status 2, no torch imported, in well under 2 s.
+CHECK_SCRIPT = """
+import sys, time
+start = time.perf_counter()
+from hf_projcomp.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as stop:
+    print(stop.code, "torch" in sys.modules, round(time.perf_counter() - start, 2))
+"""
 
 
 @pytest.mark.parametrize("args, message", [
-    (["compress", "--target-params", "abc"], "argument --target-params"),
-    (["compress", "--model", "/nonexistent/model"], "projcomp compress: error:"),
+    (["compress", "--target-params", "abc"], "argument --target-params: expected a fraction in (0, 1)"),
+    (["compress", "--target-params", "1.5"], "or a whole parameter count > 1, got '1.5'"),
+    (["compress", "--target-params", "0"], "or a whole parameter count > 1, got '0'"),
+    (["compress", "--output", "."], "output directory . already exists; pass --overwrite to replace it"),
+    (["compress", "--calibration", "missing.txt"], "argument --calibration: missing.txt does not exist"),
+    (["compress", "--calibration", "README.md", "--samples", "2", "--output", "new"], "not both"),
+    (["compress", "--model", "/nonexistent/model"], "argument --model: model path /nonexistent/model does not exist"),
+    (["compress", "--model", "./relative-missing"], "model path ./relative-missing does not exist"),
     (["eval"], "the following arguments are required: model"),
-    (["merge", "/nonexistent/adapter", "--output", "x"], "projcomp merge: error: no adapter_config.json"),
-    (["push", "/nonexistent", "me/x"], "is not a saved compressed model"),
+    (["eval", "/nonexistent/model"], "model path /nonexistent/model does not exist"),
+    (["eval", "x", "--text", "missing.txt"], "argument --text: missing.txt does not exist"),
+    (["merge", "/nonexistent/adapter", "--output", "x"], "argument adapter: /nonexistent/adapter does not exist"),
+    (["push", "/nonexistent", "me/x"], "argument directory: /nonexistent does not exist"),
+    (["push", ".", "me/x"], "no Hugging Face token: pass --token, set HF_TOKEN"),
     (["frobnicate"], "invalid choice"),
 ])
-def test_bad_arguments_exit_non_zero_with_one_line(args, message, tmp_path):
-    run = projcomp(*args, cwd=tmp_path)
-    assert run.returncode != 0
+def test_bad_arguments_fail_before_any_work(args, message, tmp_path):
+    (tmp_path / "README.md").write_text("x")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
+    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf-home"))  # no saved login either
+    run = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, *args], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env=env)
+    code, torch_loaded, seconds = run.stdout.split()
+    assert code == "2" and torch_loaded == "False" and float(seconds) < 2, run.stdout
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+
+
+def test_help_does_not_import_torch():
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", "import sys; from hf_projcomp.cli import main\n"
+                          "try: main(['--help'])\nexcept SystemExit: print('torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.stdout.rstrip().endswith("False") and "projcomp compress" in run.stdout
+    assert time.perf_counter() - start < 10  # the interpreter's start included; torch alone takes longer
+
+
+def test_network_errors_are_one_line(compressed, tmp_path):
+    out, _ = compressed
+    code = ("import sys; from huggingface_hub import HfApi\n"
+            "def down(*a, **k): raise ConnectionError('[Errno -3] Temporary failure in name resolution')\n"
+            "HfApi.create_repo = down\n"
+            "from hf_projcomp.cli import main; main(sys.argv[1:])")
+    env = {**os.environ, "HF_TOKEN": "hf_x", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", code, "push", str(out), "me/x"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert run.returncode == 1
+    assert run.stderr == (f"projcomp push: error: could not push {out} to me/x: "
+                          "[Errno -3] Temporary failure in name resolution\n"), run.stderr
 
 
 def test_bugs_keep_their_traceback(monkeypatch, capsys):

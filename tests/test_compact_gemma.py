@@ -11,10 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.evaluate import bits_per_byte, load_text
 
-from tests.tiny import DATA, fresh_env
+from hf_projcomp.texts import CALIBRATION, EVALUATION, bundled_text
 
-VALID = DATA / "wikitext2_valid_excerpt.txt"
-TEST = DATA / "wikitext2_test_excerpt.txt"
+from tests.tiny import fresh_env
+
+VALID = bundled_text(CALIBRATION, path=True)
+TEST = bundled_text(EVALUATION, path=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model
-from hf_projcomp.distributed import check_same_on_all_ranks
+from hf_projcomp.distributed import check_same_on_all_ranks, close_process_group
 
 from tests.tiny import tiny_model
 
@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump({"hidden": recorded.hidden_indices, "ffn": recorded.intermediate_indices, "refused": refused}, f)
     finally:
-        torch.distributed.destroy_process_group()
+        close_process_group()
 
 
 def selection(seed: int) -> dict:

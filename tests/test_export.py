@@ -77,8 +77,8 @@ def test_corrupted_output_fails_verification(base, tmp_path, monkeypatch):
     model, tokenizer = base
     write = save_module.write_checkpoint
 
-    def write_then_corrupt(model, tokenizer, directory, *args):
-        write(model, tokenizer, directory, *args)
+    def write_then_corrupt(model, tokenizer, directory, *args, **kwargs):
+        write(model, tokenizer, directory, *args, **kwargs)
         weights = load_file(directory / "model.safetensors")
         name = next(k for k in weights if "mlp" in k)
         weights[name] = weights[name] + 0.5
@@ -106,7 +106,8 @@ def test_push_is_one_commit_with_every_file_and_our_card(base, tmp_path, monkeyp
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
 
     def create_commit(self, repo_id, operations, **kw):
-        files = {op.path_in_repo: open(op.path_or_fileobj, "rb").read() for op in operations}
+        files = {op.path_in_repo: op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes)
+                 else open(op.path_or_fileobj, "rb").read() for op in operations}
         calls.append(("create_commit", repo_id, files, kw))
         return "commit-info"
 
@@ -117,8 +118,10 @@ def test_push_is_one_commit_with_every_file_and_our_card(base, tmp_path, monkeyp
     _, repo_id, files, kw = calls[1]
     assert repo_id == "me/small" and kw["repo_type"] == "model"
     assert set(files) == {p.name for p in out.iterdir()}
-    assert all(files[name] == (out / name).read_bytes() for name in files)
-    assert b"hf_projcomp" in files["README.md"]
+    assert all(files[name] == (out / name).read_bytes() for name in files if name != "README.md")
+    # the card's usage snippet named the directory; the uploaded one loads the repo
+    assert 'from_pretrained("out")' in (out / "README.md").read_text()
+    assert files["README.md"] == (out / "README.md").read_bytes().replace(b'"out"', b'"me/small"')
 
 
 def test_push_refuses_an_incomplete_directory(tmp_path):

@@ -14,9 +14,11 @@ import torch
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 
-from tests.tiny import DATA, fresh_env
+from hf_projcomp.texts import CALIBRATION, bundled_text
 
-VALID = DATA / "wikitext2_valid_excerpt.txt"
+from tests.tiny import fresh_env
+
+VALID = bundled_text(CALIBRATION, path=True)
 
 
 @pytest.fixture(scope="module")

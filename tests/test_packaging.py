@@ -22,6 +22,8 @@ def test_wheel_ships_the_model_card_templates(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     templates = {f"hf_projcomp/model_cards/{p.name}" for p in (ROOT / "model_cards").glob("*.md")}
     assert templates and templates <= names
+    texts = {f"hf_projcomp/data/{p.name}" for p in (ROOT / "hf_projcomp" / "data").iterdir()}
+    assert len(texts) == 3 and texts <= names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
 
 
@@ -31,4 +33,4 @@ def test_the_tests_read_nothing_outside_the_repository():
     offenders = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != Path(__file__).name
                  and pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
-    assert (ROOT / "tests" / "data" / "README.md").is_file()
+    assert (ROOT / "hf_projcomp" / "data" / "README.md").is_file()

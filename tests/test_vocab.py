@@ -304,3 +304,29 @@ def test_save_and_reload_in_a_fresh_process(pruned, tokenizers_by_kind, tmp_path
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_grown_closure_of_every_prefix_is_its_closure(tokenizers_by_kind):
+    """GrowingClosure's prefix n equals the closure computed from scratch (ancestors, recursively)."""
+    from hf_projcomp.vocab.closure import GrowingClosure, MergeGraph
+    from hf_projcomp.vocab.tokenizer_json import read_document
+
+    tok = tokenizers_by_kind["byte_fallback"]
+    doc = read_document(tok)
+    graph = MergeGraph.build(doc)
+    ranked = [doc.id_to_token[i] for i in _frequent_ids(tok, share=1.0)]
+    seeds = {"<eos>", "<bos>"}
+    growing = GrowingClosure(graph, seeds, ranked)
+    half = growing.within(len(seeds) + 40)
+    assert len(half) <= len(seeds) + 40 < growing.sizes[-1] and len(growing.sizes) <= len(ranked)  # grew only so far
+    growing.grow_past(float("inf"))
+    order, sizes = growing.order, growing.sizes
+    assert len(sizes) == len(ranked) + 1 and sizes == sorted(sizes)
+    for n in (0, 1, 7, len(ranked) // 2, len(ranked)):
+        closure, stack = set(), list(seeds | set(ranked[:n]))
+        while stack:
+            t = stack.pop()
+            if t not in closure:
+                closure.add(t)
+                stack.extend(graph.ancestors(t) if graph.needs_merge(t) else ())
+        assert set(order[: sizes[n]]) == closure, n

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-DATA = Path(__file__).resolve().parent / "data"  # small real texts shipped with the tests (see its README)
 
 TINY = dict(
     vocab_size=96,

@@ -6,6 +6,18 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+
+class _Ticker(LogitsProcessor):
+    """Moves a progress bar by one token per sequence at every generation step."""
+
+    def __init__(self, bar: Any, sequences: int) -> None:
+        self.bar, self.sequences = bar, sequences
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.bar.update(self.sequences)
+        return scores
 
 
 @torch.no_grad()
@@ -25,14 +37,18 @@ def generate_calibration_texts(
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     texts = []
-    try:
-        batch = 8
-        for first in tqdm(range(0, num_samples, batch), desc="Sampling calibration text", disable=not progress):
-            n = min(batch, num_samples - first)
-            start = torch.full((n, 1), start_id, device=model.device)
-            out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=50,
-                                 max_new_tokens=max_new_tokens, pad_token_id=start_id)
-            texts += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)
-    finally:
-        torch.random.set_rng_state(generator_state)
+    batch = 8
+    with tqdm(total=num_samples * max_new_tokens, desc="Sampling calibration text", unit="tok",
+              disable=not progress) as bar:
+        try:
+            for first in range(0, num_samples, batch):
+                n = min(batch, num_samples - first)
+                start = torch.full((n, 1), start_id, device=model.device)
+                out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=50,
+                                     max_new_tokens=max_new_tokens, pad_token_id=start_id,
+                                     logits_processor=LogitsProcessorList([_Ticker(bar, n)]))
+                texts += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)
+                bar.update((first + n) * max_new_tokens - bar.n)  # a batch that stopped early counts whole
+        finally:
+            torch.random.set_rng_state(generator_state)
     return [t for t in texts if t.strip()]

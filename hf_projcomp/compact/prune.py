@@ -28,9 +28,9 @@ from ..evaluate import bits_per_byte
 from ..importance import Scores, activation_importance, calibration_batches, magnitude_importance, top_k
 from ..importance.calibration import iter_calibration_texts, read_tokens, token_sequences
 from ..plan import build_plan
-from ..hard_prune import hard_prune
+from ..hard_pruning import hard_prune
 from ..sizing import count_target_parameters
-from ..vocab import VocabularyPruningError, prune_tokenizer, required_token_ids
+from ..vocab import VocabularyPruner, VocabularyPruningError
 from .budget import Split, candidate_splits, resolve_budget
 from .ranking import (
     RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
@@ -147,9 +147,11 @@ def compact_prune(
     counts = torch.bincount(counted, minlength=model.config.vocab_size)[: model.config.vocab_size]
 
     required: set[int] = set()
+    pruner = None
     if prune_vocabulary:
         try:
-            required = required_token_ids(tokenizer)
+            pruner = VocabularyPruner(tokenizer)
+            required = pruner.required_ids
         except VocabularyPruningError as err:
             logger.warning("%s; pruning FFN channels only", err)
             prune_vocabulary = False
@@ -206,7 +208,7 @@ def compact_prune(
     ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, seen_once=floor)
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
-        s.vocab_size: prune_tokenizer(tokenizer, ranking, max_vocab_size=s.vocab_size)
+        s.vocab_size: pruner.prune(ranking, max_vocab_size=s.vocab_size)
         if s.vocab_size < model.config.vocab_size else (tokenizer, None)
         for s in splits
     }

@@ -57,7 +57,9 @@ class CompressionSummary:
         cls, method: str, base_config: PretrainedConfig, config: PretrainedConfig, base_parameters: int,
         parameters: int, **kwargs: Any,
     ) -> CompressionSummary:
-        return cls(method=method, base_model=kwargs.pop("base_model", None) or base_config.name_or_path or None,
+        from ..loading import hub_id_of  # a local cache path is no base_model for the Hub
+
+        return cls(method=method, base_model=kwargs.pop("base_model", None) or hub_id_of(base_config.name_or_path),
                    parameters_before=base_parameters, parameters_after=parameters,
                    base_config=base_config.to_dict(), config=config.to_dict(), **kwargs)
 
@@ -90,8 +92,12 @@ def project_url() -> str | None:
     return None
 
 
-def render_model_card(summary: CompressionSummary, repo_id: str | None = None) -> ModelCard:
-    """The card: YAML metadata (base_model, library_name, tags) and a body from the template."""
+def render_model_card(summary: CompressionSummary, repo_id: str | None = None, local_name: str | None = None) -> ModelCard:
+    """The card: YAML metadata (base_model, library_name, tags) and a body from the template.
+
+    The usage snippet loads ``repo_id``, or ``local_name`` (the directory's name) until it is pushed:
+    :func:`~hf_projcomp.export.push_to_hub` puts the repo id in.
+    """
     title, description = METHODS[summary.method]
     tags = ["pruned", summary.method, "hf_projcomp"]
     data = ModelCardData(
@@ -108,7 +114,7 @@ def render_model_card(summary: CompressionSummary, repo_id: str | None = None) -
         template_path=str(template_path()),
         model_name=repo_id.split("/")[-1] if repo_id else f"{Path(base_name).name}-{summary.method}",
         base_model_name=base_name,
-        repo_id=repo_id or "path/to/this/model",
+        repo_id=repo_id or local_name or "this-model",
         project_url=project_url(),
         version=_version(),
         method_title=title,

@@ -44,16 +44,21 @@ def save_compressed(
     """
     out = Path(out_dir).resolve()
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        write_checkpoint(model, tokenizer, tmp, summary, repo_id)
+        write_checkpoint(model, tokenizer, tmp, summary, repo_id, local_name=out.name)
         verify_checkpoint(model, tokenizer, tmp, atol=atol)
     logger.info("saved and verified %s", out)
     return out
 
 
 def write_checkpoint(
-    model: PreTrainedModel, tokenizer: Any, directory: Path, summary: CompressionSummary | None, repo_id: str | None
+    model: PreTrainedModel,
+    tokenizer: Any,
+    directory: Path,
+    summary: CompressionSummary | None,
+    repo_id: str | None,
+    local_name: str | None = None,
 ) -> None:
     model.save_pretrained(directory)
     save_tokenizer(tokenizer, directory)
     if summary is not None:
-        render_model_card(summary, repo_id).save(directory / "README.md")
+        render_model_card(summary, repo_id, local_name=local_name).save(directory / "README.md")

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 from ..architectures import VOCAB, get_arch_spec
 from ..config import WEIGHTS_NAME, ProjCompConfig
 from ..export import CompressionSummary, save_compressed
-from ..hard_prune import pruned_tensors
+from ..hard_pruning import pruned_tensors
 from ..io import atomic_directory
 from ..plan import Selection, build_plan
 from ..target import build_target_model, cast_parameters
@@ -213,13 +213,18 @@ class ProjCompModel(nn.Module):
         if tokenizer is None:
             raise ValueError("save_merged needs the base model's tokenizer: pass tokenizer=...")
         merged = self.merge_and_unload()
-        if summary is None:
-            summary = CompressionSummary.from_configs(
-                "projected-compression", self.base_model.config, merged.config, self.base_model.num_parameters(),
-                merged.num_parameters(), base_model=self.projcomp_config.base_model_name_or_path,
-                settings=self.card_settings(),
-            )
-        return save_compressed(merged, tokenizer, out_dir, summary, **kwargs)
+        return save_compressed(merged, tokenizer, out_dir, summary or self.compression_summary(merged), **kwargs)
+
+    def compression_summary(self, merged: PreTrainedModel, **kwargs: Any) -> CompressionSummary:
+        """What the model card of ``merged`` reports: base, sizes, settings and the training data and
+        tokens the adapter recorded; ``kwargs`` add to or override those fields."""
+        config = self.projcomp_config
+        fields = {"base_model": config.base_model_name_or_path, "settings": self.card_settings(),
+                  "training_data": config.training_data, "training_tokens": config.training_tokens, **kwargs}
+        return CompressionSummary.from_configs(
+            "projected-compression", self.base_model.config, merged.config, self.base_model.num_parameters(),
+            merged.num_parameters(), **fields,
+        )
 
     # -- save / load -----------------------------------------------------------------------------
     def state_dict(  # type: ignore[override]

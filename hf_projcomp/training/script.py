@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from itertools import chain
 from typing import NoReturn
 
@@ -27,9 +28,9 @@ from datasets import load_dataset
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator
 
 from ..config import ProjCompConfig
+from ..distributed import close_process_group
 from ..loading import load_model
 from ..evaluate import bits_per_byte, load_text
-from ..export import CompressionSummary
 from ..mapping import get_projcomp_model
 from .trainer import ProjCompTrainer
 
@@ -132,17 +133,17 @@ def main(argv: list[str] | None = None) -> None:
         projection_learning_rate=comp_args.projection_learning_rate,
     )
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    # Recorded in the adapter, so `projcomp merge` can put them on the card later.
+    pc.projcomp_config.training_data = ", ".join(Path(f).name for f in files)
+    pc.projcomp_config.training_tokens = (trainer.state.global_step * training.train_batch_size
+                                          * training.gradient_accumulation_steps * training.world_size
+                                          * data_args.block_size)
     trainer.save_model(training.output_dir)  # the final adapter
 
     if trainer.is_world_process_zero():
         small = pc.merge_and_unload()
-        summary = CompressionSummary.from_configs(
-            "projected-compression", model.config, small.config, model.num_parameters(), small.num_parameters(),
-            base_model=model_args.model_name_or_path, settings=pc.card_settings(),
-            calibration_data=files[0], training_data=", ".join(files),
-            training_tokens=trainer.state.global_step * training.train_batch_size
-            * training.gradient_accumulation_steps * training.world_size * data_args.block_size,
-            eval_data=data_args.eval_text_file, bits_per_byte_before=base_bpb,
+        summary = pc.compression_summary(
+            small, calibration_data=Path(files[0]).name, eval_data=data_args.eval_text_file, bits_per_byte_before=base_bpb,
             bits_per_byte_after=bits_per_byte(small, small_tokenizer, eval_text) if eval_text else None,
         )
         merged_dir = pc.save_merged(os.path.join(training.output_dir, "merged"), small_tokenizer, summary=summary,
@@ -151,14 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         if eval_text:
             params += f"; bits/byte {base_bpb:.4f} -> {summary.bits_per_byte_after:.4f}"
         print(f"merged vanilla {type(small).__name__} written to {merged_dir} ({params})")
-    _close_process_group()
-
-
-def _close_process_group() -> None:
-    """Under ``accelerate launch``, stop the process group before exit: a gloo rank that exits with
-    it alive can abort in teardown ("terminate called without an active exception", exit -6)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # Under `accelerate launch`, leave the process group cleanly: a gloo rank that exits with it alive
+    # can abort in teardown (exit -6) or hang (see close_process_group). DDP's reducer goes first.
+    del trainer
+    close_process_group()
 
 
 if __name__ == "__main__":

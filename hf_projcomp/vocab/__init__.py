@@ -5,7 +5,7 @@
 """
 
 from .agreement import segmentation_agreement
-from .prune import prune_tokenizer, required_token_ids
+from .prune import VocabularyPruner, prune_tokenizer, required_token_ids
 from .tokenizer_json import VocabularyPruningError
 
-__all__ = ["VocabularyPruningError", "prune_tokenizer", "required_token_ids", "segmentation_agreement"]
+__all__ = ["VocabularyPruner", "VocabularyPruningError", "prune_tokenizer", "required_token_ids", "segmentation_agreement"]

@@ -2,7 +2,7 @@
 
 Two strategies decide reachability:
 
-* :func:`merge_closure`: a kept token keeps its ancestors, the tokens the original BPE forms on the
+* :class:`GrowingClosure`: a kept token keeps its ancestors, the tokens the original BPE forms on the
   way to it (see :meth:`MergeGraph.ancestors`).
 * :func:`reparent_closure`: a kept token whose ancestors are not kept gets a new merge ``(x, y)`` from
   kept tokens, at the rank of its original merge; only when none works are the ancestors kept.
@@ -10,6 +10,7 @@ Two strategies decide reachability:
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,18 +124,43 @@ class MergeGraph:
         return out
 
 
-def merge_closure(graph: MergeGraph, targets: Iterable[str]) -> set[str]:
-    """``targets`` plus the ancestors of each kept token, recursively."""
-    kept: set[str] = set()
-    stack = list(targets)
-    while stack:
-        t = stack.pop()
-        if t in kept:
-            continue
-        kept.add(t)
-        if graph.needs_merge(t):
-            stack.extend(graph.ancestors(t))
-    return kept
+class GrowingClosure:
+    """The merge closure (each kept token keeps its ancestors, recursively) of ``seeds`` ∪ ``ranked[:n]``
+    for every ``n``, grown one ranked token at a time and only as far as asked.
+
+    The closure of a longer prefix contains that of a shorter one, so after growing, the closure of
+    ``ranked[:n]`` is ``order[:sizes[n]]``. Growing stops once the closure passes the largest budget
+    asked so far: the tail of a 262k-token ranking never needs its ancestors computed.
+    """
+
+    def __init__(self, graph: MergeGraph, seeds: Iterable[str], ranked: list[str]) -> None:
+        self.graph, self.ranked = graph, ranked
+        self.order: list[str] = []
+        self._seen: set[str] = set()
+        for token in sorted(seeds):
+            self._add(token)
+        self.sizes = [len(self.order)]
+
+    def _add(self, token: str) -> None:
+        stack = [token]
+        while stack:
+            t = stack.pop()
+            if t not in self._seen:
+                self._seen.add(t)
+                self.order.append(t)
+                if self.graph.needs_merge(t):
+                    stack.extend(self.graph.ancestors(t))
+
+    def grow_past(self, size: float) -> None:
+        """Grow until the closure holds more than ``size`` tokens or the ranking is used up."""
+        while len(self.sizes) <= len(self.ranked) and self.sizes[-1] <= size:
+            self._add(self.ranked[len(self.sizes) - 1])
+            self.sizes.append(len(self.order))
+
+    def within(self, budget: float) -> set[str]:
+        """The closure of the longest prefix whose closure holds at most ``budget`` tokens."""
+        self.grow_past(budget)
+        return set(self.order[: self.sizes[bisect.bisect_right(self.sizes, budget) - 1]])
 
 
 def closure_merges(graph: MergeGraph, kept: set[str]) -> list[tuple[str, str]]:

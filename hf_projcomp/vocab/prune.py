@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
-from .closure import MergeGraph, closure_merges, merge_closure, reparent_closure, required_strings
+from .closure import GrowingClosure, MergeGraph, closure_merges, reparent_closure, required_strings
 from .tokenizer_json import BPEDocument, VocabularyPruningError, read_document, write_document
 
 # init kwargs that describe the old files or old ids; the new tokenizer gets its vocabulary from
@@ -50,43 +51,83 @@ def prune_tokenizer(
     ascending id order) and the longest prefix whose kept total fits is used.
 
     Returns ``(new_tokenizer, kept_old_ids)`` with ``kept_old_ids[new_id] = old_id`` (ascending), ready
-    to gather embedding rows.
+    to gather embedding rows. To prune one tokenizer to several sizes, use :class:`VocabularyPruner`.
     """
-    # Why reparent defaults to False: once ancestors are the pieces the original BPE really forms
-    # (MergeGraph.ancestors), they are almost all needed to build the kept tokens anyway. Measured:
-    # Gemma-3, 13,402 tokens seen in wikitext-2 valid -> 19,753 ids with ancestors, 19,744 with
-    # re-parenting; a 16k byte-level BPE, 8,453 -> 9,983 vs 9,973. Re-parenting is 2-3x slower and
-    # has no exactness guarantee (a re-parented token builds through other pieces, which may merge
-    # with a neighbour first), while the ancestor closure provably keeps covered text canonical.
-    doc = read_document(tokenizer)
-    graph = MergeGraph.build(doc)
-    required = required_strings(doc, _special_tokens(tokenizer), keep_placeholders)
-    ranked = _ranked_tokens(doc, keep_ids)
+    pruner = VocabularyPruner(tokenizer, keep_placeholders=keep_placeholders)
+    return pruner.prune(keep_ids, max_vocab_size=max_vocab_size, reparent=reparent)
 
-    def plan(n: int) -> tuple[set[str], Callable[[], list[tuple[str, str]]]]:
-        targets = required.union(ranked[:n])
+
+class VocabularyPruner:
+    """:func:`prune_tokenizer` for one tokenizer and many requests: the tokenizer's JSON, its merge graph
+    and the required tokens are read once, and the closure of a ranking is grown once for all sizes."""
+
+    def __init__(self, tokenizer: Any, *, keep_placeholders: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.doc = read_document(tokenizer)
+        self.required = required_strings(self.doc, _special_tokens(tokenizer), keep_placeholders)
+        self._grown: GrowingClosure | None = None
+        self._ranking_key: object = None
+
+    @functools.cached_property
+    def graph(self) -> MergeGraph:
+        return MergeGraph.build(self.doc)
+
+    @property
+    def required_ids(self) -> set[int]:
+        """Ids every pruned vocabulary keeps (see :func:`required_token_ids`)."""
+        return _ids(self.doc, self.required)
+
+    def prune(
+        self, keep_ids: Iterable[int], *, max_vocab_size: int | None = None, reparent: bool = False
+    ) -> tuple[Any, torch.Tensor]:
+        """See :func:`prune_tokenizer`."""
+        # Why reparent defaults to False: once ancestors are the pieces the original BPE really forms
+        # (MergeGraph.ancestors), they are almost all needed to build the kept tokens anyway. Measured:
+        # Gemma-3, 13,402 tokens seen in wikitext-2 valid -> 19,753 ids with ancestors, 19,744 with
+        # re-parenting; a 16k byte-level BPE, 8,453 -> 9,983 vs 9,973. Re-parenting is 2-3x slower and
+        # has no exactness guarantee (a re-parented token builds through other pieces, which may merge
+        # with a neighbour first), while the ancestor closure provably keeps covered text canonical.
+        doc, graph = self.doc, self.graph
+        ranked = self._ranked(keep_ids)
         if reparent:
-            kept, merges = reparent_closure(graph, targets, doc.vocab)
-            return kept, lambda: merges
-        kept = merge_closure(graph, targets)
-        return kept, lambda: closure_merges(graph, kept)
+            def plan(n: int) -> tuple[set[str], list[tuple[str, str]]]:
+                return reparent_closure(graph, self.required.union(ranked[:n]), doc.vocab)
 
-    if max_vocab_size is None:
-        kept, merges = plan(len(ranked))
-    else:
-        kept, merges = _fit_budget(plan, len(ranked), max_vocab_size)
-    kept_old_ids = sorted(_ids(doc, kept))
-    backend = write_document(doc, kept_old_ids, merges())
-    new_tokenizer = _same_class(tokenizer, backend)
-    # transformers adds any named special token missing from the backend as a new token: that would
-    # be an id without an embedding row.
-    size = new_tokenizer.get_vocab_size() if isinstance(new_tokenizer, Tokenizer) else len(new_tokenizer)
-    if size != len(kept_old_ids):
-        raise VocabularyPruningError(
-            f"the rebuilt tokenizer has {size} tokens, expected {len(kept_old_ids)}: "
-            "a special token of the original is probably missing from its tokenizer.json"
-        )
-    return new_tokenizer, torch.tensor(kept_old_ids, dtype=torch.long)
+            kept, merges = plan(len(ranked)) if max_vocab_size is None else _fit_budget(plan, len(ranked), max_vocab_size)
+        else:
+            kept = self._closure(ranked, max_vocab_size)
+            merges = closure_merges(graph, kept)
+        kept_old_ids = sorted(_ids(doc, kept))
+        backend = write_document(doc, kept_old_ids, merges)
+        new_tokenizer = _same_class(self.tokenizer, backend)
+        # transformers adds any named special token missing from the backend as a new token: that would
+        # be an id without an embedding row.
+        size = new_tokenizer.get_vocab_size() if isinstance(new_tokenizer, Tokenizer) else len(new_tokenizer)
+        if size != len(kept_old_ids):
+            raise VocabularyPruningError(
+                f"the rebuilt tokenizer has {size} tokens, expected {len(kept_old_ids)}: "
+                "a special token of the original is probably missing from its tokenizer.json"
+            )
+        return new_tokenizer, torch.tensor(kept_old_ids, dtype=torch.long)
+
+    def _ranked(self, keep_ids: Iterable[int]) -> list[str]:
+        """``keep_ids`` as token strings; the same ranking asked again (one per budget) is converted once."""
+        key = keep_ids.tolist() if isinstance(keep_ids, torch.Tensor) else keep_ids
+        if self._grown is not None and key is self._ranking_key:
+            return self._grown.ranked
+        self._ranking_key = key
+        return _ranked_tokens(self.doc, keep_ids)
+
+    def _closure(self, ranked: list[str], budget: int | None) -> set[str]:
+        """The merge closure of the required tokens and the longest prefix of ``ranked`` that fits
+        ``budget`` (all of it without one), grown once per ranking and shared by every budget."""
+        if self._grown is None or self._grown.ranked != ranked:
+            self._grown = GrowingClosure(self.graph, self.required, ranked)
+        if budget is not None and self._grown.sizes[0] > budget:
+            raise VocabularyPruningError(
+                f"max_vocab_size={budget} is below the {self._grown.sizes[0]} tokens that must be kept"
+            )
+        return self._grown.within(float("inf") if budget is None else budget)
 
 
 def _special_tokens(tokenizer: Any) -> list[str]:
@@ -116,8 +157,9 @@ def _ranked_tokens(doc: BPEDocument, keep_ids: Iterable[int]) -> list[str]:
 
 
 def _fit_budget(plan: Callable[[int], Any], n: int, budget: int) -> Any:
-    """The plan of the longest prefix whose kept set fits ``budget`` (kept size grows with the prefix,
-    almost monotonically, so a bracketing search with interpolated probes needs few evaluations)."""
+    """The plan of the longest prefix whose kept set fits ``budget`` (re-parenting: the kept size grows
+    with the prefix almost monotonically, so a bracketing search with interpolated probes needs few
+    evaluations)."""
     lo_plan = plan(0)
     if len(lo_plan[0]) > budget:
         raise VocabularyPruningError(

@@ -20,6 +20,7 @@ from transformers import TrainingArguments
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model  # noqa: E402
+from hf_projcomp.distributed import close_process_group  # noqa: E402
 from tests.tiny import tiny_model  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None):
     rank = int(os.environ.get("RANK", "0"))
     state = {k: v.contiguous() for k, v in pc.state_dict().items()}
     save_file(state, os.path.join(args.out, f"rank{rank}.safetensors"))
-    if torch.distributed.is_initialized():  # as the training script does: no gloo teardown abort at exit
-        torch.distributed.destroy_process_group()
+    del trainer
+    close_process_group()  # as the training script does: no gloo teardown abort or hang at exit
     return pc
 
 
