@@ -194,7 +194,7 @@ def test_network_errors_are_one_line(compressed, tmp_path):
                           "[Errno -3] Temporary failure in name resolution\n"), run.stderr
 
 
-def test_bugs_keep_their_traceback(monkeypatch, capsys):
+def test_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
     """Only mistakes in the user's input end as one line; a TypeError or an OSError from a bug does not."""
     from hf_projcomp import cli
 
@@ -204,8 +204,8 @@ def test_bugs_keep_their_traceback(monkeypatch, capsys):
 
         monkeypatch.setattr(cli, "compress", broken)
         with pytest.raises(type(error)):
-            cli.main(["compress"])
+            cli.main(["compress", "--output", str(tmp_path / "out")])
     monkeypatch.setattr(cli, "compress", lambda args: (_ for _ in ()).throw(FileNotFoundError("no such file: x.txt")))
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["compress"])
+        cli.main(["compress", "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 1 and capsys.readouterr().err == "projcomp compress: error: no such file: x.txt\n"
