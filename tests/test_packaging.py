@@ -4,6 +4,7 @@ the repository."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_ships_the_model_card_templates(tmp_path):
     """A non-editable install must find model_cards/*.md inside the package (``.ci/run`` also installs
     the wheel in a fresh virtualenv and compresses, evaluates and merges with it)."""
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+    source = tmp_path / "source"  # built from a copy: a build leaves build/ and *.egg-info behind
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "hf_projcomp", "model_cards"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     (wheel,) = tmp_path.glob("hf_projcomp-*.whl")
