@@ -66,7 +66,6 @@ class VocabularyPruner:
         self.doc = read_document(tokenizer)
         self.required = required_strings(self.doc, _special_tokens(tokenizer), keep_placeholders)
         self._grown: GrowingClosure | None = None
-        self._ranking_key: object = None
 
     @functools.cached_property
     def graph(self) -> MergeGraph:
@@ -88,7 +87,7 @@ class VocabularyPruner:
         # has no exactness guarantee (a re-parented token builds through other pieces, which may merge
         # with a neighbour first), while the ancestor closure provably keeps covered text canonical.
         doc, graph = self.doc, self.graph
-        ranked = self._ranked(keep_ids)
+        ranked = _ranked_tokens(doc, keep_ids)
         if reparent:
             def plan(n: int) -> tuple[set[str], list[tuple[str, str]]]:
                 return reparent_closure(graph, self.required.union(ranked[:n]), doc.vocab)
@@ -109,14 +108,6 @@ class VocabularyPruner:
                 "a special token of the original is probably missing from its tokenizer.json"
             )
         return new_tokenizer, torch.tensor(kept_old_ids, dtype=torch.long)
-
-    def _ranked(self, keep_ids: Iterable[int]) -> list[str]:
-        """``keep_ids`` as token strings; the same ranking asked again (one per budget) is converted once."""
-        key = keep_ids.tolist() if isinstance(keep_ids, torch.Tensor) else keep_ids
-        if self._grown is not None and key is self._ranking_key:
-            return self._grown.ranked
-        self._ranking_key = key
-        return _ranked_tokens(self.doc, keep_ids)
 
     def _closure(self, ranked: list[str], budget: int | None) -> set[str]:
         """The merge closure of the required tokens and the longest prefix of ``ranked`` that fits
