@@ -2,7 +2,9 @@
 
 A tiny Qwen2 with a byte-level BPE tokenizer is written as a local model directory; then the
 installed ``projcomp compress`` and ``projcomp eval`` run on it, and ``save_merged`` writes a
-projected model. Each writes a model card, so a template missing from the wheel fails here.
+projected model. Each writes a model card, so a template missing from the wheel fails here. Then, in
+a fresh process, PEFT alone (``AutoPeftModelForCausalLM``) reloads the saved adapter: registration
+with PEFT works from the installed package.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def main() -> None:
         pc = get_projcomp_model(model, ProjCompConfig(hidden_size=32, intermediate_size=64), progress=False)
         merged = pc.save_merged(root / "merged", AutoTokenizer.from_pretrained(base))
         assert (merged / "README.md").is_file() and (merged / "model.safetensors").is_file()
+        pc.save_pretrained(root / "adapter")
+        reload = ("import hf_projcomp, sys, torch; from peft import AutoPeftModelForCausalLM; "
+                  "from transformers import AutoModelForCausalLM; "
+                  "pc = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); "
+                  "ids = torch.tensor([[5, 6, 7]]); "
+                  "assert torch.equal(pc.merge_and_unload()(ids).logits, AutoModelForCausalLM.from_pretrained(sys.argv[2])(ids).logits)")
+        subprocess.run([sys.executable, "-c", reload, str(root / "adapter"), str(merged)], check=True)
     print(f"wheel smoke test passed ({source.parent})")
 
 

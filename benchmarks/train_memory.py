@@ -32,6 +32,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model
+from hf_projcomp.projection import unwrap
 from hf_projcomp.projection import layer as layer_module
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -102,10 +103,10 @@ def measure(base_dtype: str, step: str, implementation: str, layers: int, tokens
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM, the peak resident set
     one_step()
     peak = memory_kib("VmHWM")
-    base_bytes = sum(p.numel() * p.element_size() for p in pc.base_model.parameters())
+    base_bytes = sum(p.numel() * p.element_size() for p in unwrap(pc).source_model.parameters())
     return {"base_dtype": base_dtype, "step": step, "implementation": implementation,
             "base_gib": base_bytes / 2**30, "steady_rss_gib": steady / 2**20, "peak_rss_gib": peak / 2**20,
-            "base_parameters": base.num_parameters(), "target_parameters": pc.target.num_parameters()}
+            "base_parameters": base.num_parameters(), "target_parameters": unwrap(pc).model.num_parameters()}
 
 
 def write(results: dict) -> None:

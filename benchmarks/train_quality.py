@@ -33,9 +33,11 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainer, get_projcomp_model, hard_prune
+from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
+from hf_projcomp.projection import unwrap
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.training import DistillationMixin, Teacher
@@ -99,7 +101,9 @@ def main() -> None:
     test = data_file(TEST)
     eval_text, final_text = load_text(test, max_chars=args.eval_chars), load_text(test, max_chars=args.final_eval_chars)
     config = ProjCompConfig(hidden_size=512, intermediate_size=1024, vocab_size=52_000, importance="compact")
-    recorded, small_tok, selection_seconds = selection(base, tokenizer, config)
+    adapter, small_tok, selection_seconds = selection(base, tokenizer, config)
+    kept = unwrap(PeftModel.from_pretrained(base, adapter)).selection()
+    vocab = kept.vocab.tolist()
     data = token_blocks(small_tok, steps * TOKENS_PER_STEP)
     results = {
         "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)",
@@ -113,7 +117,7 @@ def main() -> None:
     previous = OUT / f"{args.name}.json"
     if args.append and previous.is_file():
         results["runs"] = json.loads(previous.read_text())["runs"]
-    step0 = hard_prune(base, recorded.hidden_indices, recorded.intermediate_indices, recorded.vocab_indices)
+    step0 = hard_prune(base, kept.hidden, kept.ffn, kept.vocab)
     results["step0_bits_per_byte"] = bits_per_byte(step0, small_tok, final_text, progress=False)
     results["small_parameters"] = step0.num_parameters()
     print(f"base {results['base_bits_per_byte']:.4f}, hard-pruned step 0 {results['step0_bits_per_byte']:.4f}", flush=True)
@@ -126,16 +130,16 @@ def main() -> None:
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
         )
         if method == "pc":
-            pc = ProjCompModel(base, recorded, small_tok)
+            pc = PeftModel.from_pretrained(base, adapter, is_trainable=True)
             trained = pc.merge_and_unload
             trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, data_collator=default_data_collator,
                                       distill_alpha=distill, projection_learning_rate=projection_lr)
         else:
-            model = hard_prune(base, recorded.hidden_indices, recorded.intermediate_indices, recorded.vocab_indices)
+            model = hard_prune(base, kept.hidden, kept.ffn, kept.vocab)
             model.train().requires_grad_(True)
             trained = model.eval
             trainer = RetrainTrainer(model=model, args=training, train_dataset=data, data_collator=default_data_collator,
-                                     teacher=Teacher(base, recorded.vocab_indices), distill_alpha=distill)
+                                     teacher=Teacher(base, vocab), distill_alpha=distill)
         callback = BudgetEval(lambda: bits_per_byte(trained(), small_tok, eval_text, progress=False), budgets)
         trainer.add_callback(callback)
         start = time.perf_counter()
@@ -171,7 +175,8 @@ def main() -> None:
 
 
 def selection(base, tokenizer, config: ProjCompConfig):
-    """COMPACT's selections and pruned tokenizer (cached: they take minutes and every run shares them)."""
+    """The initial adapter's directory, its pruned tokenizer and the seconds selection took (cached: it
+    takes minutes and every run starts from it)."""
     cache = OUT / ".runs" / "selection"
     # The request, not the recorded config: that holds the vocabulary reached (at most the one asked for).
     request = {t: getattr(config, t) for t in ("hidden_size", "intermediate_size", "vocab_size", "importance")}
@@ -180,13 +185,12 @@ def selection(base, tokenizer, config: ProjCompConfig):
         init = get_projcomp_model(base, config, calibration_data=str(data_file(VALID)),
                                   tokenizer=tokenizer)
         seconds = time.perf_counter() - start
-        init.projcomp_config.save_pretrained(cache)
-        init.tokenizer.save_pretrained(cache)
+        init.save_pretrained(cache)  # the selections and the pruned tokenizer with it
         (cache / "selection.json").write_text(json.dumps({"request": request, "seconds": seconds}))
     cached = json.loads((cache / "selection.json").read_text())
     if cached["request"] != request:
         raise SystemExit(f"{cache} holds a selection for {cached['request']}, not {request}: delete it to recompute")
-    return ProjCompConfig.from_pretrained(cache), AutoTokenizer.from_pretrained(cache), cached["seconds"]
+    return cache, AutoTokenizer.from_pretrained(cache), cached["seconds"]
 
 
 def write(results: dict, name: str) -> None:

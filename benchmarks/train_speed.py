@@ -37,6 +37,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
+from hf_projcomp.projection import unwrap
 from plotting import pyplot  # benchmarks/plotting.py
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -55,16 +56,16 @@ class Runner:
         pc = get_projcomp_model(LlamaForCausalLM(config), ProjCompConfig(target_params=0.5), progress=False)
         self.method, self.pc = method, pc
         if method == "vanilla":
-            cfg = pc.projcomp_config
-            self.model = hard_prune(pc.base_model, cfg.hidden_indices, cfg.intermediate_indices).train()
+            kept = unwrap(pc).selection()
+            self.model = hard_prune(unwrap(pc).source_model, kept.hidden, kept.ffn).train()
             self.model.requires_grad_(True)
             self.params = list(self.model.parameters())
             self.small_parameters = self.model.num_parameters()
         else:
             pc.set_amortized(method == "pc_amortized")
             self.model, self.params = pc.train(), pc.trainable_parameters()
-            self.small_parameters = pc.target.num_parameters()
-        self.base_parameters = pc.base_model.num_parameters()
+            self.small_parameters = unwrap(pc).model.num_parameters()
+        self.base_parameters = unwrap(pc).source_model.num_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
         self.batch = torch.randint(0, 8192, MICRO_BATCH, generator=torch.Generator().manual_seed(0))
 

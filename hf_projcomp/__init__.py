@@ -1,7 +1,9 @@
 """hf_projcomp: make pretrained causal LMs smaller while keeping them standard transformers checkpoints.
 
 The public names load on first use (PEP 562), so ``import hf_projcomp`` and ``projcomp --help`` don't
-pay for importing torch and transformers.
+pay for importing torch and transformers. Projected compression is registered with PEFT as soon as
+both are imported (:mod:`hf_projcomp._peft_hook`), so after ``import hf_projcomp``,
+``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` know ``"PROJCOMP"`` adapters.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._peft_hook import install as _install_peft_hook
+
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "ARCHITECTURES": ".architectures",
     "ProjCompConfig": ".config",
     "ProjCompModel": ".projection",
     "ProjCompTrainer": ".training",
+    "ProjCompTrainerMixin": ".training",
     "compact_prune": ".compact",
     "get_projcomp_model": ".mapping",
     "hard_prune": ".hard_pruning",
@@ -23,8 +28,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ARCHITECTURES", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer", "compact_prune", "get_projcomp_model",
-    "hard_prune", "load_model", "__version__",
+    "ARCHITECTURES", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer", "ProjCompTrainerMixin", "compact_prune",
+    "get_projcomp_model", "hard_prune", "load_model", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     from .loading import load_model
     from .mapping import get_projcomp_model
     from .projection import ProjCompModel
-    from .training import ProjCompTrainer
+    from .training import ProjCompTrainer, ProjCompTrainerMixin
 
 
 def __getattr__(name: str) -> Any:
@@ -48,3 +53,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+_install_peft_hook()

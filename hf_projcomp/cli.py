@@ -177,9 +177,8 @@ def merge(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     adapter = Path(args.adapter)
-    recorded = ProjCompConfig.from_pretrained(adapter)
-    local = recorded.base_model_local_path
-    base = args.model or (local if local and Path(local).is_dir() else recorded.base_model_name_or_path)
+    # The base's local directory when it is still there, else its Hub id (see ProjCompConfig).
+    base = args.model or ProjCompConfig.from_pretrained(adapter).base_model_name_or_path
     model, tokenizer = load_model(base, args.gguf_file, dtype=args.dtype)
     pc = ProjCompModel.from_pretrained(model, adapter)
     out = pc.save_merged(args.output, tokenizer, overwrite=args.overwrite, repo_id=args.repo_id)

@@ -1,28 +1,37 @@
-"""``ProjCompConfig``: what to compress to and how, serialised to JSON like a PEFT config."""
+"""``ProjCompConfig``: what to compress to and how, a ``peft.PeftConfig`` (``peft_type="PROJCOMP"``).
+
+Importing this module registers projected compression with PEFT (see :mod:`hf_projcomp.peft_integration`),
+so ``peft.get_peft_model``, ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` know it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from peft import PeftConfig
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_TYPE = "PROJCOMP"
 
 IMPORTANCE_METHODS = ("magnitude", "activation", "compact")
 BASE_DTYPES = ("float32", "bfloat16", "float16")
+# Written by hf_projcomp before selections moved into the weights file; still read.
+LEGACY_FIELDS = ("hidden_indices", "intermediate_indices", "vocab_indices")
 
 
 @dataclass
-class ProjCompConfig:
+class ProjCompConfig(PeftConfig):
     """Configuration of a projected-compression adapter.
 
     Give the target either as sizes (``hidden_size`` and/or ``intermediate_size``; an omitted one keeps
-    the base width) or as ``target_params``. Fields under "recorded" are filled by
-    ``get_projcomp_model`` so a saved adapter can be rebuilt on the same base without recomputing
-    importance.
+    the base width) or as ``target_params``. Fields under "recorded" are filled when the adapter is
+    built, so a saved adapter rebuilds on the same base without recomputing importance; the selected
+    indices themselves are tensors in ``adapter_model.safetensors``.
     """
 
     hidden_size: int | None = field(default=None, metadata={"help": "Target d_model (hidden_size)."})
@@ -46,8 +55,16 @@ class ProjCompConfig:
         default="magnitude",
         metadata={
             "help": "How the initial one-hot selections are ranked: 'magnitude' (weight norms, no data), "
-            "'activation' (Minitron-style, needs calibration_data token batches) or 'compact' (COMPACT's "
-            "kept vocabulary and common-token act², needs calibration text and the tokenizer)."
+            "'activation' (Minitron-style, on calibration text or token batches) or 'compact' (COMPACT's "
+            "kept vocabulary and common-token act², on calibration text, pruning the tokenizer too)."
+        },
+    )
+    calibration_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Calibration text (a .txt/.jsonl path) when the adapter is built from this config alone "
+            "(peft.get_peft_model, TRL's peft_config) with importance 'activation' or 'compact'; None: the "
+            "WikiText-2 excerpt bundled with hf_projcomp. get_projcomp_model's calibration_data overrides it."
         },
     )
     base_dtype: str | None = field(
@@ -57,12 +74,13 @@ class ProjCompConfig:
             "save memory; projections and A always train in float32. None keeps the base dtype."
         },
     )
-    # Recorded by get_projcomp_model.
-    base_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Recorded: the base model's Hub id when it has one, else its local path."}
-    )
+    # Recorded when the adapter is built (base_model_name_or_path, PEFT's field: the Hub id when known).
     base_model_local_path: str | None = field(
-        default=None, metadata={"help": "Recorded: the local directory the base was loaded from, if any."}
+        default=None,
+        metadata={
+            "help": "Recorded: the local directory the base was loaded from, if any. Where it exists when the "
+            "adapter is loaded, base_model_name_or_path points there (AutoPeftModelForCausalLM loads it)."
+        },
     )
     model_type: str | None = field(default=None, metadata={"help": "Recorded: base config.model_type."})
     architecture: str | None = field(default=None, metadata={"help": "Recorded: base model class name."})
@@ -70,21 +88,25 @@ class ProjCompConfig:
     base_intermediate_size: int | None = field(default=None, metadata={"help": "Recorded: base d_ff."})
     base_vocab_size: int | None = field(default=None, metadata={"help": "Recorded: base vocabulary size."})
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Recorded: number of layers."})
-    hidden_indices: list[int] | None = field(
-        default=None, metadata={"help": "Recorded: kept d_model indices (one global set), ascending."}
-    )
-    intermediate_indices: list[list[int]] | None = field(
-        default=None, metadata={"help": "Recorded: kept d_ff indices per layer, ascending."}
-    )
-    vocab_indices: list[int] | None = field(
-        default=None, metadata={"help": "Recorded: kept token ids (new id -> old id) when the vocabulary is pruned."}
-    )
     training_data: str | None = field(default=None, metadata={"help": "Recorded by training: the data trained on."})
     training_tokens: int | None = field(default=None, metadata={"help": "Recorded by training: tokens trained on."})
-    peft_type: str = field(default="PROJCOMP", metadata={"help": "Adapter type tag, as in PEFT configs."})
-    task_type: str = field(default="CAUSAL_LM", metadata={"help": "Task type tag, as in PEFT configs."})
+    hidden_indices: list[int] | None = field(
+        default=None, metadata={"help": "Legacy (adapters before 0.2 kept the selections here): d_model indices."}
+    )
+    intermediate_indices: list[list[int]] | None = field(
+        default=None, metadata={"help": "Legacy: d_ff indices per layer."}
+    )
+    vocab_indices: list[int] | None = field(default=None, metadata={"help": "Legacy: kept token ids."})
 
     def __post_init__(self) -> None:
+        self.peft_type = PEFT_TYPE
+        self.task_type = self.task_type or "CAUSAL_LM"
+        super().__post_init__()
+        local = self.base_model_local_path
+        if local and self.base_model_name_or_path != local and os.path.isdir(local):
+            # A loaded adapter whose base directory is on this machine: AutoPeftModelForCausalLM loads that
+            # rather than downloading the Hub id recorded for elsewhere (the demo model has none to download).
+            self.base_model_name_or_path = local
         if self.importance not in IMPORTANCE_METHODS:
             raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {self.importance!r}")
         if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:
@@ -100,7 +122,7 @@ class ProjCompConfig:
         sizes_given = any(v is not None for v in (self.hidden_size, self.intermediate_size, self.vocab_size))
         if self.target_params is not None:
             # A recorded config carries both: the request and the sizes it resolved to.
-            if sizes_given and self.hidden_indices is None:
+            if sizes_given and self.base_hidden_size is None:
                 raise ValueError("give either target_params or hidden_size/intermediate_size, not both")
             tp = self.target_params
             if isinstance(tp, bool) or not isinstance(tp, (int, float)):
@@ -115,10 +137,12 @@ class ProjCompConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The fields as PEFT serialises them; legacy fields only when set."""
+        data = super().to_dict()
+        for name in LEGACY_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProjCompConfig:
@@ -128,16 +152,27 @@ class ProjCompConfig:
             raise ValueError(f"unknown ProjCompConfig fields: {unknown}")
         return cls(**data)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``adapter_config.json`` into ``save_directory``."""
-        os.makedirs(save_directory, exist_ok=True)
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """``adapter_config.json`` (PEFT's writer), and the pruned tokenizer of a vocabulary-pruning adapter:
+        every PEFT save path (``PeftModel.save_pretrained``, ``Trainer.save_model``, checkpoints) writes
+        the config through here, so the tokenizer always travels with the adapter."""
+        super().save_pretrained(os.fspath(save_directory), **kwargs)
+        tokenizer = self.__dict__.get("_tokenizer")
+        if tokenizer is not None:
+            from .vocab.files import save_tokenizer
+
+            save_tokenizer(tokenizer, save_directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> ProjCompConfig:
-        path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
+                        **kwargs: Any) -> ProjCompConfig:
+        """PEFT's reader (local directory or Hub id), marking the config as one whose selections come with
+        the adapter's weights (building the model then skips the importance pass)."""
+        config = super().from_pretrained(os.fspath(pretrained_model_name_or_path), subfolder=subfolder, **kwargs)
+        config.__dict__["_adapter_source"] = (os.fspath(pretrained_model_name_or_path), subfolder, kwargs)
+        return config
+
+
+# Registering needs the model class, whose module imports this one: imported last, it finds
+# ProjCompConfig defined (and registers itself and this class with PEFT when it is done).
+importlib.import_module("hf_projcomp.projection.model")

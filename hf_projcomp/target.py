@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
 
@@ -192,28 +193,45 @@ def build_target_model(
     target_config = make_target_config(
         model.config, selection.hidden_size, selection.intermediate_size, selection.vocab, dtype=dtype
     )
+    small = instantiate(type(model), target_config, ChainMap(tensors, model.state_dict()), dtype, model.device)
+    small.generation_config = remap_generation_config(model.generation_config, selection.vocab)
+    return small
+
+
+def instantiate(
+    cls: type[PreTrainedModel],
+    config: PretrainedConfig,
+    tensors: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> PreTrainedModel:
+    """A new ``cls(config)`` in eval mode holding copies of ``tensors`` (by state-dict name; a tied parameter
+    takes the value under its first name), floating point ones in ``dtype``, without random init.
+
+    A new instance, never a copy of a live one: training tools patch models in place (TRL replaces
+    ``forward`` with a closure over the original object, PEFT adds input hooks, checkpointing wraps
+    layers), and none of that may reach a checkpoint.
+    """
+    config.dtype = dtype
     with init_empty_weights(include_buffers=False):
-        small = type(model)(target_config)
-    small.tie_weights()  # accelerate's empty init re-registers parameters, which unties them
-    base_state = model.state_dict()
-    canonical: dict[int, str] = {}  # a tied parameter takes the value given under its first name
+        model = cls(config)
+    model.tie_weights()  # accelerate's empty init re-registers parameters, which unties them
+    canonical: dict[int, str] = {}
     state = {}
-    for name, param in small.state_dict(keep_vars=True).items():
+    for name, param in model.state_dict(keep_vars=True).items():
         first = canonical.setdefault(id(param), name)
         if first != name:
             state[name] = state[first]
             continue
-        source = tensors.get(name, base_state[name])
-        state[name] = source.detach().to(dtype=dtype if param.is_floating_point() else param.dtype, copy=True)
-    small.load_state_dict(state, strict=True, assign=True)
-    small.tie_weights()
-    small.to(model.device)  # buffers the empty init created on the CPU
-    small.generation_config = remap_generation_config(model.generation_config, selection.vocab)
-    small.eval()
-    return small
+        state[name] = tensors[name].detach().to(dtype=dtype if param.is_floating_point() else param.dtype, copy=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    model.to(device)  # buffers the empty init created on the CPU
+    model.eval()
+    return model
 
 
 __all__ = [
-    "SPECIAL_TOKEN_FIELDS", "TokenIdMap", "build_target_model", "cast_parameters", "make_target_config",
+    "SPECIAL_TOKEN_FIELDS", "TokenIdMap", "build_target_model", "cast_parameters", "instantiate", "make_target_config",
     "remap_generation_config",
 ]

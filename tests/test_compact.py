@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
@@ -181,18 +181,20 @@ def test_compact_importance_initialises_the_projected_model(tmp_path):
     tokenizer = tiny_tokenizer("byte_fallback")
     model = model_for("gemma3_text", tokenizer)
     config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
-    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+    with pytest.raises(ValueError, match="pass tokenizer="):  # none given, none loadable from the model
         get_projcomp_model(model, config, calibration_data=TRAIN)
     pc = get_projcomp_model(model, config, calibration_data=TRAIN * 4, tokenizer=tokenizer, progress=False)
-    cfg = pc.projcomp_config
-    assert len(cfg.vocab_indices) == len(pc.tokenizer) <= 450 and cfg.vocab_size == len(pc.tokenizer)
+    cfg, sel = pc.projcomp_config, pc.selection()
+    assert len(sel.vocab) == len(pc.tokenizer) <= 450 and cfg.vocab_size == len(pc.tokenizer)
     ids = pc.tokenizer(HELD_OUT[3], return_tensors="pt").input_ids
-    reference = hard_prune(model, cfg.hidden_indices, cfg.intermediate_indices, cfg.vocab_indices)
+    reference = hard_prune(model, sel.hidden, sel.ffn, sel.vocab)
     with torch.no_grad():
         assert torch.allclose(pc(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
-    pc.save_pretrained(tmp_path)
+    pc.save_pretrained(tmp_path)  # PEFT's save; the config writes the pruned tokenizer beside it
+    assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == pc.tokenizer.get_vocab()
     reloaded = ProjCompModel.from_pretrained(model_for("gemma3_text", tokenizer), tmp_path)
     assert reloaded.tokenizer.get_vocab() == pc.tokenizer.get_vocab()
+    assert torch.equal(reloaded.selection().vocab, sel.vocab)
     merged = reloaded.merge_and_unload()
     assert merged.config.vocab_size == len(pc.tokenizer) and merged.config.hidden_size == 48
     assert merged.lm_head.weight is merged.model.embed_tokens.weight

@@ -27,23 +27,26 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     try:
         pc = get_projcomp_model(tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(rank),
                                 progress=False)
-        recorded = pc.projcomp_config
         try:
             check_same_on_all_ranks(rank, "rank numbers")
             refused = False
         except RuntimeError:
             refused = True
-        check_same_on_all_ranks(recorded.hidden_indices, "selections")
+        check_same_on_all_ranks(pc.selection().hidden.tolist(), "selections")
         with open(f"{out}/rank{rank}.json", "w") as f:
-            json.dump({"hidden": recorded.hidden_indices, "ffn": recorded.intermediate_indices, "refused": refused}, f)
+            json.dump({**as_lists(pc), "refused": refused}, f)
     finally:
         close_process_group()
 
 
+def as_lists(pc) -> dict:
+    sel = pc.selection()
+    return {"hidden": sel.hidden.tolist(), "ffn": [f.tolist() for f in sel.ffn]}
+
+
 def selection(seed: int) -> dict:
-    recorded = get_projcomp_model(tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(seed),
-                                  progress=False).projcomp_config
-    return {"hidden": recorded.hidden_indices, "ffn": recorded.intermediate_indices}
+    return as_lists(get_projcomp_model(tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(seed),
+                                       progress=False))
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +33,22 @@ def test_train_script_writes_a_vanilla_merged_model(tiny_base_dir, tmp_path, imp
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
     assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)
     assert merged.config.vocab_size == len(tokenizer)
+
+
+def test_trl_sft_example_trains_saves_and_merges(tiny_base_dir, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "examples" / "sft_with_trl.py"), "--model_name_or_path", str(tiny_base_dir),
+           "--train_file", str(tiny_base_dir / "train.txt"), "--hidden_size", "48", "--intermediate_size", "64",
+           "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+           "--gradient_accumulation_steps", "2", "--max_length", "32", "--use_cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    from peft import PeftModel
+
+    import hf_projcomp  # noqa: F401  (registers the method with PEFT)
+
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_dir), out)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)
+    ids = AutoTokenizer.from_pretrained(out / "merged")("The lobster", return_tensors="pt").input_ids
+    assert torch.equal(adapter.merge_and_unload()(ids).logits, merged(ids).logits)

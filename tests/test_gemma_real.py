@@ -39,10 +39,10 @@ def sample_ids(gemma):
 
 def test_selection_and_step0_equals_hard_pruned(gemma, projected, sample_ids):
     model, _ = gemma
-    cfg = projected.projcomp_config
+    cfg, sel = projected.projcomp_config, projected.selection()
     assert (cfg.base_hidden_size, cfg.hidden_size, cfg.intermediate_size) == (640, 512, 1024)
-    assert len(cfg.intermediate_indices) == 18
-    pruned = hard_prune(model, cfg.hidden_indices, cfg.intermediate_indices)
+    assert len(sel.ffn) == 18 and cfg.base_model_name_or_path == "google/gemma-3-270m"
+    pruned = hard_prune(model, sel.hidden, sel.ffn)
     with torch.no_grad():
         diff = (projected(input_ids=sample_ids).logits - pruned(input_ids=sample_ids).logits).abs().max().item()
     assert diff <= 1e-4, diff
@@ -51,11 +51,11 @@ def test_selection_and_step0_equals_hard_pruned(gemma, projected, sample_ids):
 def test_gradients_reach_only_projections_and_norms(projected, sample_ids):
     projected.train()
     projected(input_ids=sample_ids, labels=sample_ids).loss.backward()
-    assert all(p.grad is None for p in projected.base_model.parameters())
-    adapter = projected.adapter_state_dict()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter.values())
+    assert all(p.grad is None for p in projected.source_model.parameters())
+    adapter = projected.trainable_parameters()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter)
     with torch.no_grad():  # one SGD step stands in for training before the merge test
-        for p in adapter.values():
+        for p in adapter:
             p.sub_(1e-2 * p.grad)
             p.grad = None
     projected.eval()
@@ -69,7 +69,7 @@ def test_merged_matches_and_reloads_with_plain_transformers(gemma, projected, sa
         got = merged(input_ids=sample_ids).logits
     assert ((expected - got).abs().max() / got.abs().max()).item() <= 1e-4
     assert merged.lm_head.weight is merged.model.embed_tokens.weight
-    assert merged.num_parameters() < 0.8 * projected.base_model.num_parameters()
+    assert merged.num_parameters() < 0.8 * projected.source_model.num_parameters()
 
     merged.save_pretrained(tmp_path / "small")
     tokenizer.save_pretrained(tmp_path / "small")

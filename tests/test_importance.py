@@ -38,10 +38,10 @@ def test_magnitude_drops_dead_dimensions(model_type):
                 p[:, dead_ffn] = 0
     scores = magnitude_importance(model, build_plan(model, get_arch_spec(model.config), 48))
     assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
-    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=60, intermediate_size=92))
-    assert not set(dead_hidden) & set(pc.projcomp_config.hidden_indices)
-    for layer in pc.projcomp_config.intermediate_indices:
-        assert not set(dead_ffn) & set(layer)
+    sel = get_projcomp_model(model, ProjCompConfig(hidden_size=60, intermediate_size=92)).selection()
+    assert not set(dead_hidden) & set(sel.hidden.tolist())
+    for layer in sel.ffn:
+        assert not set(dead_ffn) & set(layer.tolist())
 
 
 def test_padded_dataset_equals_unpadded_batches():
@@ -121,13 +121,13 @@ def test_activation_importance_tokenises_text_given_the_tokenizer(tmp_path):
     assert expected.shape == (32, 512) and (expected[:, 0] == tokenizer.bos_token_id).all()
     config = ProjCompConfig(hidden_size=48, intermediate_size=64, importance="activation")
     reference = get_projcomp_model(model, config, calibration_data=[expected[i : i + 8] for i in range(0, 32, 8)],
-                                   progress=False).projcomp_config
+                                   progress=False).selection()
     for data in (texts, datasets.Dataset.from_dict({"text": texts})):
         batches = calibration_batches(data, tokenizer=tokenizer)
         assert torch.equal(torch.cat([b["input_ids"] for b in batches]), expected)
         got = get_projcomp_model(model_for("llama", tokenizer), config, calibration_data=data, tokenizer=tokenizer,
-                                 progress=False).projcomp_config
-        assert (got.hidden_indices, got.intermediate_indices) == (reference.hidden_indices, reference.intermediate_indices)
+                                 progress=False).selection()
+        assert torch.equal(got.hidden, reference.hidden) and all(map(torch.equal, got.ffn, reference.ffn))
     from_file = calibration_batches(str(tmp_path / "calibration.txt"), tokenizer=tokenizer, num_sequences=4)
     assert torch.cat([b["input_ids"] for b in from_file]).shape == (4, 512)
 

@@ -37,12 +37,12 @@ def test_init_equals_hard_pruned(model_type, input_ids, importance):
     model = tiny_model(model_type)
     calib = [torch.randint(3, TINY["vocab_size"], (2, 16)) for _ in range(2)] if importance == "activation" else None
     pc = get_projcomp_model(model, ProjCompConfig(**TARGET, importance=importance), calibration_data=calib, progress=False)
-    cfg = pc.projcomp_config
-    pruned = hard_prune(model, cfg.hidden_indices, cfg.intermediate_indices)
+    sel = pc.selection()
+    pruned = hard_prune(model, sel.hidden, sel.ffn)
     with torch.no_grad():
         diff = (pc(input_ids=input_ids).logits - pruned(input_ids=input_ids).logits).abs().max().item()
     assert diff <= 1e-5, f"{model_type}: max abs diff {diff}"
-    assert len(cfg.hidden_indices) == 48 and all(len(idx) == 64 for idx in cfg.intermediate_indices)
+    assert len(sel.hidden) == 48 and all(len(idx) == 64 for idx in sel.ffn)
 
 
 def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path):
@@ -53,7 +53,7 @@ def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path)
     with torch.no_grad():
         projected = pc(input_ids=input_ids).logits
         vanilla = merged(input_ids=input_ids).logits
-        untrained = hard_prune(model, pc.projcomp_config.hidden_indices, pc.projcomp_config.intermediate_indices)
+        untrained = hard_prune(model, pc.selection().hidden, pc.selection().ffn)
         assert (untrained(input_ids=input_ids).logits - projected).abs().max() > 1e-3, "perturbation had no effect"
     rel = ((projected - vanilla).abs().max() / vanilla.abs().max()).item()
     assert rel <= 1e-4, f"{model_type}: relative diff {rel}"
@@ -103,13 +103,15 @@ def test_adapter_round_trip_is_bit_exact(model_type, input_ids, tmp_path):
     pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**TARGET))
     perturb_trainable(pc)
     pc.save_pretrained(tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
     with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
-    assert keys and all(k.startswith("projections.") or "norm" in k for k in keys), "base weights leaked into adapter"
+    assert keys and all(k.startswith(("base_model.projections.", "base_model.selection_")) or "norm" in k
+                        for k in keys), "base weights leaked into adapter"
 
     reloaded = ProjCompModel.from_pretrained(tiny_model(model_type), tmp_path / "adapter")
-    assert reloaded.projcomp_config == pc.projcomp_config
+    assert reloaded.projcomp_config.to_dict() == {**pc.projcomp_config.to_dict(), "inference_mode": False}
     original, restored = pc.adapter_state_dict(), reloaded.adapter_state_dict()
     assert original.keys() == restored.keys()
     for name in original:
@@ -122,8 +124,8 @@ def test_gradients_reach_only_projections_and_norms(model_type, input_ids):
     pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**TARGET))
     pc.train()
     pc(input_ids=input_ids, labels=input_ids).loss.backward()
-    assert all(p.grad is None for p in pc.base_model.parameters())
-    adapter = pc.adapter_state_dict()
+    assert all(p.grad is None for p in pc.source_model.parameters())
+    adapter = {n: p for n, p in pc.adapter_state_dict().items() if p.is_floating_point()}
     assert all(p.grad is not None for p in adapter.values())
     # At init the A's already receive the full dL/dW_c.
     assert any(p.grad.abs().sum() > 0 for n, p in adapter.items() if n.endswith(".a"))
@@ -132,8 +134,8 @@ def test_gradients_reach_only_projections_and_norms(model_type, input_ids):
 
 def test_base_dtype_bfloat16_keeps_projections_fp32(input_ids):
     pc = get_projcomp_model(tiny_model("llama"), ProjCompConfig(**TARGET, base_dtype="bfloat16"))
-    assert all(p.dtype == torch.bfloat16 for p in pc.base_model.parameters())
-    assert all(p.dtype == torch.float32 for p in pc.adapter_state_dict().values())
+    assert all(p.dtype == torch.bfloat16 for p in pc.source_model.parameters())
+    assert all(p.dtype == torch.float32 for p in pc.trainable_parameters())
     pc(input_ids=input_ids, labels=input_ids).loss.backward()
     assert pc.merge_and_unload().dtype == torch.float32
 
@@ -181,13 +183,15 @@ def test_projections_live_on_the_base_device_and_the_base_is_not_copied():
     """Built on the meta device (the CPU-only stand-in for an accelerator), every P, A and target weight
     is created there; the base model's parameters stay the very same objects."""
     source = tiny_model("llama")
-    recorded = get_projcomp_model(source, ProjCompConfig(**TARGET), progress=False).projcomp_config
+    built = get_projcomp_model(source, ProjCompConfig(**TARGET), progress=False)
+    recorded = built.projcomp_config
+    recorded.__dict__["_selection"] = built.selection()  # what get_projcomp_model hands the tuner
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(source.config)
     before = {name: p for name, p in base.named_parameters()}
     pc = ProjCompModel(base, recorded)
     assert {p.device.type for p in pc.parameters()} == {"meta"} and {b.device.type for b in pc.buffers()} == {"meta"}
-    assert pc.base_model is base and all(p is before[n] for n, p in base.named_parameters())
+    assert pc.source_model is base and all(p is before[n] for n, p in base.named_parameters())
     projections = list(pc.projections.values())
     assert all(t.device.type == "meta" for m in projections for t in (m.a, m.p_in, m.p_out) if t is not None)
 

@@ -68,7 +68,7 @@ def test_projection_learning_rate_and_no_decay_on_norms(tmp_path):
     pc = projected()
     trainer = ProjCompTrainer(model=pc, args=training_args(tmp_path, weight_decay=0.1), train_dataset=tiny_data(),
                               projection_learning_rate=5e-3)
-    projections, corrections, norms = trainer.create_optimizer().param_groups
+    corrections, projections, norms = trainer.create_optimizer().param_groups
     assert projections["lr"] == 5e-3 and projections["weight_decay"] == 0.1
     assert corrections["lr"] == 1e-3 and corrections["weight_decay"] == 0.1
     assert norms["lr"] == 1e-3 and norms["weight_decay"] == 0.0
@@ -78,7 +78,7 @@ def test_projection_learning_rate_and_no_decay_on_norms(tmp_path):
     assert len(projections["params"]) + len(corrections["params"]) == len(names)
     assert len(norms["params"]) > 0 and all(p.dim() == 1 for p in norms["params"])
     default = ProjCompTrainer(model=pc, args=training_args(tmp_path, weight_decay=0.1), train_dataset=tiny_data())
-    assert default.create_optimizer().param_groups[0]["lr"] == pytest.approx(1e-3 * DEFAULT_PROJECTION_LR_RATIO)
+    assert default.create_optimizer().param_groups[1]["lr"] == pytest.approx(1e-3 * DEFAULT_PROJECTION_LR_RATIO)
 
 
 def test_two_processes_equal_each_other_and_one_process(tmp_path):
@@ -97,11 +97,12 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     uninterrupted = train_tiny.main([str(tmp_path / "full"), "--steps", "4", "--save-steps", "2"]).state_dict()
     checkpoint = tmp_path / "full" / "checkpoint-2"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt",
-        "trainer_state.json", "training_args.bin",
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
+        "scheduler.pt", "trainer_state.json", "training_args.bin",
     ]
     # Adapter only: no base weights in the checkpoint.
     assert set(load_file(checkpoint / "adapter_model.safetensors")) == set(uninterrupted)
+    assert all(k.startswith("base_model.") for k in uninterrupted)
     resumed = train_tiny.main([str(tmp_path / "resumed"), "--steps", "4", "--resume", str(checkpoint)]).state_dict()
     assert max_diff(uninterrupted, resumed) == 0.0
 
@@ -117,18 +118,20 @@ def test_resume_rejects_other_selections(tmp_path):
 def test_plain_trainer_checkpoints_hold_the_adapter_only(tmp_path):
     pc = projected("gemma3_text")  # tied: a full state dict would share storage and fail to save
     Trainer(model=pc, args=training_args(tmp_path, save_strategy="steps", save_steps=2), train_dataset=tiny_data()).train()
-    saved = load_file(next(tmp_path.glob("checkpoint-2")) / "model.safetensors")
-    assert set(saved) == set(pc.adapter_state_dict())
+    checkpoint = next(tmp_path.glob("checkpoint-2"))
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    assert set(saved) == {f"base_model.{k}" for k in pc.adapter_state_dict()}
+    assert (checkpoint / "adapter_config.json").is_file()  # reloadable: PEFT saved it
 
 
 def test_bf16_base_weights_train(tmp_path):
     pc = projected(base_dtype="bfloat16")
-    assert pc.base_model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert pc.source_model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     before = {k: v.clone() for k, v in pc.state_dict().items()}
     trainer = ProjCompTrainer(model=pc, args=training_args(tmp_path, max_steps=2), train_dataset=tiny_data())
     trainer.train()
     assert all(torch.isfinite(torch.tensor(log["loss"])) for log in trainer.state.log_history if "loss" in log)
-    assert all(v.dtype == torch.float32 for v in pc.state_dict().values())
+    assert all(v.dtype == torch.float32 for v in pc.trainable_parameters())  # indices are saved as int64
     assert max_diff(pc.state_dict(), before) > 0
 
 
@@ -151,7 +154,7 @@ def test_distillation_loss_is_the_documented_mix(tmp_path):
     loss = trainer.compute_loss(pc, dict(batch))
     with torch.no_grad():
         student = pc(**batch).logits[:, :-1] / 2
-        teacher = pc.base_model(input_ids=batch["input_ids"]).logits[:, :-1] / 2
+        teacher = pc.source_model(input_ids=batch["input_ids"]).logits[:, :-1] / 2
     kl = (teacher.softmax(-1) * (teacher.log_softmax(-1) - student.log_softmax(-1))).sum(-1).mean()
     assert torch.allclose(loss, 4 * kl, rtol=1e-5)
     assert trainer.teacher_seconds > 0
@@ -165,17 +168,17 @@ def test_teacher_on_a_pruned_vocabulary_is_the_base_restricted_to_kept_tokens():
     model = model_for("gemma3_text", tokenizer)
     config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
     pc = get_projcomp_model(model, config, calibration_data=TRAIN * 4, tokenizer=tokenizer, progress=False)
-    kept = torch.tensor(pc.projcomp_config.vocab_indices)
+    kept = pc.selection().vocab
     new_ids = pc.tokenizer(HELD_OUT[0], return_tensors="pt").input_ids
     with torch.no_grad():
         expected = model(input_ids=kept[new_ids]).logits[..., kept]
-    assert torch.allclose(Teacher(model, pc.projcomp_config.vocab_indices).logits(new_ids), expected, atol=1e-5)
+    assert torch.allclose(Teacher(model, kept.tolist()).logits(new_ids), expected, atol=1e-5)
     kl, positions = distillation_kl(expected, expected, new_ids)
     assert positions == new_ids.shape[1] - 1 and abs(kl.item()) < 1e-4
 
 
 def test_trainer_rejects_bad_arguments(tmp_path):
-    with pytest.raises(TypeError, match="model must be a ProjCompModel"):
+    with pytest.raises(TypeError, match="model must be a projected-compression model"):
         ProjCompTrainer(model=tiny_model("llama"), args=training_args(tmp_path))
     with pytest.raises(ValueError, match="distill_alpha must lie in"):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), distill_alpha=1.5)

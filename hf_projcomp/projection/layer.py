@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -85,6 +86,14 @@ class _ProjectedWeight(torch.autograd.Function):
         return None, grad_in, grad_out, grad if need_a else None, None
 
 
+def _without_autocast(device: torch.device) -> AbstractContextManager:
+    # W_c is a weight, not an activation: under a mixed-precision forward (Trainer's bf16=True, TRL's
+    # default) the product still runs in P's and A's float32; the layers cast W_c when they use it.
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
+
+
 def one_hot_columns(base: int, index: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """(base × k) selection matrix S with ``x @ S == x[..., index]``."""
     p = torch.zeros(base, len(index), device=device)
@@ -115,7 +124,7 @@ class Projection(nn.Module):
         self._base = (base_module,)  # a tuple hides it from nn.Module registration
         self.scale = scale
         device = base_module.weight.device  # P, A and indices live beside the weight they project
-        self.register_buffer("row_index", None if row_index is None else row_index.to(device), persistent=False)
+        self.register_buffer("row_index", None if row_index is None else row_index.to(device))
         out_base, in_base = base_module.weight.shape
         if row_index is not None:
             out_base = len(row_index)
@@ -149,23 +158,27 @@ class Projection(nn.Module):
         weight = self.base_weight
         if self.row_index is not None:
             weight = weight.index_select(0, self.row_index)
-        return project_weight(weight, params.get("p_in"), params.get("p_out"), params["a"], self.scale)
+        with _without_autocast(weight.device):
+            return project_weight(weight, params.get("p_in"), params.get("p_out"), params["a"], self.scale)
 
     def forward(self) -> torch.Tensor:
         return self._project(self._trainable())
 
-    def forward_with_vjp(self) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+    def forward_with_vjp(
+        self, reusable: bool = False
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
         """``W_c`` outside autograd, and a function mapping ∂L/∂W_c to ∂L/∂{P_in, P_out, A}.
 
         The product's graph (one float32 intermediate, see :func:`project_weight`) is kept until the
-        function is called, so pushing a step's gradient needs no recomputation of ``W_c``.
+        function is called (every time it is called if ``reusable``), so pushing a gradient needs no
+        recomputation of ``W_c``.
         """
         leaves = {name: p.detach().requires_grad_(True) for name, p in self._trainable().items()}
         with torch.enable_grad():
             weight = self._project(leaves)
 
         def vjp(grad: torch.Tensor) -> dict[str, torch.Tensor]:
-            return dict(zip(leaves, torch.autograd.grad(weight, list(leaves.values()), grad)))
+            return dict(zip(leaves, torch.autograd.grad(weight, list(leaves.values()), grad, retain_graph=reusable)))
 
         return weight.detach(), vjp
 

@@ -1,10 +1,16 @@
-"""``ProjCompModel``: a frozen base model plus trainable projections, running at the compressed width.
+"""``ProjCompModel``: projected compression as a PEFT tuner (what ``LoraModel`` is to LoRA).
 
+A frozen base model (``source_model``) plus trainable projections, running at the compressed width.
 The compressed network is an ordinary transformers model of the base class built from the smaller
-config (``self.target``). Its d_model norms (and q/k norms) are its own trainable parameters; every
-other shrinking weight is supplied at call time as ``W_c = P_out · W · P_in + A`` through
-``torch.func.functional_call``, so the forward pass is exactly the vanilla model's and
-``merge_and_unload`` only has to write each ``W_c`` once.
+config (``model``: what ``PeftModel.get_base_model()`` returns, the network that runs). Its d_model
+norms (and q/k norms) are its own trainable parameters; every other shrinking weight is supplied at
+call time as ``W_c = P_out · W · P_in + A`` through ``torch.func.functional_call``, so the forward
+pass is exactly the vanilla model's and ``merge_and_unload`` only has to write each ``W_c`` once.
+
+PEFT wraps it: ``peft.get_peft_model(model, ProjCompConfig(...))`` and
+:func:`hf_projcomp.get_projcomp_model` both return a ``PeftModelForCausalLM`` whose ``base_model`` is
+this tuner. The selected indices are buffers, saved with P, A and the norms in
+``adapter_model.safetensors``.
 """
 
 from __future__ import annotations
@@ -16,20 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..architectures import VOCAB, get_arch_spec
-from ..config import WEIGHTS_NAME, ProjCompConfig
+from ..config import LEGACY_FIELDS, PEFT_TYPE, ProjCompConfig
+from ..distributed import on_rank0_then_broadcast
 from ..export import CompressionSummary, save_compressed
 from ..hard_pruning import pruned_tensors
-from ..io import atomic_directory
+from ..loading import hub_id_of
+from ..peft_integration import register
 from ..plan import Selection, build_plan
-from ..target import build_target_model, cast_parameters
-from ..vocab.files import SIDE_FILES, save_tokenizer
+from ..target import build_target_model, instantiate
 from .layer import Projection
 
 
@@ -38,36 +44,76 @@ def _key(param_name: str) -> str:
     return param_name.removesuffix(".weight").replace(".", "-")
 
 
+def _checkpointing(model: PreTrainedModel) -> bool:
+    # Later transformers 5 releases renamed is_gradient_checkpointing (deprecated) is_activation_checkpointing.
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, flag))
+
+
 def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower()
 
 
 class ProjCompModel(nn.Module):
-    """Projected-compression wrapper; build it with :func:`get_projcomp_model` or :meth:`from_pretrained`.
+    """The projected-compression tuner; users get it inside a ``PeftModel`` from
+    :func:`~hf_projcomp.get_projcomp_model`, ``peft.get_peft_model`` or :meth:`from_pretrained`.
 
-    Trainable: every P_in/P_out/A (``projections``) and the target model's norms. Frozen: the whole
-    base model. Call it like the base model (``input_ids``, ``labels``, ...).
+    Trainable: every P_in/P_out/A (``projections``) and the compressed model's norms. Frozen: the whole
+    base model. Called like the base model (``input_ids``, ``labels``, ...). Attributes it lacks are
+    read from the compressed model (``generation_config``, ``gradient_checkpointing_enable``...), as
+    PEFT's tuners do with theirs.
+
+    Args:
+        model: the base model (frozen in place).
+        peft_config: a :class:`ProjCompConfig`, or PEFT's ``{adapter_name: config}``.
+        adapter_name: PEFT's adapter name (one adapter per model).
     """
 
-    def __init__(self, model: PreTrainedModel, config: ProjCompConfig, tokenizer: Any = None) -> None:
+    prefix = "projections"  # PEFT_TYPE_TO_PREFIX_MAPPING: where the adapter's tensors live
+    # Read by peft.inject_adapter_in_model before it builds the tuner; building then refuses with the
+    # loaders to use instead (see __init__).
+    uses_shared_state = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        peft_config: ProjCompConfig | dict[str, ProjCompConfig],
+        adapter_name: str = "default",
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
-        if config.hidden_indices is None or config.intermediate_indices is None:
-            raise ValueError("config has no recorded selections; build the model with get_projcomp_model()")
-        check_base_matches(model.config, config)
+        if not isinstance(peft_config, dict) and "_selection" not in peft_config.__dict__:
+            # PEFT's inject_adapter_in_model (transformers' load_adapter, AutoModelForCausalLM.from_pretrained
+            # on an adapter folder) passes a bare config and expects the model changed in place.
+            raise ValueError(
+                "a projected-compression adapter runs a smaller model and cannot be injected into the base "
+                "model in place: load it with peft.AutoPeftModelForCausalLM.from_pretrained(adapter) or "
+                "peft.PeftModel.from_pretrained(base, adapter) (then merge_and_unload() for the small vanilla "
+                "model), or build one with hf_projcomp.get_projcomp_model"
+            )
+        configs = peft_config if isinstance(peft_config, dict) else {adapter_name: peft_config}
+        if len(configs) != 1 or adapter_name not in configs:
+            raise ValueError("projected compression holds exactly one adapter per model")
+        config = configs[adapter_name]
+        if not isinstance(config, ProjCompConfig):
+            raise TypeError(f"peft_config must be a ProjCompConfig, got {type(config).__name__}")
         spec = get_arch_spec(model.config)
+        selection = _resolve_selection(model, config)
+        check_base_matches(model.config, config)
+        _record_base(config)
+        self.peft_config = configs
+        self.active_adapter = adapter_name
         # What merge_and_unload returns: the base's own precision, not base_dtype's memory saving.
         self.output_dtype = model.dtype
         model.requires_grad_(False)
         if config.base_dtype is not None:
             model.to(getattr(torch, config.base_dtype))
-        self.base_model = model
-        self.projcomp_config = config
-        if config.vocab_indices is not None and tokenizer is None:
-            raise ValueError("this adapter prunes the vocabulary: pass the pruned tokenizer it was built with")
-        # The pruned tokenizer when the vocabulary shrinks (importance="compact"), else None.
-        self.tokenizer = tokenizer
+        self.source_model = model
 
-        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices, config.vocab_indices)
+        device = next(model.parameters()).device
+        self.register_buffer("selection_hidden", selection.hidden.to(device, copy=True))
+        self.register_buffer("selection_ffn", torch.stack(selection.ffn).to(device))
+        self.register_buffer("selection_vocab", None if selection.vocab is None else selection.vocab.to(device, copy=True))
         self.plan = build_plan(model, spec, selection.hidden_size)
         self.projections = nn.ModuleDict()
         for entry in self.plan.weights:
@@ -84,25 +130,59 @@ class ProjCompModel(nn.Module):
         with torch.no_grad():
             # Starts as the hard-pruned model; the planned weights there are only placeholders. It
             # trains in float32 whatever the base holds, like P and A.
-            self.target = build_target_model(
+            self.model = build_target_model(
                 model, selection, pruned_tensors(model, self.plan, selection), dtype=torch.float32
             )
+        self.model.name_or_path = getattr(model, "name_or_path", "")
         self._projected_names = [entry.name for entry in self.plan.weights]
-        target_params = dict(self.target.named_parameters(remove_duplicate=False))
+        target_params = dict(self.model.named_parameters(remove_duplicate=False))
         self._target_params = {name: target_params[name] for name in self._projected_names}
         self._amortized = False
+        self._push_after_backward = False
         self._step_vjps: list = []
-        self.target.requires_grad_(False)
-        for module in self.target.modules():
+        for param in {id(p): p for p in self._target_params.values()}.values():
+            param.register_post_accumulate_grad_hook(self._pushed_after_backward)
+        self.model.requires_grad_(False)
+        for module in self.model.modules():
             if _is_norm(module):
                 module.requires_grad_(True)
-        self.target.train(model.training)
+        self.model.train(model.training)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("model", "source_model", "_modules"):
+                raise
+            return getattr(self.model, name)
+
+    @property
+    def target(self) -> PreTrainedModel:
+        """The compressed model (``self.model``)."""
+        return self.model
+
+    @property
+    def projcomp_config(self) -> ProjCompConfig:
+        return self.peft_config[self.active_adapter]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The pruned tokenizer when the vocabulary shrinks (importance="compact"), else None."""
+        return self.projcomp_config.__dict__.get("_tokenizer")
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    def selection(self) -> Selection:
+        """The kept indices (as saved with the adapter)."""
+        return Selection(self.selection_hidden, tuple(self.selection_ffn), self.selection_vocab)
 
     # -- forward ---------------------------------------------------------------------------------
     @property
     def config(self) -> PretrainedConfig:
         """The compressed model's config (what transformers tooling reads)."""
-        return self.target.config
+        return self.model.config
 
     def projected_weights(self) -> dict[str, torch.Tensor]:
         """Every ``W_c`` by its parameter name in the target model (with autograd unless disabled)."""
@@ -120,9 +200,27 @@ class ProjCompModel(nn.Module):
         if self._amortized:
             if not self._step_vjps:
                 self.materialize()
-            return self.target(**kwargs)
+            return self.model(**kwargs)
+        if _checkpointing(self.model) and self.training and torch.is_grad_enabled():
+            # Checkpointed layers recompute in backward, after functional_call would have put the placeholders
+            # back. So W_c goes into the weights themselves, as in the amortised step, and every backward
+            # sends its ∂L/∂W_c straight on into P and A (_push_after_backward): per micro-batch, as autograd
+            # through the products would.
+            self.materialize(push_after_backward=True)
+            return self.model(**kwargs)
         # Tied head and embedding share one projected tensor: functional_call writes it to both.
-        return functional_call(self.target, self.projected_weights(), (), kwargs, tie_weights=True, strict=False)
+        return functional_call(self.model, self.projected_weights(), (), kwargs, tie_weights=True, strict=False)
+
+    @torch.no_grad()
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The compressed model's ``generate``, with every ``W_c`` computed once for the whole call."""
+        if self._amortized:
+            if not self._step_vjps:
+                self.materialize()
+            return self.model.generate(*args, **kwargs)
+        for name, weight in self.projected_weights().items():  # the placeholders take this call's W_c
+            self._target_params[name].copy_(weight)
+        return self.model.generate(*args, **kwargs)
 
     # -- amortised optimizer step ------------------------------------------------------------------
     def set_amortized(self, enabled: bool = True) -> None:
@@ -133,21 +231,43 @@ class ProjCompModel(nn.Module):
         :meth:`push_gradients` then moves them into P and A once. :class:`ProjCompTrainer` drives it.
         """
         self._amortized = enabled
+        self._push_after_backward = False
         self._step_vjps = []
         for name in self._projected_names:
             param = self._target_params[name]
             param.requires_grad_(enabled)
             param.grad = None
 
-    def materialize(self) -> None:
-        """Compute every ``W_c`` once into the target's weights, keeping each product's VJP."""
+    def materialize(self, push_after_backward: bool = False) -> None:
+        """Compute every ``W_c`` once into the target's weights, keeping each product's VJP.
+
+        ``push_after_backward``: the gradient-checkpointing path outside the amortised step, where each
+        backward's ∂L/∂W_c goes on into P and A as soon as it has accumulated (see :meth:`forward`).
+        """
         self._step_vjps = []
+        self._push_after_backward = push_after_backward
         for name, proj in zip(self._projected_names, self.projections.values()):
-            weight, vjp = proj.forward_with_vjp()
+            # Reentrant checkpointing runs one backward per checkpointed layer: the VJP is then used again.
+            weight, vjp = proj.forward_with_vjp(reusable=push_after_backward)
             param = self._target_params[name]
             with torch.no_grad():
                 param.copy_(weight)
+            if push_after_backward:
+                param.requires_grad_(True)
             self._step_vjps.append((proj, param, vjp))
+
+    def _pushed_after_backward(self, param: torch.Tensor) -> None:
+        # A post-accumulate-grad hook on every placeholder; acts only on the checkpointing path.
+        if not self._push_after_backward or param.grad is None:
+            return
+        for proj, materialized, vjp in self._step_vjps:
+            if materialized is param:
+                proj.accumulate_grad(vjp(param.grad))
+        param.grad = None
+
+    def forget_materialized(self) -> None:
+        """Drop ``W_c`` materialised from P and A that have changed since (a checkpoint was loaded)."""
+        self._step_vjps = []
 
     def push_gradients(self) -> None:
         """Send the accumulated ∂L/∂W_c through the products into P and A (once per optimizer step);
@@ -160,8 +280,12 @@ class ProjCompModel(nn.Module):
 
     # -- parameters ------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """What an adapter checkpoint holds: P, A and the target's norms (never base weights)."""
-        return {name: p for name, p in self._adapter_parameters()}
+        """What an adapter checkpoint holds: P, A, the compressed model's norms and the selected indices
+        (never base weights)."""
+        out: dict[str, torch.Tensor] = {name: p for name, p in self._adapter_parameters()}
+        out.update((f"projections.{n}", b) for n, b in self.projections.named_buffers())
+        out.update((n, b) for n, b in self.named_buffers(recurse=False) if b is not None)
+        return out
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates: every P, A and norm weight."""
@@ -169,15 +293,15 @@ class ProjCompModel(nn.Module):
 
     def _adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         yield from (("projections." + n, p) for n, p in self.projections.named_parameters())
-        for name, module in self.target.named_modules():
+        for name, module in self.model.named_modules():
             if _is_norm(module):
-                yield from ((f"target.{name}.{n}", p) for n, p in module.named_parameters())
+                yield from ((f"model.{name}.{n}", p) for n, p in module.named_parameters())
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable, all) parameter counts; ``all`` = base + adapter, as PEFT reports it."""
         adapter = sum(p.numel() for _, p in self._adapter_parameters())
         trainable = sum(p.numel() for _, p in self._adapter_parameters() if p.requires_grad)
-        base = sum(p.numel() for p in self.base_model.parameters())
+        base = sum(p.numel() for p in self.source_model.parameters())
         return trainable, base + adapter
 
     def print_trainable_parameters(self) -> None:
@@ -189,14 +313,12 @@ class ProjCompModel(nn.Module):
     def merge_and_unload(self, dtype: torch.dtype | None = None) -> PreTrainedModel:
         """Compute every ``W_c`` once and return a vanilla model of the base class with the smaller config,
         in ``dtype`` (default: the dtype the base model had when it was wrapped)."""
-        merged = copy.deepcopy(self.target)
-        params = dict(merged.named_parameters(remove_duplicate=False))
-        for name, weight in self.projected_weights().items():
-            params[name].copy_(weight)
-        cast_parameters(merged, dtype or self.output_dtype)
-        merged.requires_grad_(True)
-        merged.eval()
-        return merged
+        state = {**self.model.state_dict(), **self.projected_weights()}
+        device = next(self.model.parameters()).device
+        merged = instantiate(type(self.model), copy.deepcopy(self.model.config), state, dtype or self.output_dtype, device)
+        merged.generation_config = copy.deepcopy(self.model.generation_config)
+        merged.name_or_path = self.model.name_or_path
+        return merged.requires_grad_(True)
 
     def card_settings(self) -> dict[str, Any]:
         """The configuration a model card reports (targets and importance, not the indices)."""
@@ -222,7 +344,7 @@ class ProjCompModel(nn.Module):
         fields = {"base_model": config.base_model_name_or_path, "settings": self.card_settings(),
                   "training_data": config.training_data, "training_tokens": config.training_tokens, **kwargs}
         return CompressionSummary.from_configs(
-            "projected-compression", self.base_model.config, merged.config, self.base_model.num_parameters(),
+            "projected-compression", self.source_model.config, merged.config, self.source_model.num_parameters(),
             merged.num_parameters(), **fields,
         )
 
@@ -254,27 +376,120 @@ class ProjCompModel(nn.Module):
         self._step_vjps = []  # W_c materialised from the old values are stale
         return _IncompatibleKeys(missing, unexpected)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (and the pruned tokenizer, if
-        any) into ``save_directory``, atomically (see :func:`hf_projcomp.io.atomic_directory`; into an
-        existing directory such as a Trainer checkpoint the config moves in last)."""
-        with atomic_directory(save_directory, merge=True, owned=SIDE_FILES) as tmp:
-            if self.tokenizer is not None:
-                save_tokenizer(self.tokenizer, tmp)
-            state = {k: v.contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-            self.projcomp_config.save_pretrained(tmp)
+    @classmethod
+    def from_pretrained(
+        cls, model: PreTrainedModel, adapter: str | os.PathLike, is_trainable: bool = True, **kwargs: Any
+    ) -> Any:
+        """``PeftModel.from_pretrained(model, adapter, is_trainable=...)``: the adapter (a directory or a Hub
+        id) rebuilt on ``model``, the same base it was built on; trainable unless ``is_trainable=False``."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable, **kwargs)
+
+    # -- PEFT's hooks: which state-dict entries are the adapter's, and how checkpoint keys map back --
+    @classmethod
+    def _get_adapter_state_dict(cls, model: nn.Module, config: ProjCompConfig, adapter_name: str,
+                                state_dict: dict[str, torch.Tensor], unwanted_adapter_names: list[str]) -> dict:
+        # This tuner's state_dict() is its adapter already (base weights never enter it).
+        return {k: v for k, v in state_dict.items() if k.startswith("base_model.")}
 
     @classmethod
-    def from_pretrained(cls, model: PreTrainedModel, adapter_path: str | os.PathLike) -> ProjCompModel:
-        """Rebuild the projected model saved in ``adapter_path`` on top of ``model`` (the same base)."""
-        config = ProjCompConfig.from_pretrained(adapter_path)
-        tokenizer = None
-        if config.vocab_indices is not None:
-            tokenizer = AutoTokenizer.from_pretrained(adapter_path)
-        pc = cls(model, config, tokenizer)
-        pc.load_state_dict(load_file(os.path.join(adapter_path, WEIGHTS_NAME)))
-        return pc
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        return key  # one adapter per model: keys carry no adapter name
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: ProjCompConfig, adapter_name: str,
+                                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {_current_key(k): v for k, v in state_dict.items()}
+
+
+def unwrap(model: nn.Module) -> ProjCompModel:
+    """The :class:`ProjCompModel` inside a ``PeftModel`` (and DDP / accelerate wrappers), or ``TypeError``."""
+    from peft import PeftModel
+
+    inner = model
+    while not isinstance(inner, ProjCompModel):
+        if isinstance(inner, PeftModel):
+            inner = inner.base_model
+        elif isinstance(getattr(inner, "module", None), nn.Module):
+            inner = inner.module
+        else:
+            raise TypeError(
+                "model must be a projected-compression model (hf_projcomp.get_projcomp_model, or "
+                f"peft.get_peft_model with a ProjCompConfig), got {type(model).__name__}"
+            )
+    return inner
+
+
+def _current_key(key: str) -> str:
+    """A checkpoint key as this version names it (adapters before 0.2 saved ``projections.*`` and
+    ``target.*`` without PEFT's ``base_model.`` prefix)."""
+    if key.startswith("target."):
+        return "base_model.model." + key.removeprefix("target.")
+    if key.startswith("projections."):
+        return "base_model." + key
+    return key
+
+
+def _resolve_selection(model: PreTrainedModel, config: ProjCompConfig) -> Selection:
+    """The selection an adapter is built with, and the pruned tokenizer attached to its config:
+
+    * given by :func:`~hf_projcomp.get_projcomp_model` (computed there, with its arguments);
+    * recorded in a legacy ``adapter_config.json`` (lists of indices);
+    * coming with the adapter's weights (a config read by :meth:`ProjCompConfig.from_pretrained`): a
+      placeholder of the recorded sizes, overwritten when PEFT loads the weights;
+    * otherwise computed here from the config alone (``peft.get_peft_model``, TRL's ``peft_config``).
+    """
+    given = config.__dict__.pop("_selection", None)
+    if given is not None:
+        return given
+    if config.hidden_indices is not None:
+        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices, config.vocab_indices)
+        for name in LEGACY_FIELDS:  # saved again, the adapter takes the current format
+            setattr(config, name, None)
+        _attach_saved_tokenizer(config, selection.vocab is not None)
+        return selection
+    if "_adapter_source" in config.__dict__:
+        if config.hidden_size is None or config.intermediate_size is None:
+            raise ValueError("this adapter_config.json records no sizes: it was not written by hf_projcomp")
+        layers = config.num_hidden_layers or model.config.num_hidden_layers
+        vocab = None if config.vocab_size is None else torch.arange(config.vocab_size)
+        _attach_saved_tokenizer(config, vocab is not None)
+        return Selection(torch.arange(config.hidden_size), (torch.arange(config.intermediate_size),) * layers, vocab)
+    from ..selection import select
+
+    recorded, selection, tokenizer = on_rank0_then_broadcast(lambda: select(model, config, None, None, progress=True))
+    for field in recorded.__dataclass_fields__:
+        setattr(config, field, getattr(recorded, field))
+    config.__dict__["_tokenizer"] = tokenizer
+    return selection
+
+
+def _record_base(config: ProjCompConfig) -> None:
+    """PEFT records the base as the path it was loaded from; a Hub id travels with the adapter instead
+    (a cache snapshot's repo, the demo's google/gemma-3-270m), the path only as the local hint, and a
+    snapshot's commit as PEFT's ``revision`` (what ``AutoPeftModelForCausalLM`` loads). A model loaded
+    by Hub id keeps the revision given in the config (transformers does not record the one it loaded)."""
+    name = config.base_model_name_or_path
+    if name and Path(name).expanduser().is_dir():
+        local = Path(name).expanduser().resolve()
+        config.base_model_local_path = os.fspath(local)
+        config.base_model_name_or_path = hub_id_of(local) or os.fspath(local)
+        if config.revision is None and hub_id_of(local) and local.parent.name == "snapshots":
+            config.revision = local.name
+
+
+def _attach_saved_tokenizer(config: ProjCompConfig, prunes_vocabulary: bool) -> None:
+    """A vocabulary-pruning adapter's tokenizer, read from where its config was read."""
+    if not prunes_vocabulary or config.__dict__.get("_tokenizer") is not None:
+        return
+    source = config.__dict__.get("_adapter_source")
+    if source is None:
+        raise ValueError("this adapter prunes the vocabulary: load it with ProjCompConfig.from_pretrained or "
+                         "PeftModel.from_pretrained, so its tokenizer is read with it")
+    path, subfolder, kwargs = source
+    options = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+    config.__dict__["_tokenizer"] = AutoTokenizer.from_pretrained(path, subfolder=subfolder or "", **options)
 
 
 def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) -> None:
@@ -291,3 +506,6 @@ def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) ->
     if diff:
         detail = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"the adapter was built for a base model with different shapes ({detail})")
+
+
+register(ProjCompConfig, ProjCompModel, PEFT_TYPE)

@@ -1,6 +1,6 @@
 """Training projections with ``transformers.Trainer``: the amortised step and distillation."""
 
 from .distill import DistillationMixin, Teacher, distillation_kl
-from .trainer import ProjCompTrainer
+from .trainer import ProjCompTrainer, ProjCompTrainerMixin
 
-__all__ = ["DistillationMixin", "ProjCompTrainer", "Teacher", "distillation_kl"]
+__all__ = ["DistillationMixin", "ProjCompTrainer", "ProjCompTrainerMixin", "Teacher", "distillation_kl"]
