@@ -29,6 +29,41 @@ class LinearSpec:
 
 
 @dataclass(frozen=True)
+class GGUFSpec:
+    """How llama.cpp names and lays out a family (what its ``convert_hf_to_gguf.py`` does for it).
+
+    ``rope_permute``: linears whose output rows llama.cpp wants interleaved for its "normal" rotary
+    (HF keeps rotate-half order), with the config field giving their head count. ``sliding_window``:
+    the family's llama.cpp graph reads ``attention.sliding_window`` and the per-layer pattern.
+    ``requires``: (config field, field it must equal, why) for facts llama.cpp hard-codes.
+    ``square_attention``: llama.cpp's graph for ``arch`` sizes q/o as hidden × hidden, so a model whose
+    hidden_size shrank below heads × head_dim is written as ``fallback`` instead (the same network in
+    llama.cpp's general llama graph). ``splits``: fused linears written as separate ones, each part
+    (new path, rows) sized by "q" (heads × head_dim), "kv" (kv heads × head_dim) or "half".
+    """
+
+    arch: str  # gguf.MODEL_ARCH member name
+    rope_permute: tuple[tuple[str, str], ...] = ()
+    sliding_window: bool = False
+    requires: tuple[tuple[str, str, str], ...] = ()
+    square_attention: bool = False
+    fallback: GGUFSpec | None = None
+    splits: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+
+_ROPE_PERMUTE = (("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads"))
+_LLAMA_GGUF = GGUFSpec("LLAMA", rope_permute=_ROPE_PERMUTE)
+_PHI3_AS_LLAMA = GGUFSpec(
+    "LLAMA",
+    rope_permute=_ROPE_PERMUTE,
+    splits=(
+        ("self_attn.qkv_proj", (("self_attn.q_proj", "q"), ("self_attn.k_proj", "kv"), ("self_attn.v_proj", "kv"))),
+        ("mlp.gate_up_proj", (("mlp.gate_proj", "half"), ("mlp.up_proj", "half"))),
+    ),
+)
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """Facts about one ``model_type``, enough to project, prune and merge it."""
 
@@ -46,6 +81,7 @@ class ArchSpec:
     norm_offset: float = 0.0
     # Gemma multiplies embeddings by sqrt(hidden_size), so a smaller hidden changes the scale.
     scaled_embedding: bool = False
+    gguf: GGUFSpec | None = None
 
     def embedding_scale(self, hidden_size: int) -> float:
         return math.sqrt(hidden_size) if self.scaled_embedding else 1.0
@@ -65,12 +101,13 @@ _LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.model_type: spec
     for spec in (
-        ArchSpec("llama", _LLAMA_LINEARS, _LLAMA_NORMS),
-        ArchSpec("mistral", _LLAMA_LINEARS, _LLAMA_NORMS),
+        ArchSpec("llama", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=_LLAMA_GGUF),
+        ArchSpec("mistral", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=_LLAMA_GGUF),  # llama.cpp runs it as llama
         # q/k/v biases sit on the head side, which never shrinks: they are carried over unchanged.
-        ArchSpec("qwen2", _LLAMA_LINEARS, _LLAMA_NORMS),
+        ArchSpec("qwen2", _LLAMA_LINEARS, _LLAMA_NORMS,
+                 gguf=GGUFSpec("QWEN2", square_attention=True, fallback=_LLAMA_GGUF)),
         # q_norm/k_norm act on head_dim, which never shrinks: carried over whole (and trainable).
-        ArchSpec("qwen3", _LLAMA_LINEARS, _LLAMA_NORMS),
+        ArchSpec("qwen3", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec("QWEN3")),
         ArchSpec(
             "gemma3_text",
             _LLAMA_LINEARS,
@@ -82,6 +119,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ),
             norm_offset=1.0,
             scaled_embedding=True,
+            gguf=GGUFSpec(
+                "GEMMA3",
+                sliding_window=True,
+                requires=(("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)"),),
+            ),
         ),
         ArchSpec(
             "phi3",
@@ -92,6 +134,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                 LinearSpec("mlp.down_proj", HIDDEN, FFN),
             ),
             _LLAMA_NORMS,
+            # llama.cpp's phi3 graph ignores the sliding window too: its fallback is exact as far as the window.
+            gguf=GGUFSpec("PHI3", square_attention=True, fallback=_PHI3_AS_LLAMA),
         ),
     )
 }

@@ -188,6 +188,28 @@ def merge(args: argparse.Namespace) -> None:
           f"intermediate_size {merged.intermediate_size}, vocab_size {merged.vocab_size})")
 
 
+# -- export --------------------------------------------------------------------------------------
+def export(args: argparse.Namespace) -> None:
+    from .export.gguf import save_gguf
+    from .loading import load_model
+
+    start = time.perf_counter()
+    # float32 in: the outtype alone decides the stored precision.
+    model, tokenizer = load_model(args.model, dtype="float32")
+    out = save_gguf(model, tokenizer, args.gguf, args.outtype, pre_tokenizer=args.pre_tokenizer,
+                    overwrite=args.overwrite)
+    print(f"saved {out} ({out.stat().st_size / 2**20:,.1f} MiB, {args.outtype}, read back and verified) "
+          f"in {time.perf_counter() - start:.0f} s; run it with llama.cpp: llama-cli -m {out}")
+
+
+def _check_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    out = Path(args.gguf)
+    if out.exists() and not args.overwrite:
+        parser.error(f"{out} already exists; pass --overwrite to replace it")
+    if out.suffix != ".gguf":
+        parser.error(f"--gguf must name a .gguf file, got {out}")
+
+
 # -- eval ----------------------------------------------------------------------------------------
 def forward_seconds(model: Any, vocab_size: int, tokens: int = 256, repeats: int = 3) -> float:
     import torch
@@ -308,6 +330,18 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id")
     p.set_defaults(func=merge, check=_check_output)
+
+    p = parsers["export"] = sub.add_parser(
+        "export", help="model directory -> GGUF file for llama.cpp (verified by reading it back)", **common)
+    p.add_argument("model", type=_model, nargs="?", default=None,
+                   help="model directory or Hub id, e.g. projcomp compress's output (default: the demo Gemma-3-270M)")
+    p.add_argument("--gguf", required=True, help="the .gguf file to write")
+    p.add_argument("--outtype", default="f16", choices=("f32", "f16", "bf16", "q8_0"),
+                   help="precision of the weight matrices (norms and biases stay f32); default f16")
+    p.add_argument("--pre-tokenizer", default=None,
+                   help="llama.cpp's name of a byte-level pre-tokenizer hf_projcomp does not recognise")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=export, check=_check_export)
 
     p = parsers["eval"] = sub.add_parser(
         "eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common)

@@ -69,6 +69,25 @@ def atomic_directory(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; rename it to ``path`` when the block succeeds
+    (``FileExistsError`` first if ``path`` exists and not ``overwrite``), remove it otherwise."""
+    out = Path(path).resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o666 & ~_umask())  # mkstemp's file is private (0600)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _default_permissions(root: Path) -> None:
     """Files and folders as a plain ``open``/``mkdir`` would create them: writers that go through a
     private temporary file (safetensors weights come out 0600) must not publish unreadable files."""
@@ -103,4 +122,4 @@ def _publish(tmp: Path, out: Path, merge: bool, owned: Collection[str]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["atomic_directory", "looks_like_path", "make_temp_sibling"]
+__all__ = ["atomic_directory", "atomic_file", "looks_like_path", "make_temp_sibling"]

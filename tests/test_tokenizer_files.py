@@ -57,6 +57,7 @@ def test_pruned_sentencepiece_model_matches_the_pruned_tokenizer(gemma_style, tm
     assert processor.get_piece_size() == len(pruned)
     assert [processor.id_to_piece(i) for i in range(len(pruned))] == pruned.convert_ids_to_tokens(list(range(len(pruned))))
     assert [processor.encode(t) for t in TEXTS] == plain_ids(pruned)
+    assert [processor.decode(processor.encode(t)) for t in TEXTS] == TEXTS  # round-trips, bytes included
     assert all(processor.is_byte(pruned.convert_tokens_to_ids(f"<0x{b:02X}>")) for b in range(256))
     assert processor.is_control(pruned.bos_token_id) and processor.unk_id() == pruned.unk_token_id
     # transformers converting our file alone gives the same tokenizer

@@ -87,7 +87,7 @@ def byte_level_files(doc: BPEDocument) -> dict[str, bytes]:
     return {VOCAB_FILE: vocab.encode("utf-8"), MERGES_FILE: merges.encode("utf-8")}
 
 
-def _dummy_prefix(data: dict[str, Any]) -> bool | None:
+def dummy_prefix(data: dict[str, Any]) -> bool | None:
     """sentencepiece's ``add_dummy_prefix`` for the pipelines converted sentencepiece models use
     (None: a pipeline a sentencepiece model cannot express)."""
     normalizer, pre = data.get("normalizer"), data.get("pre_tokenizer")
@@ -121,7 +121,7 @@ def _missing_splits(doc: BPEDocument, merges: set[tuple[str, str]], added: set[s
 def sentencepiece_model(doc: BPEDocument, tokenizer: Any = None, texts: Iterable[str] = PROBE_TEXTS) -> bytes | None:
     """A serialised sentencepiece BPE model equivalent to a byte-fallback ``tokenizer.json``, or None
     when none is (see the module docstring); ``tokenizer`` supplies the special-token ids."""
-    add_dummy_prefix = _dummy_prefix(doc.data)
+    add_dummy_prefix = dummy_prefix(doc.data)
     if add_dummy_prefix is None or doc.kind != "byte_fallback":
         return None
     merges = set(doc.merges)
@@ -212,6 +212,6 @@ def side_file_mismatches(directory: str | os.PathLike, tokenizer: Any, texts: It
 
 
 __all__ = [
-    "PROBE_TEXTS", "SIDE_FILES", "byte_level_files", "save_tokenizer", "sentencepiece_model", "side_file_mismatches",
+    "PROBE_TEXTS", "SIDE_FILES", "byte_level_files", "dummy_prefix", "save_tokenizer", "sentencepiece_model", "side_file_mismatches",
     "side_files",
 ]

@@ -1,0 +1,293 @@
+"""GGUF export for llama.cpp (Ollama, LM Studio, llama-cpp-python), written with the ``gguf`` package.
+
+:func:`save_gguf` writes a model of any supported family and its (pruned) tokenizer as one GGUF
+file, doing what llama.cpp's ``convert_hf_to_gguf.py`` does for the family (the facts are the
+family's :class:`~hf_projcomp.architectures.GGUFSpec`): tensor names from ``gguf``'s own name map,
+q/k rows interleaved for llama's rotary, Gemma's ``(1 + w)`` norms stored as ``1 + w``, widths and
+head sizes written explicitly (after compression ``hidden_size / num_heads`` is no longer
+``head_dim``), the vocabulary from the tokenizer itself (:mod:`.gguf_vocab`). The file is written to
+a temporary name beside the target, read back with ``gguf.GGUFReader`` and compared tensor by
+tensor and key by key with what was meant to be written, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from ..architectures import GGUFSpec, get_arch_spec, head_dim
+from ..io import atomic_file
+from .gguf_vocab import GGUFVocab, gguf_vocab
+
+# outtype -> (GGML type of 2-D weights, llama.cpp file type). 1-D tensors (norms, biases) stay F32,
+# and a Q8_0 weight whose rows don't split into 32-value blocks falls back to F16, as the converter does.
+OUTTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+            "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+
+
+_PLAIN = ("F32", "F16")  # stored as the numpy array itself; the others go through gguf.quants
+
+
+class GGUFExportError(ValueError):
+    """The model or tokenizer cannot be written as a GGUF llama.cpp runs the same way."""
+
+
+def save_gguf(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    outtype: str = "f32",
+    *,
+    pre_tokenizer: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` to the GGUF file ``path`` (module docstring) and return it.
+
+    Args:
+        outtype: ``"f32"``, ``"f16"``, ``"bf16"`` or ``"q8_0"`` for the 2-D weights.
+        pre_tokenizer: llama.cpp's name of a byte-level pre-tokenizer the built-in table does not know.
+        overwrite: replace an existing file.
+    """
+    import gguf
+
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {sorted(OUTTYPES)}, got {outtype!r}")
+    spec = _gguf_spec(model)
+    vocab = gguf_vocab(tokenizer, model.config.vocab_size, pre_tokenizer)
+    metadata = gguf_metadata(model, vocab, outtype)
+    tensors = gguf_tensors(model, outtype)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        writer = gguf.GGUFWriter(tmp, spec.arch_name)
+        for key, (value, vtype, sub_type) in metadata.items():
+            if key != gguf.Keys.General.ARCHITECTURE:  # the writer adds it
+                writer.add_key_value(key, value, vtype, sub_type)
+        for name, (data, qtype) in tensors.items():
+            if qtype.name in _PLAIN:
+                writer.add_tensor(name, data)
+            else:
+                writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        verify_gguf(tmp, metadata, tensors)
+    return Path(path)
+
+
+class _ResolvedSpec:
+    def __init__(self, spec: GGUFSpec) -> None:
+        import gguf
+
+        self.spec = spec
+        self.arch = gguf.MODEL_ARCH[spec.arch]
+        self.arch_name = gguf.MODEL_ARCH_NAMES[self.arch]
+
+
+def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
+    arch = get_arch_spec(model.config)
+    if arch.gguf is None:
+        raise GGUFExportError(f"no GGUF layout is known for model_type {arch.model_type!r}")
+    config, spec = model.config, arch.gguf
+    if spec.square_attention and config.num_attention_heads * head_dim(config) != config.hidden_size:
+        spec = spec.fallback
+    for field_name, equals, why in spec.requires:
+        value = getattr(config, field_name, None)
+        expected = head_dim(config) if equals == "head_dim" else getattr(config, equals, None)
+        if value is not None and value != expected:
+            raise GGUFExportError(f"{field_name}={value} differs from {equals}={expected}: {why}")
+    return _ResolvedSpec(spec)
+
+
+def gguf_metadata(model: PreTrainedModel, vocab: GGUFVocab, outtype: str) -> dict[str, tuple[Any, Any, Any]]:
+    """Every GGUF key -> (value, GGUFValueType, element type of an array) this model's file holds."""
+    import gguf
+
+    resolved = _gguf_spec(model)
+    config, arch = model.config, resolved.arch_name
+    V, K = gguf.GGUFValueType, gguf.Keys
+    u32, f32 = V.UINT32, V.FLOAT32
+    out: dict[str, tuple[Any, Any, Any]] = {}
+
+    def put(key: str, value: Any, vtype: Any, sub_type: Any = None) -> None:
+        out[key.format(arch=arch)] = (value, vtype, sub_type)
+
+    put(K.General.ARCHITECTURE, arch, V.STRING)
+    # llama.cpp keys some per-token attributes on this name (a "phi3" name expects Phi-3's specials).
+    put(K.General.NAME, Path(getattr(model, "name_or_path", "") or config.model_type).name, V.STRING)
+    put(K.General.FILE_TYPE, int(gguf.LlamaFileType[OUTTYPES[outtype][1]]), u32)
+    put(K.LLM.CONTEXT_LENGTH, config.max_position_embeddings, u32)
+    put(K.LLM.EMBEDDING_LENGTH, config.hidden_size, u32)
+    put(K.LLM.BLOCK_COUNT, config.num_hidden_layers, u32)
+    put(K.LLM.FEED_FORWARD_LENGTH, config.intermediate_size, u32)
+    put(K.LLM.VOCAB_SIZE, config.vocab_size, u32)
+    put(K.Attention.HEAD_COUNT, config.num_attention_heads, u32)
+    put(K.Attention.HEAD_COUNT_KV, getattr(config, "num_key_value_heads", None) or config.num_attention_heads, u32)
+    put(K.Attention.KEY_LENGTH, head_dim(config), u32)
+    put(K.Attention.VALUE_LENGTH, head_dim(config), u32)
+    put(K.Attention.LAYERNORM_RMS_EPS, float(config.rms_norm_eps), f32)
+    rope = _rope(config, "full_attention")
+    put(K.Rope.DIMENSION_COUNT, int(head_dim(config) * rope.get("partial_rotary_factor", 1.0)), u32)
+    put(K.Rope.FREQ_BASE, float(rope.get("rope_theta", 10000.0)), f32)
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "linear":
+        put(K.Rope.SCALING_TYPE, "linear", V.STRING)
+        put(K.Rope.SCALING_FACTOR, float(rope["factor"]), f32)
+    elif rope_type == "yarn":
+        put(K.Rope.SCALING_TYPE, "yarn", V.STRING)
+        put(K.Rope.SCALING_FACTOR, float(rope["factor"]), f32)
+        put(K.Rope.SCALING_ORIG_CTX_LEN, int(rope["original_max_position_embeddings"]), u32)
+    elif rope_type not in ("default", "llama3"):  # llama3's factors are the rope_freqs tensor
+        raise GGUFExportError(f"rope_type {rope_type!r} is not written to GGUF by hf_projcomp")
+    if getattr(config, "final_logit_softcapping", None):
+        put(K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.final_logit_softcapping), f32)
+    layer_types = getattr(config, "layer_types", None)
+    if resolved.spec.sliding_window and getattr(config, "sliding_window", None) and layer_types:
+        put(K.Attention.SLIDING_WINDOW, int(config.sliding_window), u32)
+        put(K.Attention.SLIDING_WINDOW_PATTERN, [t == "sliding_attention" for t in layer_types], V.ARRAY, V.BOOL)
+        local = _rope(config, "sliding_attention")
+        if "rope_theta" in local:
+            put(K.Rope.FREQ_BASE_SWA, float(local["rope_theta"]), f32)
+
+    put(K.Tokenizer.MODEL, vocab.model, V.STRING)
+    put(K.Tokenizer.PRE, vocab.pre, V.STRING)
+    put(K.Tokenizer.LIST, vocab.tokens, V.ARRAY, V.STRING)
+    put(K.Tokenizer.TOKEN_TYPE, vocab.types, V.ARRAY, V.INT32)
+    if vocab.scores is not None:
+        put(K.Tokenizer.SCORES, vocab.scores, V.ARRAY, V.FLOAT32)
+    if vocab.merges is not None:
+        put(K.Tokenizer.MERGES, vocab.merges, V.ARRAY, V.STRING)
+    if vocab.add_space_prefix is not None:
+        put(K.Tokenizer.ADD_PREFIX, vocab.add_space_prefix, V.BOOL)
+    for name, token_id in vocab.special_ids.items():
+        put(getattr(K.Tokenizer, f"{name.upper()}_ID"), token_id, u32)
+    put(K.Tokenizer.ADD_BOS, vocab.add_bos, V.BOOL)
+    put(K.Tokenizer.ADD_EOS, vocab.add_eos, V.BOOL)
+    if vocab.chat_template is not None:
+        put(K.Tokenizer.CHAT_TEMPLATE, vocab.chat_template, V.STRING)
+    return out
+
+
+def _rope(config: Any, layer_type: str) -> dict[str, Any]:
+    """One attention type's RoPE parameters (transformers 5 keys them by layer type where they differ)."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    return dict(params.get(layer_type, params if layer_type == "full_attention" else {}))
+
+
+def gguf_tensors(model: PreTrainedModel, outtype: str = "f32") -> dict[str, tuple[np.ndarray, Any]]:
+    """GGUF tensor name -> (float32 array as llama.cpp wants it, GGML type it is stored in)."""
+    import gguf
+
+    resolved = _gguf_spec(model)
+    spec, config = get_arch_spec(model.config), model.config
+    names = gguf.get_tensor_name_map(resolved.arch, config.num_hidden_layers)
+    permute = {path: getattr(config, heads) for path, heads in resolved.spec.rope_permute}
+    norms = {f"{name}.weight" for name, module in model.named_modules() if "norm" in type(module).__name__.lower()}
+    weight_type = gguf.GGMLQuantizationType[OUTTYPES[outtype][0]]
+    out: dict[str, tuple[np.ndarray, Any]] = {}
+    for name, data in _split_fused(model, resolved.spec):
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise GGUFExportError(f"no GGUF tensor name for {name} in llama.cpp's {resolved.arch_name} layout")
+        if name in norms and spec.norm_offset:
+            data = data + spec.norm_offset
+        module_path = name.rsplit(".", 1)[0]
+        for path, heads in permute.items():
+            if module_path.endswith(path):
+                data = _interleave_rope(data, heads)
+        array = data.numpy()
+        qtype = weight_type if array.ndim == 2 else gguf.GGMLQuantizationType.F32
+        if qtype == gguf.GGMLQuantizationType.Q8_0 and array.shape[-1] % 32:
+            qtype = gguf.GGMLQuantizationType.F16
+        if qtype == gguf.GGMLQuantizationType.F16:
+            array = array.astype(np.float16)
+        out[gguf_name] = (array, qtype)
+    freqs = _llama3_rope_factors(config)
+    if freqs is not None:
+        out[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"] = (freqs, gguf.GGMLQuantizationType.F32)
+    return out
+
+
+def _split_fused(model: PreTrainedModel, spec: GGUFSpec) -> list[tuple[str, torch.Tensor]]:
+    """(name, float32 tensor) of every parameter (tied ones once, as the embedding), fused linears
+    split into the parts ``spec.splits`` names."""
+    config = model.config
+    rows = {"q": config.num_attention_heads * head_dim(config),
+            "kv": (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim(config)}
+    out = []
+    for name, param in model.named_parameters():
+        data = param.detach().to(torch.float32).cpu()
+        module_path, suffix = name.rsplit(".", 1)
+        fused = next((parts for path, parts in spec.splits if module_path.endswith(path)), None)
+        if fused is None:
+            out.append((name, data))
+            continue
+        prefix = module_path.removesuffix(next(path for path, _ in spec.splits if module_path.endswith(path)))
+        sizes = [data.shape[0] // 2 if size == "half" else rows[size] for _, size in fused]
+        out.extend((f"{prefix}{path}.{suffix}", part) for (path, _), part in zip(fused, data.split(sizes)))
+    return out
+
+
+def _interleave_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rows of each head from rotate-half order (HF) to interleaved pairs (llama.cpp's llama rope)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _llama3_rope_factors(config: Any) -> np.ndarray | None:
+    """llama.cpp's ``rope_freqs`` for Llama-3.1-style frequency scaling (what its converter computes)."""
+    rope = _rope(config, "full_attention")
+    if rope.get("rope_type") != "llama3":
+        return None
+    dim = head_dim(config)
+    freqs = 1.0 / (rope.get("rope_theta", 10000.0) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old = rope.get("original_max_position_embeddings", 8192)
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+def verify_gguf(path: str | os.PathLike, metadata: dict[str, tuple[Any, Any, Any]],
+                tensors: dict[str, tuple[np.ndarray, Any]]) -> None:
+    """Read ``path`` back and compare every key and tensor with what was meant to be written;
+    ``GGUFExportError`` naming the first difference."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    for key, (value, vtype, _) in metadata.items():
+        field = reader.fields.get(key)
+        if field is None:
+            raise GGUFExportError(f"{path}: key {key} is missing")
+        got = field.contents()
+        if vtype == gguf.GGUFValueType.FLOAT32 or (isinstance(value, list) and value and isinstance(value[0], float)):
+            same = np.allclose(np.asarray(got, dtype=np.float64), np.asarray(value, dtype=np.float32), rtol=0, atol=0)
+        else:
+            same = got == value
+        if not same:
+            raise GGUFExportError(f"{path}: key {key} reads back as {str(got)[:80]}, not {str(value)[:80]}")
+    found = {t.name: t for t in reader.tensors}
+    if set(found) != set(tensors):
+        raise GGUFExportError(f"{path}: tensors {sorted(set(found) ^ set(tensors))[:5]} differ from those written")
+    for name, (data, qtype) in tensors.items():
+        tensor = found[name]
+        if tensor.tensor_type != qtype:
+            raise GGUFExportError(f"{path}: {name} is stored as {tensor.tensor_type.name}, not {qtype.name}")
+        expected = data if qtype.name in _PLAIN else gguf.quants.quantize(data, qtype)
+        if not np.array_equal(np.asarray(tensor.data).reshape(-1).view(np.uint8), expected.reshape(-1).view(np.uint8)):
+            raise GGUFExportError(f"{path}: tensor {name} reads back different from the model's")
+
+
+__all__ = ["GGUFExportError", "OUTTYPES", "gguf_metadata", "gguf_tensors", "save_gguf", "verify_gguf"]
