@@ -1,7 +1,7 @@
 """Smoke test of an installed (non-editable) hf_projcomp wheel, run by .ci/run outside the checkout.
 
 A tiny Qwen2 with a byte-level BPE tokenizer is written as a local model directory; then the
-installed ``projcomp compress`` and ``projcomp eval`` run on it, and ``save_merged`` writes a
+installed ``projcomp compress``, ``projcomp export`` (GGUF) and ``projcomp eval`` run on it, and ``save_merged`` writes a
 projected model. Each writes a model card, so a template missing from the wheel fails here. Then, in
 a fresh process, PEFT alone (``AutoPeftModelForCausalLM``) reloads the saved adapter: registration
 with PEFT works from the installed package.
@@ -62,6 +62,8 @@ def main() -> None:
         projcomp("compress", "--model", base, "--calibration", base / "text.txt", "--target-params", "0.8",
                  "--num-sequences", "2", "--sequence-length", "64", "--output", root / "compressed")
         assert "hf_projcomp" in (root / "compressed" / "README.md").read_text(encoding="utf-8")
+        projcomp("export", root / "compressed", "--gguf", root / "compressed.gguf", "--outtype", "q8_0")
+        assert (root / "compressed.gguf").stat().st_size > 0
         report = json.loads(projcomp("eval", root / "compressed", "--base", base, "--text", base / "text.txt",
                                      "--chars", "2000", "--json"))
         assert report["parameters"] < report["base_parameters"], report

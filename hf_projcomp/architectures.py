@@ -125,6 +125,20 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                 requires=(("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)"),),
             ),
         ),
+        # Embedding, residual and attention multipliers and logits scaling are constants of the config.
+        ArchSpec("granite", _LLAMA_LINEARS, _LLAMA_NORMS),
+        # Layers without RoPE (no_rope_layers) differ in computation only, not in weights.
+        ArchSpec("smollm3", _LLAMA_LINEARS, _LLAMA_NORMS),
+        # Norms after attention and MLP instead of before; q_norm/k_norm span all heads (head side, kept).
+        ArchSpec("olmo2", _LLAMA_LINEARS, ("post_attention_layernorm", "post_feedforward_layernorm")),
+        # Gemma-3's layout without q/k norms; attention and final logit softcapping are constants.
+        ArchSpec(
+            "gemma2",
+            _LLAMA_LINEARS,
+            ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+            norm_offset=1.0,
+            scaled_embedding=True,
+        ),
         ArchSpec(
             "phi3",
             (

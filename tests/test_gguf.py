@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GemmaTokenizer
 
+from hf_projcomp.architectures import ARCHITECTURES
 from hf_projcomp.export import GGUFExportError, save_gguf
 from hf_projcomp.vocab import prune_tokenizer
 
@@ -21,6 +22,7 @@ from tests.tiny import MODEL_TYPES, TINY
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+GGUF_TYPES = [t for t in MODEL_TYPES if ARCHITECTURES[t].gguf is not None]
 # A compressed shape: hidden_size (48) below heads × head_dim (64), as projected compression leaves it.
 COMPRESSED = dict(hidden_size=48, intermediate_size=40)
 
@@ -74,7 +76,7 @@ def read(path: Path) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "byte_level"])
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", GGUF_TYPES)
 def test_gguf_holds_llama_cpps_layout_of_the_model_and_the_pruned_tokenizer(model_type, kind, tokenizers, tmp_path):
     tokenizer = tokenizers[kind]
     model = tiny(model_type, tokenizer)
@@ -143,6 +145,10 @@ def test_export_errors_name_the_fix_and_leave_no_file(tokenizers, tmp_path, monk
     tokenizer = tokenizers["byte_level"]
     with pytest.raises(GGUFExportError, match="query_pre_attn_scalar=256 differs from head_dim=16"):
         save_gguf(tiny("gemma3_text", tokenizer, query_pre_attn_scalar=256), tokenizer, tmp_path / "g.gguf")
+    no_layout = [t for t in MODEL_TYPES if t not in GGUF_TYPES]
+    if no_layout:
+        with pytest.raises(GGUFExportError, match=f"no GGUF layout is known for model_type '{no_layout[0]}'"):
+            save_gguf(tiny(no_layout[0], tokenizer), tokenizer, tmp_path / "n.gguf")
     model = tiny("llama", tokenizer)
     save_gguf(model, tokenizer, tmp_path / "m.gguf")
     with pytest.raises(FileExistsError, match="overwrite=True"):
@@ -192,7 +198,7 @@ def test_cli_export_writes_a_verified_gguf(tiny_base_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sentencepiece", "byte_level"])
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", GGUF_TYPES)
 def test_llama_cpp_runs_the_gguf_as_transformers_does(model_type, kind, tokenizers, tmp_path):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (building it takes ~30 min on 2 cores; CI skips this)")

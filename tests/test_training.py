@@ -160,16 +160,20 @@ def test_distillation_loss_is_the_documented_mix(tmp_path):
     assert trainer.teacher_seconds > 0
 
 
-def test_teacher_on_a_pruned_vocabulary_is_the_base_restricted_to_kept_tokens():
+@pytest.mark.parametrize("model_type", ["gemma3_text", "gemma2", "granite"])
+def test_teacher_on_a_pruned_vocabulary_is_the_base_restricted_to_kept_tokens(model_type):
+    """Through the base's own head path: Gemma-2's logit softcapping and Granite's logits scaling apply."""
     from tests.test_compact import model_for
     from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
     tokenizer = tiny_tokenizer("byte_fallback")
-    model = model_for("gemma3_text", tokenizer)
+    model = model_for(model_type, tokenizer)
+    model.config.logits_scaling = 4.0  # granite's (read at every forward); other families ignore it
     config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
     pc = get_projcomp_model(model, config, calibration_data=TRAIN * 4, tokenizer=tokenizer, progress=False)
     kept = pc.selection().vocab
     new_ids = pc.tokenizer(HELD_OUT[0], return_tensors="pt").input_ids
+    assert getattr(model.config, "final_logit_softcapping", None) or model_type != "gemma2"
     with torch.no_grad():
         expected = model(input_ids=kept[new_ids]).logits[..., kept]
     assert torch.allclose(Teacher(model, kept.tolist()).logits(new_ids), expected, atol=1e-5)

@@ -23,14 +23,18 @@ TINY = dict(
 )
 
 # model_type -> facts for an independent parameter-count formula:
-# (tied embeddings, q/k/v bias, q/k norm, d_model norms per block)
+# (tied embeddings, q/k/v bias, q/k norm: None, "head" (head_dim) or "full" (all heads), d_model norms per block)
 FAMILIES = {
-    "llama": (False, False, False, 2),
-    "mistral": (False, False, False, 2),
-    "qwen2": (False, True, False, 2),
-    "qwen3": (False, False, True, 2),
-    "gemma3_text": (True, False, True, 4),
-    "phi3": (False, False, False, 2),
+    "llama": (False, False, None, 2),
+    "mistral": (False, False, None, 2),
+    "qwen2": (False, True, None, 2),
+    "qwen3": (False, False, "head", 2),
+    "gemma3_text": (True, False, "head", 4),
+    "phi3": (False, False, None, 2),
+    "granite": (False, False, None, 2),
+    "smollm3": (True, False, None, 2),
+    "olmo2": (False, False, "full", 2),
+    "gemma2": (True, False, None, 4),
 }
 MODEL_TYPES = list(FAMILIES)
 
@@ -52,7 +56,8 @@ def expected_num_parameters(model_type: str, config) -> int:
     d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     hd = config.head_dim
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + (2 * hd if qk_norm else 0)
+    qk_norms = {None: 0, "head": 2 * hd, "full": q + kv}[qk_norm]
+    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + qk_norms
     block = attn + 3 * d * i + block_norms * d
     return v * d * (1 if tied else 2) + layers * block + d
 

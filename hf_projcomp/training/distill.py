@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 from transformers import PreTrainedModel
 
 
@@ -16,28 +17,31 @@ class Teacher:
     With a pruned vocabulary (``vocab_indices``: new id -> base id) the student's token ids are
     mapped back to base ids, and only the kept rows of the base LM head are applied (gathered per
     call, not stored): the teacher's distribution is the base one renormalised over the kept tokens.
+    The logits come from the base model's own forward (its softcapping, logits scaling...), with the
+    gathered rows swapped in for the head.
     """
 
     def __init__(self, base: PreTrainedModel, vocab_indices: list[int] | None = None) -> None:
-        self.decoder = base.get_decoder()
-        self.head = base.get_output_embeddings()
+        self.base = base
+        head = base.get_output_embeddings()
+        self.head_name = next(name for name, module in base.named_modules() if module is head)
         self.old_ids = None if vocab_indices is None else torch.tensor(vocab_indices, dtype=torch.long)
-        self.softcap = getattr(base.config, "final_logit_softcapping", None)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """float32 logits (batch, seq, student vocabulary)."""
-        weight, bias = self.head.weight, self.head.bias
+        head = self.base.get_submodule(self.head_name)
+        swapped = {}
         if self.old_ids is not None:
             old_ids = self.old_ids.to(input_ids.device)
             input_ids = old_ids[input_ids]
-            weight = weight.index_select(0, old_ids)
-            bias = None if bias is None else bias.index_select(0, old_ids)
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = F.linear(hidden, weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype)).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+            swapped[f"{self.head_name}.weight"] = head.weight.index_select(0, old_ids)
+            if getattr(head, "bias", None) is not None:
+                swapped[f"{self.head_name}.bias"] = head.bias.index_select(0, old_ids)
+        # tie_weights=False: a tied input embedding keeps every base row (the ids are base ids).
+        out = functional_call(self.base, swapped, (), {"input_ids": input_ids, "attention_mask": attention_mask,
+                                                        "use_cache": False}, tie_weights=False, strict=False)
+        return out.logits.float()
 
 
 def distillation_kl(
