@@ -70,6 +70,14 @@ def test_activation_importance_needs_calibration_data():
                            calibration_data=3.5)
 
 
+def test_raw_text_given_as_one_string_says_to_pass_a_list():
+    from hf_projcomp.importance.calibration import iter_calibration_texts
+
+    # Too long for a file name: the OS refuses to stat it (it used to surface as that OSError).
+    with pytest.raises(ValueError, match=r"does not exist \(pass a list of strings for raw text\)"):
+        list(iter_calibration_texts("The tower is 324 metres tall. " * 200))
+
+
 def test_config_must_be_a_projcomp_config():
     with pytest.raises(TypeError, match="config must be a ProjCompConfig"):
         get_projcomp_model(tiny_model("llama"), {"hidden_size": 32})

@@ -73,8 +73,13 @@ def iter_calibration_texts(data: Any, text_column: str = "text") -> Iterator[str
         raise ValueError("calibration_data is required")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
-        if not path.is_file():
-            raise ValueError(f"calibration_data file {str(path)!r} does not exist (pass a list of strings for raw text)")
+        try:
+            found = path.is_file()
+        except OSError:  # raw text passed as a string: too long (or too odd) to be a file name
+            found = False
+        if not found:
+            shown = str(path) if len(str(path)) <= 80 else str(path)[:77] + "..."
+            raise ValueError(f"calibration_data file {shown!r} does not exist (pass a list of strings for raw text)")
         texts: Iterable[str]
         if path.suffix in (".jsonl", ".json"):
             texts = (json.loads(line)[text_column] for line in path.open(encoding="utf-8") if line.strip())
