@@ -139,6 +139,21 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             norm_offset=1.0,
             scaled_embedding=True,
         ),
+        # Biases everywhere: o_proj's and c_proj's are on the hidden side, c_fc's on the d_ff side, all
+        # projected with their rows; a plain (ungated) GELU MLP.
+        ArchSpec(
+            "starcoder2",
+            (
+                LinearSpec("self_attn.q_proj", None, HIDDEN),
+                LinearSpec("self_attn.k_proj", None, HIDDEN),
+                LinearSpec("self_attn.v_proj", None, HIDDEN),
+                LinearSpec("self_attn.o_proj", HIDDEN, None),
+                LinearSpec("mlp.c_fc", FFN, HIDDEN),
+                LinearSpec("mlp.c_proj", HIDDEN, FFN),
+            ),
+            _LLAMA_NORMS,
+            ffn_down="mlp.c_proj",
+        ),
         ArchSpec(
             "phi3",
             (

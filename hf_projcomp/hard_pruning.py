@@ -15,7 +15,13 @@ from .target import build_target_model
 
 
 def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
-    """Gather the kept rows/columns of one planned weight (times its fixed scale)."""
+    """Gather the kept rows/columns of one planned weight (times its fixed scale); a bias as one column."""
+    if entry.is_bias:
+        return _gather(tensor.unsqueeze(-1), entry, selection).squeeze(-1)
+    return _gather(tensor, entry, selection)
+
+
+def _gather(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
     out_idx, in_idx = selection.index(entry.out_dim, entry.layer), selection.index(entry.in_dim, entry.layer)
     if out_idx is not None:
         chunks = tensor.reshape(entry.out_chunks, -1, tensor.shape[-1])
@@ -27,7 +33,8 @@ def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> tor
 
 
 def gathered_norm(weight: torch.Tensor, hidden: torch.Tensor, offset: float, divide_by: float) -> torch.Tensor:
-    """A d_model norm weight at the kept indices, with ``divide_by`` folded into its effective scale."""
+    """A d_model norm weight (or bias, ``offset`` 0) at the kept indices, with ``divide_by`` folded into
+    its effective scale."""
     kept = weight.index_select(0, hidden.to(weight.device))
     return kept if divide_by == 1.0 else (kept.float() + offset) / divide_by - offset
 
@@ -37,7 +44,8 @@ def pruned_tensors(model: PreTrainedModel, plan: CompressionPlan, selection: Sel
     params = dict(model.named_parameters(remove_duplicate=False))
     tensors = {e.name: select(params[e.name], e, selection) for e in plan.weights}
     for norm in plan.norms:
-        tensors[norm.name] = gathered_norm(params[norm.name], selection.hidden, plan.norm_offset, norm.divide_by)
+        offset = plan.norm_offset if norm.name.endswith(".weight") else 0.0  # Gemma's 1 + w is the weight's
+        tensors[norm.name] = gathered_norm(params[norm.name], selection.hidden, offset, norm.divide_by)
     return tensors
 
 

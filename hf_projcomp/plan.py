@@ -18,7 +18,8 @@ from .architectures import FFN, HIDDEN, VOCAB, ArchSpec
 
 @dataclass(frozen=True)
 class WeightPlan:
-    """A 2-D weight (out × in, torch layout) that shrinks on at least one side."""
+    """A 2-D weight (out × in, torch layout) that shrinks on at least one side, or the bias of a linear
+    whose output side shrinks (1-D, treated as an out × 1 weight: its rows go with the weight's)."""
 
     name: str  # parameter name in the model, e.g. "model.layers.0.mlp.up_proj.weight"
     out_dim: str | None
@@ -27,10 +28,14 @@ class WeightPlan:
     out_chunks: int = 1
     scale: float = 1.0  # fixed factor on the projected weight (Gemma's embedding scale ratio)
 
+    @property
+    def is_bias(self) -> bool:
+        return self.name.endswith(".bias")
+
 
 @dataclass(frozen=True)
 class NormPlan:
-    """A d_model RMSNorm weight, gathered at the kept hidden indices."""
+    """A d_model norm weight (or LayerNorm bias), gathered at the kept hidden indices."""
 
     name: str
     # Folded into the effective scale (w + offset): Gemma's tied head needs it to undo ``scale``.
@@ -107,17 +112,26 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
         prefix = f"{spec.layers}.{i}"
         for lin in spec.linears:
             module = model.get_submodule(f"{prefix}.{lin.path}")
-            if getattr(module, "bias", None) is not None and lin.out_dim is not None:
-                raise ValueError(f"{prefix}.{lin.path} has a bias on a shrinking side; not supported")
             weights.append(
                 WeightPlan(f"{prefix}.{lin.path}.weight", lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks)
             )
-        norms.extend(NormPlan(f"{prefix}.{n}.weight") for n in spec.block_norms)
+            if getattr(module, "bias", None) is not None and lin.out_dim is not None:
+                # A bias on the head side (q/k/v) keeps its size and is carried over unchanged.
+                weights.append(WeightPlan(f"{prefix}.{lin.path}.bias", lin.out_dim, None, layer=i,
+                                          out_chunks=lin.out_chunks))
+        norms.extend(_norm_plans(model, f"{prefix}.{n}") for n in spec.block_norms)
     if not tied:
         weights.append(WeightPlan(f"{spec.lm_head}.weight", VOCAB, HIDDEN))
     # The tied head reuses the scaled embedding; the final norm absorbs 1/scale so logits match.
-    norms.append(NormPlan(f"{spec.final_norm}.weight", divide_by=embed_ratio if tied else 1.0))
-    return CompressionPlan(tuple(weights), tuple(norms), tied, spec.norm_offset)
+    norms.append(_norm_plans(model, spec.final_norm, divide_by=embed_ratio if tied else 1.0))
+    return CompressionPlan(tuple(weights), tuple(n for group in norms for n in group), tied, spec.norm_offset)
+
+
+def _norm_plans(model: nn.Module, path: str, divide_by: float = 1.0) -> tuple[NormPlan, ...]:
+    """A norm's weight, and its bias when it has one (LayerNorm): both scale the normalised output."""
+    module = model.get_submodule(path)
+    names = ["weight"] + (["bias"] if getattr(module, "bias", None) is not None else [])
+    return tuple(NormPlan(f"{path}.{name}", divide_by=divide_by) for name in names)
 
 
 __all__ = ["CompressionPlan", "NormPlan", "Selection", "WeightPlan", "build_plan", "is_tied"]

@@ -26,14 +26,14 @@ def test_magnitude_drops_dead_dimensions(model_type):
                 p[:, dead_hidden] = 0
             if name.endswith("o_proj.weight"):
                 p[dead_hidden, :] = 0
-            if name.endswith(("gate_proj.weight", "up_proj.weight")):
+            if name.endswith(("gate_proj.weight", "up_proj.weight", "c_fc.weight")):
                 p[:, dead_hidden] = 0
                 p[dead_ffn, :] = 0
             if name.endswith("gate_up_proj.weight"):
                 p[:, dead_hidden] = 0
                 p[dead_ffn, :] = 0
                 p[[TINY["intermediate_size"] + j for j in dead_ffn], :] = 0
-            if name.endswith("down_proj.weight"):
+            if name.endswith(("down_proj.weight", "c_proj.weight")):
                 p[dead_hidden, :] = 0
                 p[:, dead_ffn] = 0
     scores = magnitude_importance(model, build_plan(model, get_arch_spec(model.config), 48))

@@ -22,19 +22,21 @@ TINY = dict(
     eos_token_id=2,
 )
 
-# model_type -> facts for an independent parameter-count formula:
-# (tied embeddings, q/k/v bias, q/k norm: None, "head" (head_dim) or "full" (all heads), d_model norms per block)
+# model_type -> facts for an independent parameter-count formula: (tied embeddings, q/k/v bias,
+# q/k norm: None, "head" (head_dim) or "full" (all heads), d_model norms per block, MLP matrices,
+# LayerNorm bias, biases on o_proj and the MLP)
 FAMILIES = {
-    "llama": (False, False, None, 2),
-    "mistral": (False, False, None, 2),
-    "qwen2": (False, True, None, 2),
-    "qwen3": (False, False, "head", 2),
-    "gemma3_text": (True, False, "head", 4),
-    "phi3": (False, False, None, 2),
-    "granite": (False, False, None, 2),
-    "smollm3": (True, False, None, 2),
-    "olmo2": (False, False, "full", 2),
-    "gemma2": (True, False, None, 4),
+    "llama": (False, False, None, 2, 3, False, False),
+    "mistral": (False, False, None, 2, 3, False, False),
+    "qwen2": (False, True, None, 2, 3, False, False),
+    "qwen3": (False, False, "head", 2, 3, False, False),
+    "gemma3_text": (True, False, "head", 4, 3, False, False),
+    "phi3": (False, False, None, 2, 3, False, False),
+    "granite": (False, False, None, 2, 3, False, False),
+    "smollm3": (True, False, None, 2, 3, False, False),
+    "olmo2": (False, False, "full", 2, 3, False, False),
+    "gemma2": (True, False, None, 4, 3, False, False),
+    "starcoder2": (True, True, None, 2, 2, True, True),
 }
 MODEL_TYPES = list(FAMILIES)
 
@@ -52,14 +54,15 @@ def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
 
 
 def expected_num_parameters(model_type: str, config) -> int:
-    tied, bias, qk_norm, block_norms = FAMILIES[model_type]
+    tied, bias, qk_norm, block_norms, mlp, norm_bias, out_bias = FAMILIES[model_type]
     d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     hd = config.head_dim
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
     qk_norms = {None: 0, "head": 2 * hd, "full": q + kv}[qk_norm]
-    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + qk_norms
-    block = attn + 3 * d * i + block_norms * d
-    return v * d * (1 if tied else 2) + layers * block + d
+    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + qk_norms + (d if out_bias else 0)
+    norm = 2 * d if norm_bias else d
+    block = attn + mlp * d * i + (i + d if out_bias else 0) + block_norms * norm
+    return v * d * (1 if tied else 2) + layers * block + norm
 
 
 def fresh_env() -> dict[str, str]:

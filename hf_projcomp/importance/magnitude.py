@@ -17,6 +17,8 @@ def magnitude_importance(model: PreTrainedModel, plan: CompressionPlan) -> Score
     ffn = torch.zeros(config.num_hidden_layers, config.intermediate_size, dtype=torch.float64)
     params = dict(model.named_parameters(remove_duplicate=False))
     for entry in plan.weights:
+        if entry.is_bias:
+            continue
         sq = params[entry.name].detach().double().pow(2)
         sq = sq.reshape(entry.out_chunks, -1, sq.shape[-1])  # (chunks, out, in)
         for side, per_dim in ((entry.out_dim, sq.sum(dim=(0, 2))), (entry.in_dim, sq.sum(dim=(0, 1)))):

@@ -58,7 +58,7 @@ class _ProjectedWeight(torch.autograd.Function):
         else:
             product = w
         ctx.save_for_backward(weight, p_in, p_out, left, right)
-        ctx.scale, ctx.chunks, ctx.dtype = scale, chunks, a.dtype
+        ctx.scale, ctx.chunks, ctx.dtype, ctx.product_shape = scale, chunks, a.dtype, product.shape
         product = product.reshape(a.shape)
         return a + (product * scale if scale != 1.0 else product)
 
@@ -66,7 +66,7 @@ class _ProjectedWeight(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         weight, p_in, p_out, left, right = ctx.saved_tensors
         need_in, need_out, need_a = ctx.needs_input_grad[1:4]
-        g = grad.reshape(ctx.chunks, -1, grad.shape[-1])  # (chunks, out_target, in_target)
+        g = grad.reshape(ctx.product_shape)  # (chunks, out_target, in_target)
         if ctx.scale != 1.0:
             g = g * ctx.scale
 
@@ -83,7 +83,7 @@ class _ProjectedWeight(torch.autograd.Function):
                 grad_out = g @ w().transpose(1, 2) if p_in is None else (g @ p_in.T) @ w().transpose(1, 2)
             else:
                 grad_out = g @ right.transpose(1, 2)
-        return None, grad_in, grad_out, grad if need_a else None, None
+        return None, grad_in, grad_out, grad if need_a else None, None  # grad has A's own shape
 
 
 def _without_autocast(device: torch.device) -> AbstractContextManager:
@@ -107,6 +107,7 @@ class Projection(nn.Module):
     The base module is referenced, not registered: its weight stays in (and is saved with) the base
     model only, frozen, in whatever dtype the base holds. ``row_index`` is a fixed gather of rows
     applied first (kept token ids of a pruned vocabulary: never a dense projection over 262k rows).
+    ``tensor="bias"`` projects the module's bias instead (an out × 1 weight: P_out and a 1-D A).
     """
 
     def __init__(
@@ -117,15 +118,18 @@ class Projection(nn.Module):
         out_chunks: int = 1,
         scale: float = 1.0,
         row_index: torch.Tensor | None = None,
+        tensor: str = "weight",
     ) -> None:
         super().__init__()
         if row_index is not None and out_index is not None:
             raise ValueError("a weight's rows are either gathered (row_index) or projected (out_index), not both")
         self._base = (base_module,)  # a tuple hides it from nn.Module registration
+        self._tensor = tensor
         self.scale = scale
-        device = base_module.weight.device  # P, A and indices live beside the weight they project
+        base = getattr(base_module, tensor)
+        device = base.device  # P, A and indices live beside the weight they project
         self.register_buffer("row_index", None if row_index is None else row_index.to(device))
-        out_base, in_base = base_module.weight.shape
+        out_base, in_base = base.shape if base.dim() == 2 else (base.shape[0], 1)
         if row_index is not None:
             out_base = len(row_index)
         chunk = out_base // out_chunks
@@ -145,11 +149,13 @@ class Projection(nn.Module):
             self.register_parameter("p_out", None)
         out_t = out_base if out_index is None else out_chunks * len(out_index)
         in_t = in_base if in_index is None else len(in_index)
-        self.a = nn.Parameter(torch.zeros(out_t, in_t, device=device))
+        self.a = nn.Parameter(torch.zeros((out_t, in_t) if base.dim() == 2 else (out_t,), device=device))
 
     @property
     def base_weight(self) -> torch.Tensor:
-        return self._base[0].weight
+        """The frozen base tensor this projects, as a matrix (a bias as one column)."""
+        base = getattr(self._base[0], self._tensor)
+        return base if base.dim() == 2 else base.unsqueeze(-1)
 
     def _trainable(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in (("p_in", self.p_in), ("p_out", self.p_out), ("a", self.a)) if p is not None}

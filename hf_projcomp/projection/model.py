@@ -119,13 +119,15 @@ class ProjCompModel(nn.Module):
         for entry in self.plan.weights:
             rows = selection.index(entry.out_dim, entry.layer)
             gathered = entry.out_dim == VOCAB
+            module_path, tensor = entry.name.rsplit(".", 1)
             self.projections[_key(entry.name)] = Projection(
-                model.get_submodule(entry.name.removesuffix(".weight")),
+                model.get_submodule(module_path),
                 in_index=selection.index(entry.in_dim, entry.layer),
                 out_index=None if gathered else rows,
                 out_chunks=entry.out_chunks,
                 scale=entry.scale,
                 row_index=rows if gathered else None,
+                tensor=tensor,
             )
         with torch.no_grad():
             # Starts as the hard-pruned model; the planned weights there are only placeholders. It
