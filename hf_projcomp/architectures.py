@@ -154,6 +154,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             _LLAMA_NORMS,
             ffn_down="mlp.c_proj",
         ),
+        # Phi-2: a parallel block (attention and MLP both read the one LayerNorm), biases everywhere
+        # (the LM head's too, gathered with the kept vocabulary), partial rotary on the head side.
+        ArchSpec(
+            "phi",
+            (
+                LinearSpec("self_attn.q_proj", None, HIDDEN),
+                LinearSpec("self_attn.k_proj", None, HIDDEN),
+                LinearSpec("self_attn.v_proj", None, HIDDEN),
+                LinearSpec("self_attn.dense", HIDDEN, None),
+                LinearSpec("mlp.fc1", FFN, HIDDEN),
+                LinearSpec("mlp.fc2", HIDDEN, FFN),
+            ),
+            ("input_layernorm",),
+            ffn_down="mlp.fc2",
+            final_norm="model.final_layernorm",
+        ),
         ArchSpec(
             "phi3",
             (

@@ -122,6 +122,8 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
         norms.extend(_norm_plans(model, f"{prefix}.{n}") for n in spec.block_norms)
     if not tied:
         weights.append(WeightPlan(f"{spec.lm_head}.weight", VOCAB, HIDDEN))
+        if getattr(model.get_submodule(spec.lm_head), "bias", None) is not None:  # Phi-2's head
+            weights.append(WeightPlan(f"{spec.lm_head}.bias", VOCAB, None))
     # The tied head reuses the scaled embedding; the final norm absorbs 1/scale so logits match.
     norms.append(_norm_plans(model, spec.final_norm, divide_by=embed_ratio if tied else 1.0))
     return CompressionPlan(tuple(weights), tuple(n for group in norms for n in group), tied, spec.norm_offset)

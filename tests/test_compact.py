@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from hf_projcomp.architectures import get_arch_spec
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 from hf_projcomp.sizing import count_target_parameters
 import hf_projcomp.compact.prune as prune_module
@@ -23,7 +24,7 @@ from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level")]
+CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level"), ("phi", "byte_level")]
 
 
 def model_for(model_type: str, tokenizer) -> torch.nn.Module:
@@ -110,13 +111,14 @@ def test_kept_rows_and_channels_are_the_base_ones(pruned):
     assert torch.equal(small.get_input_embeddings().weight, model.get_input_embeddings().weight[kept])
     assert torch.equal(small.get_output_embeddings().weight, model.get_output_embeddings().weight[kept])
     base = dict(model.named_parameters())
+    down = get_arch_spec(model.config).ffn_down
     for name, param in small.named_parameters():
         if "embed_tokens" in name or "lm_head" in name:
             continue
         want = base[name]
-        if "mlp" in name:
+        if "mlp" in name and not name.endswith(f"{down}.bias"):  # the down projection's bias is d_model's
             channels = result.intermediate_indices[int(name.split(".")[2])]
-            want = want[:, channels] if "down_proj" in name else want[channels]
+            want = want[:, channels] if name.endswith(f"{down}.weight") else want[channels]
         assert torch.equal(param, want), name
 
 
@@ -175,11 +177,12 @@ def test_unsupported_tokenizer_prunes_ffn_only(caplog):
     assert "pruning FFN channels only" in caplog.text
 
 
-def test_compact_importance_initialises_the_projected_model(tmp_path):
+@pytest.mark.parametrize("model_type", ["gemma3_text", "phi"])  # tied head; untied head with a bias
+def test_compact_importance_initialises_the_projected_model(tmp_path, model_type):
     from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_prune
 
     tokenizer = tiny_tokenizer("byte_fallback")
-    model = model_for("gemma3_text", tokenizer)
+    model = model_for(model_type, tokenizer)
     config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
     with pytest.raises(ValueError, match="pass tokenizer="):  # none given, none loadable from the model
         get_projcomp_model(model, config, calibration_data=TRAIN)
@@ -192,12 +195,17 @@ def test_compact_importance_initialises_the_projected_model(tmp_path):
         assert torch.allclose(pc(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
     pc.save_pretrained(tmp_path)  # PEFT's save; the config writes the pruned tokenizer beside it
     assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == pc.tokenizer.get_vocab()
-    reloaded = ProjCompModel.from_pretrained(model_for("gemma3_text", tokenizer), tmp_path)
+    reloaded = ProjCompModel.from_pretrained(model_for(model_type, tokenizer), tmp_path)
     assert reloaded.tokenizer.get_vocab() == pc.tokenizer.get_vocab()
     assert torch.equal(reloaded.selection().vocab, sel.vocab)
     merged = reloaded.merge_and_unload()
     assert merged.config.vocab_size == len(pc.tokenizer) and merged.config.hidden_size == 48
-    assert merged.lm_head.weight is merged.model.embed_tokens.weight
+    tied = merged.config.tie_word_embeddings
+    assert (merged.lm_head.weight is merged.model.embed_tokens.weight) == tied
+    if merged.lm_head.bias is not None:  # Phi-2's head bias: the kept tokens' entries
+        assert torch.equal(merged.lm_head.bias, model.lm_head.bias[sel.vocab])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["byte_fallback", "byte_level"])

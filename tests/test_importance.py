@@ -24,16 +24,16 @@ def test_magnitude_drops_dead_dimensions(model_type):
             if p.dim() == 2 and "embed" in name or name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
                                                                    "qkv_proj.weight", "lm_head.weight")):
                 p[:, dead_hidden] = 0
-            if name.endswith("o_proj.weight"):
+            if name.endswith(("o_proj.weight", "self_attn.dense.weight")):
                 p[dead_hidden, :] = 0
-            if name.endswith(("gate_proj.weight", "up_proj.weight", "c_fc.weight")):
+            if name.endswith(("gate_proj.weight", "up_proj.weight", "c_fc.weight", "fc1.weight")):
                 p[:, dead_hidden] = 0
                 p[dead_ffn, :] = 0
             if name.endswith("gate_up_proj.weight"):
                 p[:, dead_hidden] = 0
                 p[dead_ffn, :] = 0
                 p[[TINY["intermediate_size"] + j for j in dead_ffn], :] = 0
-            if name.endswith(("down_proj.weight", "c_proj.weight")):
+            if name.endswith(("down_proj.weight", "c_proj.weight", "fc2.weight")):
                 p[dead_hidden, :] = 0
                 p[:, dead_ffn] = 0
     scores = magnitude_importance(model, build_plan(model, get_arch_spec(model.config), 48))

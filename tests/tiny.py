@@ -24,19 +24,20 @@ TINY = dict(
 
 # model_type -> facts for an independent parameter-count formula: (tied embeddings, q/k/v bias,
 # q/k norm: None, "head" (head_dim) or "full" (all heads), d_model norms per block, MLP matrices,
-# LayerNorm bias, biases on o_proj and the MLP)
+# LayerNorm bias, biases on o_proj and the MLP, LM-head bias)
 FAMILIES = {
-    "llama": (False, False, None, 2, 3, False, False),
-    "mistral": (False, False, None, 2, 3, False, False),
-    "qwen2": (False, True, None, 2, 3, False, False),
-    "qwen3": (False, False, "head", 2, 3, False, False),
-    "gemma3_text": (True, False, "head", 4, 3, False, False),
-    "phi3": (False, False, None, 2, 3, False, False),
-    "granite": (False, False, None, 2, 3, False, False),
-    "smollm3": (True, False, None, 2, 3, False, False),
-    "olmo2": (False, False, "full", 2, 3, False, False),
-    "gemma2": (True, False, None, 4, 3, False, False),
-    "starcoder2": (True, True, None, 2, 2, True, True),
+    "llama": (False, False, None, 2, 3, False, False, False),
+    "mistral": (False, False, None, 2, 3, False, False, False),
+    "qwen2": (False, True, None, 2, 3, False, False, False),
+    "qwen3": (False, False, "head", 2, 3, False, False, False),
+    "gemma3_text": (True, False, "head", 4, 3, False, False, False),
+    "phi3": (False, False, None, 2, 3, False, False, False),
+    "granite": (False, False, None, 2, 3, False, False, False),
+    "smollm3": (True, False, None, 2, 3, False, False, False),
+    "olmo2": (False, False, "full", 2, 3, False, False, False),
+    "gemma2": (True, False, None, 4, 3, False, False, False),
+    "starcoder2": (True, True, None, 2, 2, True, True, False),
+    "phi": (False, True, None, 1, 2, True, True, True),
 }
 MODEL_TYPES = list(FAMILIES)
 
@@ -54,7 +55,7 @@ def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
 
 
 def expected_num_parameters(model_type: str, config) -> int:
-    tied, bias, qk_norm, block_norms, mlp, norm_bias, out_bias = FAMILIES[model_type]
+    tied, bias, qk_norm, block_norms, mlp, norm_bias, out_bias, head_bias = FAMILIES[model_type]
     d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     hd = config.head_dim
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
@@ -62,7 +63,7 @@ def expected_num_parameters(model_type: str, config) -> int:
     attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + qk_norms + (d if out_bias else 0)
     norm = 2 * d if norm_bias else d
     block = attn + mlp * d * i + (i + d if out_bias else 0) + block_norms * norm
-    return v * d * (1 if tied else 2) + layers * block + norm
+    return v * d * (1 if tied else 2) + layers * block + norm + (v if head_bias else 0)
 
 
 def fresh_env() -> dict[str, str]:
