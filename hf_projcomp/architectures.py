@@ -48,6 +48,10 @@ class GGUFSpec:
     requires: tuple[tuple[str, str, str], ...] = ()
     square_attention: bool = False
     fallback: GGUFSpec | None = None
+    # GGUF key (after "<arch>.") <- float config field, written when the config has it.
+    constants: tuple[tuple[str, str], ...] = ()
+    # llama.cpp skips RoPE in every n-th layer (SmolLM3: 4) and reads no per-layer list.
+    no_rope_every: int | None = None
     splits: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
 
@@ -126,10 +130,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ),
         ),
         # Embedding, residual and attention multipliers and logits scaling are constants of the config.
-        ArchSpec("granite", _LLAMA_LINEARS, _LLAMA_NORMS),
+        ArchSpec("granite", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec(
+            "GRANITE", rope_permute=_ROPE_PERMUTE,
+            constants=(("attention.scale", "attention_multiplier"), ("embedding_scale", "embedding_multiplier"),
+                       ("residual_scale", "residual_multiplier"), ("logit_scale", "logits_scaling")))),
         # Layers without RoPE (no_rope_layers) differ in computation only, not in weights.
-        ArchSpec("smollm3", _LLAMA_LINEARS, _LLAMA_NORMS),
+        ArchSpec("smollm3", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec("SMOLLM3", rope_permute=_ROPE_PERMUTE, no_rope_every=4)),
         # Norms after attention and MLP instead of before; q_norm/k_norm span all heads (head side, kept).
+        # (llama.cpp's olmo2 graph sizes q/o as hidden × hidden and has no general fallback: no GGUF yet.)
         ArchSpec("olmo2", _LLAMA_LINEARS, ("post_attention_layernorm", "post_feedforward_layernorm")),
         # Gemma-3's layout without q/k norms; attention and final logit softcapping are constants.
         ArchSpec(
@@ -138,6 +146,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
             norm_offset=1.0,
             scaled_embedding=True,
+            gguf=GGUFSpec(
+                "GEMMA2",
+                sliding_window=True,
+                requires=(("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma2 scales attention by 1/sqrt(head_dim)"),),
+                constants=(("attn_logit_softcapping", "attn_logit_softcapping"),),
+            ),
         ),
         # Biases everywhere: o_proj's and c_proj's are on the hidden side, c_fc's on the d_ff side, all
         # projected with their rows; a plain (ungated) GELU MLP.

@@ -40,7 +40,13 @@ def tiny(model_type: str, tokenizer, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     ids = {f"{name}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{name}_token"))
            for name in ("bos", "eos", "pad") if getattr(tokenizer, f"{name}_token")}
-    extra = {"query_pre_attn_scalar": TINY["head_dim"]} if model_type == "gemma3_text" else {}
+    extra = {
+        "gemma3_text": {"query_pre_attn_scalar": TINY["head_dim"]},
+        "gemma2": {"query_pre_attn_scalar": TINY["head_dim"]},
+        # Not the defaults (all 1): a multiplier written wrong or not at all shows in llama.cpp's logits.
+        "granite": {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
+                    "logits_scaling": 4.0},
+    }.get(model_type, {})
     config = AutoConfig.for_model(model_type, **{**TINY, "vocab_size": len(tokenizer), "pad_token_id": None, **ids,
                                                  **COMPRESSED, **extra, **overrides})
     model = AutoModelForCausalLM.from_config(config).eval()
@@ -85,6 +91,7 @@ def test_gguf_holds_llama_cpps_layout_of_the_model_and_the_pruned_tokenizer(mode
     config, hd = model.config, TINY["head_dim"]
     # qwen2 and phi3 graphs in llama.cpp assume heads × head_dim == hidden_size; compressed, they go as llama.
     arch = {"mistral": "llama", "qwen2": "llama", "phi3": "llama", "gemma3_text": "gemma3"}.get(model_type, model_type)
+    permuted = arch in ("llama", "granite", "smollm3")  # llama.cpp's "normal" rotary: q/k rows interleaved
     assert fields["general.architecture"] == arch
     assert (fields[f"{arch}.embedding_length"], fields[f"{arch}.feed_forward_length"]) == (48, 40)
     assert (fields[f"{arch}.attention.key_length"], fields[f"{arch}.attention.head_count"]) == (hd, 4)
@@ -100,11 +107,14 @@ def test_gguf_holds_llama_cpps_layout_of_the_model_and_the_pruned_tokenizer(mode
     else:
         q, k, v = (state[layer + f"self_attn.{n}_proj.weight"] for n in "qkv")
         gate, up = state[layer + "mlp.gate_proj.weight"], state[layer + "mlp.up_proj.weight"]
-    if arch == "llama":
+    if permuted:
         q, k = expected_rows(q, 4), expected_rows(k, 2)
+    if model_type == "granite":  # its multipliers, as llama.cpp's converter names them
+        assert (fields["granite.logit_scale"], fields["granite.residual_scale"]) == pytest.approx(
+            (config.logits_scaling, config.residual_multiplier))
     for name, want in (("attn_q", q), ("attn_k", k), ("attn_v", v), ("ffn_gate", gate), ("ffn_up", up)):
         assert np.array_equal(tensors[f"blk.0.{name}.weight"], want), name
-    offset = 1.0 if model_type == "gemma3_text" else 0.0
+    offset = 1.0 if model_type in ("gemma3_text", "gemma2") else 0.0  # Gemma's (1 + w) norms
     assert np.array_equal(tensors["blk.0.attn_norm.weight"], state[layer + "input_layernorm.weight"] + offset)
     assert np.array_equal(tensors["token_embd.weight"], state["model.embed_tokens.weight"])
     assert ("output.weight" in tensors) == (not config.tie_word_embeddings)
@@ -145,6 +155,8 @@ def test_export_errors_name_the_fix_and_leave_no_file(tokenizers, tmp_path, monk
     tokenizer = tokenizers["byte_level"]
     with pytest.raises(GGUFExportError, match="query_pre_attn_scalar=256 differs from head_dim=16"):
         save_gguf(tiny("gemma3_text", tokenizer, query_pre_attn_scalar=256), tokenizer, tmp_path / "g.gguf")
+    with pytest.raises(GGUFExportError, match=r"skips RoPE in every 4th layer only"):
+        save_gguf(tiny("smollm3", tokenizer, no_rope_layers=[0, 1]), tokenizer, tmp_path / "s.gguf")
     no_layout = [t for t in MODEL_TYPES if t not in GGUF_TYPES]
     if no_layout:
         with pytest.raises(GGUFExportError, match=f"no GGUF layout is known for model_type '{no_layout[0]}'"):

@@ -101,6 +101,12 @@ def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
         expected = head_dim(config) if equals == "head_dim" else getattr(config, equals, None)
         if value is not None and value != expected:
             raise GGUFExportError(f"{field_name}={value} differs from {equals}={expected}: {why}")
+    if spec.no_rope_every is not None:
+        layers = getattr(config, "no_rope_layers", None)
+        fixed = [int((i + 1) % spec.no_rope_every != 0) for i in range(config.num_hidden_layers)]
+        if layers is not None and list(layers) != fixed:
+            raise GGUFExportError(f"no_rope_layers={list(layers)}: llama.cpp's {spec.arch.lower()} skips RoPE in "
+                                  f"every {spec.no_rope_every}th layer only ({fixed})")
     return _ResolvedSpec(spec)
 
 
@@ -144,6 +150,9 @@ def gguf_metadata(model: PreTrainedModel, vocab: GGUFVocab, outtype: str) -> dic
         put(K.Rope.SCALING_ORIG_CTX_LEN, int(rope["original_max_position_embeddings"]), u32)
     elif rope_type not in ("default", "llama3"):  # llama3's factors are the rope_freqs tensor
         raise GGUFExportError(f"rope_type {rope_type!r} is not written to GGUF by hf_projcomp")
+    for key, field_name in resolved.spec.constants:
+        if getattr(config, field_name, None) is not None:
+            put(f"{{arch}}.{key}", float(getattr(config, field_name)), f32)
     if getattr(config, "final_logit_softcapping", None):
         put(K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.final_logit_softcapping), f32)
     layer_types = getattr(config, "layer_types", None)
