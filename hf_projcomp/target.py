@@ -165,18 +165,6 @@ def remap_generation_config(generation_config: GenerationConfig, kept_token_ids:
     return out
 
 
-def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast parameters (not buffers) to ``dtype`` in place, keeping tied parameters tied.
-
-    ``Module.to(dtype)`` would also cast buffers such as rotary ``inv_freq``, which transformers
-    keeps in float32 when it loads a half-precision checkpoint, so the reloaded model would differ.
-    """
-    for param in {id(p): p for p in model.parameters()}.values():
-        if param.is_floating_point() and param.dtype != dtype:
-            param.data = param.data.to(dtype)
-    model.config.dtype = dtype
-
-
 def build_target_model(
     model: PreTrainedModel,
     selection: Selection,
@@ -232,6 +220,6 @@ def instantiate(
 
 
 __all__ = [
-    "SPECIAL_TOKEN_FIELDS", "TokenIdMap", "build_target_model", "cast_parameters", "instantiate", "make_target_config",
+    "SPECIAL_TOKEN_FIELDS", "TokenIdMap", "build_target_model", "instantiate", "make_target_config",
     "remap_generation_config",
 ]

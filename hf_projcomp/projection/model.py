@@ -200,8 +200,7 @@ class ProjCompModel(nn.Module):
         """The compressed model's forward (arguments as the base class's ``forward``)."""
         kwargs.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         if self._amortized:
-            if not self._step_vjps:
-                self.materialize()
+            self._materialize_once_per_step()
             return self.model(**kwargs)
         if _checkpointing(self.model) and self.training and torch.is_grad_enabled():
             # Checkpointed layers recompute in backward, after functional_call would have put the placeholders
@@ -217,8 +216,7 @@ class ProjCompModel(nn.Module):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The compressed model's ``generate``, with every ``W_c`` computed once for the whole call."""
         if self._amortized:
-            if not self._step_vjps:
-                self.materialize()
+            self._materialize_once_per_step()
             return self.model.generate(*args, **kwargs)
         for name, weight in self.projected_weights().items():  # the placeholders take this call's W_c
             self._target_params[name].copy_(weight)
@@ -257,6 +255,11 @@ class ProjCompModel(nn.Module):
             if push_after_backward:
                 param.requires_grad_(True)
             self._step_vjps.append((proj, param, vjp))
+
+    def _materialize_once_per_step(self) -> None:
+        # The step's first call computes W_c; push_gradients (or a loaded checkpoint) clears them.
+        if not self._step_vjps:
+            self.materialize()
 
     def _pushed_after_backward(self, param: torch.Tensor) -> None:
         # A post-accumulate-grad hook on every placeholder; acts only on the checkpointing path.
@@ -475,9 +478,10 @@ def _record_base(config: ProjCompConfig) -> None:
     name = config.base_model_name_or_path
     if name and Path(name).expanduser().is_dir():
         local = Path(name).expanduser().resolve()
+        hub_id = hub_id_of(local)
         config.base_model_local_path = os.fspath(local)
-        config.base_model_name_or_path = hub_id_of(local) or os.fspath(local)
-        if config.revision is None and hub_id_of(local) and local.parent.name == "snapshots":
+        config.base_model_name_or_path = hub_id or os.fspath(local)
+        if config.revision is None and hub_id and local.parent.name == "snapshots":
             config.revision = local.name
 
 
