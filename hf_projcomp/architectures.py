@@ -85,6 +85,10 @@ class ArchSpec:
     norm_offset: float = 0.0
     # Gemma multiplies embeddings by sqrt(hidden_size), so a smaller hidden changes the scale.
     scaled_embedding: bool = False
+    # Why d_model cannot shrink, when it can't: the family's attention derives head_dim from
+    # hidden_size // num_heads, so a smaller hidden_size with the heads kept is no config of the class.
+    # Only d_ff and the vocabulary shrink.
+    hidden_fixed: str | None = None
     gguf: GGUFSpec | None = None
 
     def embedding_scale(self, hidden_size: int) -> float:
@@ -101,6 +105,7 @@ _LLAMA_LINEARS = (
     LinearSpec("mlp.down_proj", HIDDEN, FFN),
 )
 _LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
+_HEAD_DIM_FROM_HIDDEN = "its attention derives head_dim as hidden_size // num_attention_heads"
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.model_type: spec
@@ -184,6 +189,26 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ffn_down="mlp.fc2",
             final_norm="model.final_layernorm",
         ),
+        # GPT-NeoX (Pythia): fused q/k/v over hidden_size, parallel residual, LayerNorms with biases,
+        # partial rotary, untied head. Its attention is sized by hidden_size itself.
+        ArchSpec(
+            "gpt_neox",
+            (
+                LinearSpec("attention.query_key_value", None, HIDDEN),
+                LinearSpec("attention.dense", HIDDEN, None),
+                LinearSpec("mlp.dense_h_to_4h", FFN, HIDDEN),
+                LinearSpec("mlp.dense_4h_to_h", HIDDEN, FFN),
+            ),
+            _LLAMA_NORMS,
+            ffn_down="mlp.dense_4h_to_h",
+            embed="gpt_neox.embed_in",
+            final_norm="gpt_neox.final_layer_norm",
+            layers="gpt_neox.layers",
+            hidden_fixed=_HEAD_DIM_FROM_HIDDEN,
+        ),
+        # StableLM: llama's layout with LayerNorms (biases), optional parallel residual and q/k
+        # LayerNorms per head (head side, kept); head_dim derived from hidden_size.
+        ArchSpec("stablelm", _LLAMA_LINEARS, _LLAMA_NORMS, hidden_fixed=_HEAD_DIM_FROM_HIDDEN),
         ArchSpec(
             "phi3",
             (

@@ -11,6 +11,7 @@ import math
 from accelerate import init_empty_weights
 from transformers import PretrainedConfig, PreTrainedModel
 
+from .architectures import get_arch_spec
 from .target import make_target_config
 
 
@@ -38,6 +39,12 @@ def validate_target_sizes(
 ) -> None:
     """``ValueError`` naming the parameter when a target width is out of range or not a valid config."""
     heads = config.num_attention_heads
+    fixed = get_arch_spec(config).hidden_fixed
+    if fixed and hidden_size != config.hidden_size:
+        raise ValueError(
+            f"hidden_size must stay {config.hidden_size} for model_type {config.model_type!r} ({fixed}); "
+            f"shrink intermediate_size or the vocabulary instead, got hidden_size={hidden_size}"
+        )
     if not 0 < hidden_size <= config.hidden_size:
         raise ValueError(f"hidden_size must be in [1, {config.hidden_size}] (the base's), got {hidden_size}")
     if not 0 < intermediate_size <= config.intermediate_size:
@@ -85,8 +92,12 @@ def sizes_for_budget(
     if step_h > config.hidden_size // 2:
         step_h = config.num_attention_heads
 
+    hidden_fixed = get_arch_spec(config).hidden_fixed is not None  # then only d_ff shrinks
+
     def sizes(ratio: float) -> tuple[int, int]:
         hidden = max(step_h, round(config.hidden_size * ratio / step_h) * step_h)
+        if hidden_fixed:
+            hidden = config.hidden_size
         inter = max(8, round(config.intermediate_size * ratio / 8) * 8)
         return min(hidden, config.hidden_size), min(inter, config.intermediate_size)
 

@@ -141,7 +141,9 @@ def make_target_config(
     """
     data = config.to_dict()
     data.pop("quantization_config", None)  # a GGUF-loaded base must not make the result look quantized
-    data.update(hidden_size=hidden_size, intermediate_size=intermediate_size, head_dim=head_dim(config))
+    data.update(hidden_size=hidden_size, intermediate_size=intermediate_size)
+    if "head_dim" in data or hidden_size != config.hidden_size:  # else derived, and still right
+        data["head_dim"] = head_dim(config)
     if kept_token_ids is not None:
         vocab_size = len(kept_token_ids)
         data.update(TokenIdMap(kept_token_ids).remap(data, source="config"))

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.architectures import get_arch_spec
@@ -19,20 +19,20 @@ from hf_projcomp.compact.ranking import (
     RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
 )
 
-from tests.tiny import TINY, fresh_env
+from tests.tiny import fresh_env, tiny_config
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level"), ("phi", "byte_level")]
+CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level"), ("phi", "byte_level"),
+         ("gpt_neox", "byte_level")]
 
 
 def model_for(model_type: str, tokenizer) -> torch.nn.Module:
     torch.manual_seed(0)
     ids = {k: tokenizer.convert_tokens_to_ids(getattr(tokenizer, k.replace("_id", "")))
            for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(tokenizer, k.replace("_id", ""))}
-    config = AutoConfig.for_model(model_type, **{**TINY, "vocab_size": len(tokenizer),
-                                                  "pad_token_id": None, **ids})
+    config = tiny_config(model_type, **{"vocab_size": len(tokenizer), "pad_token_id": None, **ids})
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -111,14 +111,14 @@ def test_kept_rows_and_channels_are_the_base_ones(pruned):
     assert torch.equal(small.get_input_embeddings().weight, model.get_input_embeddings().weight[kept])
     assert torch.equal(small.get_output_embeddings().weight, model.get_output_embeddings().weight[kept])
     base = dict(model.named_parameters())
-    down = get_arch_spec(model.config).ffn_down
+    spec = get_arch_spec(model.config)
     for name, param in small.named_parameters():
-        if "embed_tokens" in name or "lm_head" in name:
+        if name.startswith((spec.embed, spec.lm_head)):
             continue
         want = base[name]
-        if "mlp" in name and not name.endswith(f"{down}.bias"):  # the down projection's bias is d_model's
-            channels = result.intermediate_indices[int(name.split(".")[2])]
-            want = want[:, channels] if name.endswith(f"{down}.weight") else want[channels]
+        if ".mlp." in name and not name.endswith(f"{spec.ffn_down}.bias"):  # the down projection's bias is d_model's
+            channels = result.intermediate_indices[int(name.removeprefix(f"{spec.layers}.").split(".")[0])]
+            want = want[:, channels] if name.endswith(f"{spec.ffn_down}.weight") else want[channels]
         assert torch.equal(param, want), name
 
 

@@ -17,28 +17,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_magnitude_drops_dead_dimensions(model_type):
+    """Zero every weight row/column on some d_model and d_ff indices (located from the parameter
+    shapes, not from the plan): magnitude scores them 0 and the selection drops them."""
     model = tiny_model(model_type)
-    dead_hidden, dead_ffn = [3, 17, 40], [5, 6, 90]
+    spec = get_arch_spec(model.config)
+    dead_hidden = [] if spec.hidden_fixed else [3, 17, 40]
+    dead_ffn, d, ffn = [5, 6, 90], TINY["hidden_size"], TINY["intermediate_size"]
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2 and "embed" in name or name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
-                                                                   "qkv_proj.weight", "lm_head.weight")):
-                p[:, dead_hidden] = 0
-            if name.endswith(("o_proj.weight", "self_attn.dense.weight")):
-                p[dead_hidden, :] = 0
-            if name.endswith(("gate_proj.weight", "up_proj.weight", "c_fc.weight", "fc1.weight")):
-                p[:, dead_hidden] = 0
-                p[dead_ffn, :] = 0
-            if name.endswith("gate_up_proj.weight"):
-                p[:, dead_hidden] = 0
-                p[dead_ffn, :] = 0
-                p[[TINY["intermediate_size"] + j for j in dead_ffn], :] = 0
-            if name.endswith(("down_proj.weight", "c_proj.weight", "fc2.weight")):
-                p[dead_hidden, :] = 0
-                p[:, dead_ffn] = 0
-    scores = magnitude_importance(model, build_plan(model, get_arch_spec(model.config), 48))
-    assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
-    sel = get_projcomp_model(model, ProjCompConfig(hidden_size=60, intermediate_size=92)).selection()
+            if p.dim() != 2:
+                continue
+            for dim, size in enumerate(p.shape):
+                dead = dead_hidden if size == d else dead_ffn if size % ffn == 0 and "mlp" in name else []
+                for chunk in range(size // ffn if dead is dead_ffn else 1):  # fused gate_up holds two
+                    p.index_fill_(dim, torch.tensor(dead, dtype=torch.long) + chunk * ffn, 0)
+    scores = magnitude_importance(model, build_plan(model, spec, d))
+    if dead_hidden:
+        assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
+    hidden = d if spec.hidden_fixed else 60
+    sel = get_projcomp_model(model, ProjCompConfig(hidden_size=hidden, intermediate_size=92)).selection()
     assert not set(dead_hidden) & set(sel.hidden.tolist())
     for layer in sel.ffn:
         assert not set(dead_ffn) & set(layer.tolist())

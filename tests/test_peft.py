@@ -23,7 +23,7 @@ from hf_projcomp.projection import unwrap
 
 from tests.scripts import peft_hub
 from tests.test_compact import model_for
-from tests.tiny import MODEL_TYPES, fresh_env, tiny_model
+from tests.tiny import MODEL_TYPES, fresh_env, target_sizes, tiny_model
 from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,8 +61,8 @@ def saved_base(model_type: str, path: Path):
 # -- PEFT's entry points ------------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_peft_get_peft_model_equals_get_projcomp_model(model_type, input_ids):
-    via_peft = get_peft_model(tiny_model(model_type), ProjCompConfig(**TARGET))
-    ours = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**TARGET), progress=False)
+    via_peft = get_peft_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type)))
+    ours = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type)), progress=False)
     assert type(via_peft) is type(ours) is PeftModelForCausalLM
     assert isinstance(via_peft.base_model, ProjCompModel) and via_peft.get_base_model() is via_peft.base_model.model
     assert torch.equal(logits(via_peft, input_ids), logits(ours, input_ids))
@@ -72,7 +72,8 @@ def test_peft_get_peft_model_equals_get_projcomp_model(model_type, input_ids):
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_save_then_peft_loaders_reproduce_the_model_exactly(model_type, input_ids, tmp_path):
     base_dir, adapter = tmp_path / "base", tmp_path / "adapter"
-    pc = nudged(get_peft_model(saved_base(model_type, base_dir), ProjCompConfig(**TARGET)))
+    target = target_sizes(model_type)
+    pc = nudged(get_peft_model(saved_base(model_type, base_dir), ProjCompConfig(**target)))
     expected, merged = logits(pc, input_ids), pc.merge_and_unload()
     pc.save_pretrained(adapter)
 
@@ -81,7 +82,7 @@ def test_save_then_peft_loaders_reproduce_the_model_exactly(model_type, input_id
     assert config.base_model_name_or_path == str(base_dir.resolve())
     # Small and readable: the selections are tensors in the weights file, not JSON lists.
     text = (adapter / "adapter_config.json").read_text()
-    assert len(text) < 3000 and "indices" not in text and json.loads(text)["hidden_size"] == 48
+    assert len(text) < 3000 and "indices" not in text and json.loads(text)["hidden_size"] == target["hidden_size"]
     with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
         assert f.get_tensor("base_model.selection_hidden").dtype == torch.int64
         assert f.get_tensor("base_model.selection_ffn").shape == (2, 64)

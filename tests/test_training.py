@@ -18,7 +18,7 @@ from hf_projcomp.training import Teacher, distillation_kl
 from hf_projcomp.training.trainer import DEFAULT_PROJECTION_LR_RATIO
 
 from tests.scripts import train_tiny
-from tests.tiny import MODEL_TYPES, tiny_model
+from tests.tiny import MODEL_TYPES, target_sizes, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCRIPT = Path(train_tiny.__file__)
@@ -30,7 +30,7 @@ def tiny_data(n: int = 8, length: int = 16) -> Dataset:
 
 
 def projected(model_type: str = "llama", **config):
-    config = {"hidden_size": 48, "intermediate_size": 64, **config}
+    config = {**target_sizes(model_type), **config}
     return get_projcomp_model(tiny_model(model_type), ProjCompConfig(**config), progress=False)
 
 

@@ -7,6 +7,8 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from hf_projcomp.architectures import ARCHITECTURES, head_dim
+
 
 TINY = dict(
     vocab_size=96,
@@ -38,13 +40,29 @@ FAMILIES = {
     "gemma2": (True, False, None, 4, 3, False, False, False),
     "starcoder2": (True, True, None, 2, 2, True, True, False),
     "phi": (False, True, None, 1, 2, True, True, True),
+    "gpt_neox": (False, True, None, 2, 2, True, True, False),
+    "stablelm": (False, False, None, 2, 3, True, False, False),
 }
 MODEL_TYPES = list(FAMILIES)
+# Config fields a family doesn't have (GPT-NeoX: no GQA, head_dim derived).
+_NOT_FIELDS = {"gpt_neox": ("num_key_value_heads", "head_dim"), "stablelm": ("head_dim",)}
+
+
+def target_sizes(model_type: str, hidden_size: int = 48, intermediate_size: int = 64) -> dict[str, int]:
+    """The tests' usual target widths; d_model stays where the family cannot shrink it."""
+    if ARCHITECTURES[model_type].hidden_fixed:
+        hidden_size = TINY["hidden_size"]
+    return dict(hidden_size=hidden_size, intermediate_size=intermediate_size)
+
+
+def tiny_config(model_type: str, **overrides):
+    fields = {k: v for k, v in TINY.items() if k not in _NOT_FIELDS.get(model_type, ())}
+    return AutoConfig.for_model(model_type, **{**fields, **overrides})
 
 
 def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **{**TINY, **overrides})
+    config = tiny_config(model_type, **overrides)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         # Random init leaves norms at 1 (or 0 for Gemma's 1+w); make every kept index matter.
@@ -57,8 +75,9 @@ def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
 def expected_num_parameters(model_type: str, config) -> int:
     tied, bias, qk_norm, block_norms, mlp, norm_bias, out_bias, head_bias = FAMILIES[model_type]
     d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
-    hd = config.head_dim
-    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    hd = head_dim(config)
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    q, kv = config.num_attention_heads * hd, kv_heads * hd
     qk_norms = {None: 0, "head": 2 * hd, "full": q + kv}[qk_norm]
     attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + qk_norms + (d if out_bias else 0)
     norm = 2 * d if norm_bias else d
