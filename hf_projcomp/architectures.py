@@ -26,6 +26,8 @@ class LinearSpec:
     out_dim: str | None  # HIDDEN, FFN or None (unchanged)
     in_dim: str | None
     out_chunks: int = 1  # fused projections stack equal chunks on the output side (phi3 gate_up)
+    # ``path`` names a parameter holding every expert's weight (experts × out × in), not a module.
+    experts: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,27 @@ class ArchSpec:
     # hidden_size // num_heads, so a smaller hidden_size with the heads kept is no config of the class.
     # Only d_ff and the vocabulary shrink.
     hidden_fixed: str | None = None
+    # Config field holding d_ff (the per-expert width in a mixture of experts).
+    ffn_size: str = "intermediate_size"
+    # Mixture of experts: the module holding the experts (transformers' fused layout: ``gate_up_proj``
+    # experts × 2·d_ff × d_model, [gate; up], ``act_fn``, called with the routed top-k indices and
+    # weights) and the config field counting them. Every expert keeps its own d_ff channels, the same
+    # number in each, so the config stays vanilla.
+    experts: str | None = None
+    num_experts: str | None = None
+    # Widths (d_model, d_ff) must be multiples of this: transformers' grouped_mm experts kernel wants
+    # 16-byte-aligned strides, 8 elements in bfloat16.
+    width_multiple: int = 1
+    # (config field, value it must have, why): layouts the table entry does not describe.
+    requires: tuple[tuple[str, object, str], ...] = ()
     gguf: GGUFSpec | None = None
 
     def embedding_scale(self, hidden_size: int) -> float:
         return math.sqrt(hidden_size) if self.scaled_embedding else 1.0
+
+    def ffn_groups(self, config: PretrainedConfig) -> tuple[int, ...]:
+        """Leading shape of one layer's d_ff selection: () for one MLP, (experts,) for a mixture."""
+        return (int(getattr(config, self.num_experts)),) if self.num_experts else ()
 
 
 _LLAMA_LINEARS = (
@@ -106,6 +125,13 @@ _LLAMA_LINEARS = (
 )
 _LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
 _HEAD_DIM_FROM_HIDDEN = "its attention derives head_dim as hidden_size // num_attention_heads"
+# Fused experts (transformers 5): the router is a d_model-input linear over experts.
+_MOE_LINEARS = (
+    *_LLAMA_LINEARS[:4],
+    LinearSpec("mlp.gate", None, HIDDEN),
+    LinearSpec("mlp.experts.gate_up_proj", FFN, HIDDEN, out_chunks=2, experts=True),
+    LinearSpec("mlp.experts.down_proj", HIDDEN, FFN, experts=True),
+)
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.model_type: spec
@@ -209,6 +235,18 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         # StableLM: llama's layout with LayerNorms (biases), optional parallel residual and q/k
         # LayerNorms per head (head side, kept); head_dim derived from hidden_size.
         ArchSpec("stablelm", _LLAMA_LINEARS, _LLAMA_NORMS, hidden_fixed=_HEAD_DIM_FROM_HIDDEN),
+        # Mixtures of experts: every expert's d_ff shrinks to one width; the router reads the pruned
+        # d_model. Qwen3-MoE's q/k norms act on head_dim (head side, kept).
+        ArchSpec("mixtral", _MOE_LINEARS, _LLAMA_NORMS, experts="mlp.experts", num_experts="num_local_experts",
+                 width_multiple=8),
+        ArchSpec("olmoe", _MOE_LINEARS, _LLAMA_NORMS, experts="mlp.experts", num_experts="num_experts",
+                 width_multiple=8, hidden_fixed="its q/k norms are sized from hidden_size, not from the heads they normalise"),
+        ArchSpec(
+            "qwen3_moe", _MOE_LINEARS, _LLAMA_NORMS, experts="mlp.experts", num_experts="num_experts",
+            ffn_size="moe_intermediate_size", width_multiple=8,
+            requires=(("mlp_only_layers", [], "layers with a dense MLP would need a second d_ff"),
+                      ("decoder_sparse_step", 1, "layers with a dense MLP would need a second d_ff")),
+        ),
         ArchSpec(
             "phi3",
             (
@@ -233,7 +271,19 @@ def get_arch_spec(config: PretrainedConfig) -> ArchSpec:
             f"model_type {model_type!r} is not supported; supported model types: "
             f"{', '.join(sorted(ARCHITECTURES))}"
         )
-    return ARCHITECTURES[model_type]
+    spec = ARCHITECTURES[model_type]
+    for field, value, why in spec.requires:
+        if getattr(config, field, value) != value:
+            raise ValueError(
+                f"model_type {model_type!r} is supported with {field}={value!r} only ({why}); "
+                f"this config has {field}={getattr(config, field)!r}"
+            )
+    return spec
+
+
+def ffn_size(config: PretrainedConfig) -> int:
+    """The base's d_ff (per expert in a mixture of experts), from the family's own config field."""
+    return int(getattr(config, get_arch_spec(config).ffn_size))
 
 
 def head_dim(config: PretrainedConfig) -> int:

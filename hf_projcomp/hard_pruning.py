@@ -23,13 +23,27 @@ def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> tor
 
 def _gather(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
     out_idx, in_idx = selection.index(entry.out_dim, entry.layer), selection.index(entry.in_dim, entry.layer)
+    lead = tensor.shape[:-2]  # (experts,) for a mixture's fused weights
     if out_idx is not None:
-        chunks = tensor.reshape(entry.out_chunks, -1, tensor.shape[-1])
-        tensor = chunks.index_select(1, out_idx.to(tensor.device)).reshape(-1, tensor.shape[-1])
+        chunks = tensor.reshape(*lead, entry.out_chunks, -1, tensor.shape[-1])
+        tensor = _take(chunks, -2, out_idx.to(tensor.device)).reshape(*lead, -1, tensor.shape[-1])
     if in_idx is not None:
-        tensor = tensor.index_select(1, in_idx.to(tensor.device))
+        tensor = _take(tensor, -1, in_idx.to(tensor.device))
     # Scales fold in at float32: Gemma's embedding ratio would round twice in half precision.
     return tensor.float() * entry.scale if entry.scale != 1.0 else tensor
+
+
+def _take(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``index_select`` along ``dim``; an index with leading dimensions (one row of indices per
+    expert) picks per leading position, broadcasting over the dimensions between."""
+    if index.dim() == 1:
+        return tensor.index_select(dim, index)
+    dim %= tensor.dim()
+    shape = list(tensor.shape)
+    shape[dim] = index.shape[-1]
+    view = list(index.shape[:-1]) + [1] * (tensor.dim() - index.dim() + 1)
+    view[dim] = index.shape[-1]
+    return tensor.gather(dim, index.reshape(view).expand(shape))
 
 
 def gathered_norm(weight: torch.Tensor, hidden: torch.Tensor, offset: float, divide_by: float) -> torch.Tensor:

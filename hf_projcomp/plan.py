@@ -18,8 +18,10 @@ from .architectures import FFN, HIDDEN, VOCAB, ArchSpec
 
 @dataclass(frozen=True)
 class WeightPlan:
-    """A 2-D weight (out × in, torch layout) that shrinks on at least one side, or the bias of a linear
-    whose output side shrinks (1-D, treated as an out × 1 weight: its rows go with the weight's)."""
+    """A 2-D weight (out × in, torch layout) that shrinks on at least one side, the bias of a linear
+    whose output side shrinks (1-D, treated as an out × 1 weight: its rows go with the weight's), or
+    the fused weights of a layer's experts (experts × out × in: a d_ff side keeps each expert's own
+    channels)."""
 
     name: str  # parameter name in the model, e.g. "model.layers.0.mlp.up_proj.weight"
     out_dim: str | None
@@ -44,7 +46,8 @@ class NormPlan:
 
 @dataclass(frozen=True)
 class Selection:
-    """Kept indices, ascending: one global d_model set, one d_ff set per layer, optional token ids."""
+    """Kept indices, ascending: one global d_model set, one d_ff set per layer (per layer and expert in
+    a mixture of experts: an experts × d_ff tensor), optional token ids."""
 
     hidden: torch.Tensor
     ffn: tuple[torch.Tensor, ...]
@@ -58,7 +61,7 @@ class Selection:
         vocab: Sequence[int] | torch.Tensor | None = None,
     ) -> Selection:
         ffn = tuple(torch.as_tensor(idx, dtype=torch.long) for idx in ffn)
-        if len({len(idx) for idx in ffn}) != 1:
+        if len({idx.shape[-1] for idx in ffn}) != 1:
             raise ValueError("intermediate_indices must keep the same number of channels in every layer")
         vocab = None if vocab is None else torch.as_tensor(vocab, dtype=torch.long)
         return cls(torch.as_tensor(hidden, dtype=torch.long), ffn, vocab)
@@ -69,7 +72,7 @@ class Selection:
 
     @property
     def intermediate_size(self) -> int:
-        return len(self.ffn[0])
+        return self.ffn[0].shape[-1]
 
     def index(self, side: str | None, layer: int | None = None) -> torch.Tensor | None:
         """The kept indices along one side of a planned tensor (None: the side keeps its size)."""
@@ -111,10 +114,9 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
     for i in range(len(model.get_submodule(spec.layers))):
         prefix = f"{spec.layers}.{i}"
         for lin in spec.linears:
-            module = model.get_submodule(f"{prefix}.{lin.path}")
-            weights.append(
-                WeightPlan(f"{prefix}.{lin.path}.weight", lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks)
-            )
+            name = f"{prefix}.{lin.path}" if lin.experts else f"{prefix}.{lin.path}.weight"
+            weights.append(WeightPlan(name, lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks))
+            module = None if lin.experts else model.get_submodule(f"{prefix}.{lin.path}")
             if getattr(module, "bias", None) is not None and lin.out_dim is not None:
                 # A bias on the head side (q/k/v) keeps its size and is carried over unchanged.
                 weights.append(WeightPlan(f"{prefix}.{lin.path}.bias", lin.out_dim, None, layer=i,

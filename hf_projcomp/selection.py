@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from .architectures import get_arch_spec
+from .architectures import ffn_size, get_arch_spec
 from .compact import compact_prune
 from .config import ProjCompConfig
 from .importance import activation_importance, calibration_batches, magnitude_importance, select_indices, top_k
@@ -65,7 +65,7 @@ def record_base(model: PreTrainedModel, config: ProjCompConfig) -> ProjCompConfi
         model_type=model.config.model_type,
         architecture=type(model).__name__,
         base_hidden_size=model.config.hidden_size,
-        base_intermediate_size=model.config.intermediate_size,
+        base_intermediate_size=ffn_size(model.config),
         base_vocab_size=model.config.vocab_size,
         num_hidden_layers=model.config.num_hidden_layers,
     )
@@ -103,7 +103,7 @@ def _compact_selection(
         hidden_size = base.hidden_size
     else:
         hidden_size = config.hidden_size or base.hidden_size
-        split = (config.vocab_size or base.vocab_size, config.intermediate_size or base.intermediate_size)
+        split = (config.vocab_size or base.vocab_size, config.intermediate_size or ffn_size(base))
         validate_target_sizes(base, hidden_size, split[1], split[0])
         _, small_tok, result = compact_prune(
             model, tokenizer, calibration_data, split=split, progress=progress, return_result=True

@@ -11,7 +11,7 @@ import math
 from accelerate import init_empty_weights
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .architectures import get_arch_spec
+from .architectures import ffn_size, get_arch_spec
 from .target import make_target_config
 
 
@@ -39,7 +39,8 @@ def validate_target_sizes(
 ) -> None:
     """``ValueError`` naming the parameter when a target width is out of range or not a valid config."""
     heads = config.num_attention_heads
-    fixed = get_arch_spec(config).hidden_fixed
+    spec = get_arch_spec(config)
+    fixed = spec.hidden_fixed
     if fixed and hidden_size != config.hidden_size:
         raise ValueError(
             f"hidden_size must stay {config.hidden_size} for model_type {config.model_type!r} ({fixed}); "
@@ -47,13 +48,18 @@ def validate_target_sizes(
         )
     if not 0 < hidden_size <= config.hidden_size:
         raise ValueError(f"hidden_size must be in [1, {config.hidden_size}] (the base's), got {hidden_size}")
-    if not 0 < intermediate_size <= config.intermediate_size:
-        raise ValueError(
-            f"intermediate_size must be in [1, {config.intermediate_size}] (the base's), got {intermediate_size}"
-        )
+    base_ffn = ffn_size(config)
+    if not 0 < intermediate_size <= base_ffn:
+        raise ValueError(f"intermediate_size must be in [1, {base_ffn}] (the base's), got {intermediate_size}")
     vocab_size = config.vocab_size if vocab_size is None else vocab_size
-    if (hidden_size, intermediate_size, vocab_size) == (config.hidden_size, config.intermediate_size, config.vocab_size):
+    if (hidden_size, intermediate_size, vocab_size) == (config.hidden_size, base_ffn, config.vocab_size):
         raise ValueError("the target equals the base model's size: shrink hidden_size, intermediate_size or the vocabulary")
+    for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size)):
+        if value % spec.width_multiple:
+            raise ValueError(
+                f"{name} ({value}) must be a multiple of {spec.width_multiple} for model_type {config.model_type!r} "
+                f"(transformers' grouped_mm experts kernel needs 16-byte-aligned rows)"
+            )
     if hidden_size % heads:
         raise ValueError(
             f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({heads}); "
@@ -70,7 +76,7 @@ def resolve_target_sizes(
     """Turn explicit widths or a non-embedding parameter target into validated (hidden, intermediate)."""
     config = model.config
     if target_params is None:
-        sizes = (hidden_size or config.hidden_size, intermediate_size or config.intermediate_size)
+        sizes = (hidden_size or config.hidden_size, intermediate_size or ffn_size(config))
     else:
         sizes = sizes_for_budget(type(model), config, target_params)
     validate_target_sizes(config, *sizes)
@@ -98,8 +104,8 @@ def sizes_for_budget(
         hidden = max(step_h, round(config.hidden_size * ratio / step_h) * step_h)
         if hidden_fixed:
             hidden = config.hidden_size
-        inter = max(8, round(config.intermediate_size * ratio / 8) * 8)
-        return min(hidden, config.hidden_size), min(inter, config.intermediate_size)
+        inter = max(8, round(ffn_size(config) * ratio / 8) * 8)
+        return min(hidden, config.hidden_size), min(inter, ffn_size(config))
 
     def non_embedding(ratio: float) -> int:
         t, e = count_parameters(model_class, make_target_config(config, *sizes(ratio)))

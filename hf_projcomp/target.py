@@ -17,7 +17,7 @@ import torch
 from accelerate import init_empty_weights
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 
-from .architectures import head_dim
+from .architectures import get_arch_spec, head_dim
 from .plan import Selection
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def make_target_config(
     """
     data = config.to_dict()
     data.pop("quantization_config", None)  # a GGUF-loaded base must not make the result look quantized
-    data.update(hidden_size=hidden_size, intermediate_size=intermediate_size)
+    data.update({"hidden_size": hidden_size, get_arch_spec(config).ffn_size: intermediate_size})
     if "head_dim" in data or hidden_size != config.hidden_size:  # else derived, and still right
         data["head_dim"] = head_dim(config)
     if kept_token_ids is not None:

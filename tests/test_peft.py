@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainerMixin, get_projcomp_model
 from hf_projcomp import peft_integration
 from hf_projcomp.projection import unwrap
+from hf_projcomp.architectures import ARCHITECTURES
 
 from tests.scripts import peft_hub
 from tests.test_compact import model_for
@@ -85,7 +86,8 @@ def test_save_then_peft_loaders_reproduce_the_model_exactly(model_type, input_id
     assert len(text) < 3000 and "indices" not in text and json.loads(text)["hidden_size"] == target["hidden_size"]
     with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
         assert f.get_tensor("base_model.selection_hidden").dtype == torch.int64
-        assert f.get_tensor("base_model.selection_ffn").shape == (2, 64)
+        experts = ARCHITECTURES[model_type].ffn_groups(pc.base_model.source_model.config)
+        assert f.get_tensor("base_model.selection_ffn").shape == (2, *experts, 64)
 
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter)
     assert torch.equal(logits(reloaded, input_ids), expected)

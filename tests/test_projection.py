@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_prune
-from hf_projcomp.architectures import head_dim
+from hf_projcomp.architectures import ARCHITECTURES, ffn_size, head_dim
 from hf_projcomp.projection import project_weight
 from hf_projcomp.sizing import count_target_parameters
 
@@ -44,7 +44,10 @@ def test_init_equals_hard_pruned(model_type, input_ids, importance):
     with torch.no_grad():
         diff = (pc(input_ids=input_ids).logits - pruned(input_ids=input_ids).logits).abs().max().item()
     assert diff <= 1e-5, f"{model_type}: max abs diff {diff}"
-    assert len(sel.hidden) == target["hidden_size"] and all(len(idx) == 64 for idx in sel.ffn)
+    experts = tuple(ARCHITECTURES[model_type].ffn_groups(model.config))
+    assert len(sel.hidden) == target["hidden_size"] and all(idx.shape == (*experts, 64) for idx in sel.ffn)
+    if experts:  # each expert ranks its own channels
+        assert any(not torch.equal(idx[0], idx[e]) for idx in sel.ffn for e in range(1, experts[0]))
 
 
 def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path):
@@ -62,13 +65,13 @@ def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path)
     assert rel <= 1e-4, f"{model_type}: relative diff {rel}"
     assert type(merged) is type(model)
     assert merged.num_parameters() == expected_num_parameters(model_type, merged.config)
-    assert (merged.config.hidden_size, merged.config.intermediate_size) == (target["hidden_size"], 64)
+    assert (merged.config.hidden_size, ffn_size(merged.config)) == (target["hidden_size"], 64)
     assert head_dim(merged.config) == TINY["head_dim"]
     assert all(p.requires_grad for p in merged.parameters())
 
     merged.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert (config["hidden_size"], config["intermediate_size"]) == (target["hidden_size"], 64)
+    assert (config["hidden_size"], config[ARCHITECTURES[model_type].ffn_size]) == (target["hidden_size"], 64)
     # head_dim is written where the base derived it from a d_model that shrank, and only there.
     assert config.get("head_dim", 16) == 16
     assert ("head_dim" in config) == ("head_dim" in model.config.to_dict() or target["hidden_size"] < TINY["hidden_size"])

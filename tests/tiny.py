@@ -7,7 +7,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from hf_projcomp.architectures import ARCHITECTURES, head_dim
+from hf_projcomp.architectures import ARCHITECTURES, ffn_size, head_dim
 
 
 TINY = dict(
@@ -42,10 +42,20 @@ FAMILIES = {
     "phi": (False, True, None, 1, 2, True, True, True),
     "gpt_neox": (False, True, None, 2, 2, True, True, False),
     "stablelm": (False, False, None, 2, 3, True, False, False),
+    "mixtral": (False, False, None, 2, 3, False, False, False),
+    "qwen3_moe": (False, False, "head", 2, 3, False, False, False),
+    "olmoe": (False, False, "full", 2, 3, False, False, False),
 }
 MODEL_TYPES = list(FAMILIES)
 # Config fields a family doesn't have (GPT-NeoX: no GQA, head_dim derived).
 _NOT_FIELDS = {"gpt_neox": ("num_key_value_heads", "head_dim"), "stablelm": ("head_dim",)}
+# Fields only a family has (four experts, two routed per token).
+_FIELDS = {
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "olmoe": dict(num_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=TINY["intermediate_size"],
+                      decoder_sparse_step=1, mlp_only_layers=[]),
+}
 
 
 def target_sizes(model_type: str, hidden_size: int = 48, intermediate_size: int = 64) -> dict[str, int]:
@@ -57,7 +67,7 @@ def target_sizes(model_type: str, hidden_size: int = 48, intermediate_size: int 
 
 def tiny_config(model_type: str, **overrides):
     fields = {k: v for k, v in TINY.items() if k not in _NOT_FIELDS.get(model_type, ())}
-    return AutoConfig.for_model(model_type, **{**fields, **overrides})
+    return AutoConfig.for_model(model_type, **{**fields, **_FIELDS.get(model_type, {}), **overrides})
 
 
 def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
@@ -74,14 +84,16 @@ def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
 
 def expected_num_parameters(model_type: str, config) -> int:
     tied, bias, qk_norm, block_norms, mlp, norm_bias, out_bias, head_bias = FAMILIES[model_type]
-    d, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    d, i, v, layers = config.hidden_size, ffn_size(config), config.vocab_size, config.num_hidden_layers
+    experts = ARCHITECTURES[model_type].ffn_groups(config)
     hd = head_dim(config)
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     q, kv = config.num_attention_heads * hd, kv_heads * hd
     qk_norms = {None: 0, "head": 2 * hd, "full": q + kv}[qk_norm]
     attn = d * q + 2 * d * kv + q * d + (q + 2 * kv if bias else 0) + qk_norms + (d if out_bias else 0)
     norm = 2 * d if norm_bias else d
-    block = attn + mlp * d * i + (i + d if out_bias else 0) + block_norms * norm
+    ffn = experts[0] * (mlp * d * i + d) if experts else mlp * d * i  # each expert, and its router row
+    block = attn + ffn + (i + d if out_bias else 0) + block_norms * norm
     return v * d * (1 if tied else 2) + layers * block + norm + (v if head_bias else 0)
 
 

@@ -8,10 +8,12 @@ scores each on held-out calibration text; the paper leaves the split to hand tun
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
+from ..architectures import ffn_size, get_arch_spec
 from ..sizing import count_target_parameters
 
 
@@ -52,6 +54,8 @@ def candidate_splits(
     narrower FFN fractions.
     """
     config = model.config
+    width_multiple = get_arch_spec(config).width_multiple
+    multiple = math.lcm(multiple, width_multiple)
     hidden, base_vocab = config.hidden_size, config.vocab_size
     splits = []
     # FFN only (the whole vocabulary kept): the widest d_ff that fits, in steps of ``multiple``
@@ -59,20 +63,20 @@ def candidate_splits(
     at_zero = count_target_parameters(model, hidden, 1, vocab_size=base_vocab)
     per_channel = count_target_parameters(model, hidden, 2, vocab_size=base_vocab) - at_zero
     at_zero -= per_channel
-    step = multiple if multiple * per_channel <= 0.005 * budget else 1
+    step = multiple if multiple * per_channel <= 0.005 * budget else width_multiple
     inter = step * ((budget - at_zero) // (per_channel * step))
-    if 0 < inter < config.intermediate_size:
+    if 0 < inter < ffn_size(config):
         splits.append(Split(base_vocab, inter, at_zero + inter * per_channel))
     mixed = 0
     for fraction in ffn_fractions:
         if max_mixed is not None and mixed >= max_mixed:
             break
-        inter = max(multiple, round(config.intermediate_size * fraction / multiple) * multiple)
-        inter = min(inter, config.intermediate_size)
+        inter = max(multiple, round(ffn_size(config) * fraction / multiple) * multiple)
+        inter = min(inter, ffn_size(config))
         at_one = count_target_parameters(model, hidden, inter, vocab_size=1)
         per_row = count_target_parameters(model, hidden, inter, vocab_size=2) - at_one
         vocab = 1 + (budget - at_one) // per_row
-        if min_vocab <= vocab <= base_vocab and (vocab, inter) != (base_vocab, config.intermediate_size):
+        if min_vocab <= vocab <= base_vocab and (vocab, inter) != (base_vocab, ffn_size(config)):
             splits.append(Split(vocab, inter, at_one + (vocab - 1) * per_row))
             mixed += 1
     return splits

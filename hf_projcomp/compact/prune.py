@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..architectures import get_arch_spec
+from ..architectures import ffn_size, get_arch_spec
 from ..evaluate import bits_per_byte
 from ..importance import Scores, activation_importance, calibration_batches, magnitude_importance, top_k
 from ..importance.calibration import iter_calibration_texts, read_tokens, token_sequences
@@ -158,10 +158,10 @@ def compact_prune(
     min_vocab = len(required) if prune_vocabulary else model.config.vocab_size
     if split is not None:
         vocab, inter = split
-        if not min_vocab <= vocab <= model.config.vocab_size or not 0 < inter <= model.config.intermediate_size:
+        if not min_vocab <= vocab <= model.config.vocab_size or not 0 < inter <= ffn_size(model.config):
             raise ValueError(
                 f"split must be (vocab_size in [{min_vocab}, {model.config.vocab_size}], intermediate_size in "
-                f"[1, {model.config.intermediate_size}]), got {split}"
+                f"[1, {ffn_size(model.config)}]), got {split}"
             )
         splits = [Split(vocab, inter, count_target_parameters(model, model.config.hidden_size, inter, vocab))]
     else:

@@ -2,7 +2,9 @@
 
 d_model: sum over tokens of |output| of every d_model norm (they all feed from/into the residual
 stream); d_ff: sum over tokens of |input of down_proj| (the FFN intermediate activation), per layer.
-``power=2`` and per-token weights give the act² variants (COMPACT's common-token weighting).
+In a mixture of experts, per expert over the tokens routed to it, each scaled by its routing weight
+(what the expert's output is multiplied by). ``power=2`` and per-token weights give the act²
+variants (COMPACT's common-token weighting).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architectures import ArchSpec
+from ..architectures import ArchSpec, ffn_size
 from .calibration import Batch
 from .scores import Scores
 
@@ -42,7 +44,8 @@ def activation_importance(
     config = model.config
     device = next(model.parameters()).device
     hidden = torch.zeros(config.hidden_size, dtype=torch.float64, device=device)
-    ffn = torch.zeros(config.num_hidden_layers, config.intermediate_size, dtype=torch.float64, device=device)
+    ffn = torch.zeros(config.num_hidden_layers, *spec.ffn_groups(config), ffn_size(config), dtype=torch.float64,
+                      device=device)
     weights: list[torch.Tensor] = []  # the current batch's per-position weights, shape (B, T, 1)
 
     def accumulate(acc: torch.Tensor, x: torch.Tensor) -> None:
@@ -53,6 +56,10 @@ def activation_importance(
     norm_modules.append(model.get_submodule(spec.final_norm))
     handles = [m.register_forward_hook(lambda _m, _i, out: accumulate(hidden, out)) for m in norm_modules]
     for i, layer in enumerate(layers):
+        if spec.experts:
+            hook = lambda m, args, i=i: _accumulate_experts(ffn[i], m, *args[:3], weights[0], power)  # noqa: E731
+            handles.append(layer.get_submodule(spec.experts).register_forward_pre_hook(hook))
+            continue
         down = layer.get_submodule(spec.ffn_down)
         handles.append(down.register_forward_pre_hook(lambda _m, args, i=i: accumulate(ffn[i], args[0])))
 
@@ -85,3 +92,28 @@ def activation_importance(
             h.remove()
         model.train(was_training)
     return Scores(hidden.cpu(), ffn.cpu())
+
+
+def _accumulate_experts(
+    acc: torch.Tensor,
+    experts: torch.nn.Module,
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    position_weight: torch.Tensor,
+    power: int,
+) -> None:
+    """Add each expert's |routing weight · act(gate) · up|^power over the tokens routed to it.
+
+    ``hidden`` (tokens × d_model) is what the experts module is called with, in transformers' fused
+    layout (``gate_up_proj`` experts × 2·d_ff × d_model, [gate; up]); the intermediate activation is
+    recomputed here because the fused kernels expose no module at the down projection's input.
+    """
+    position_weight = position_weight.reshape(-1).to(torch.float64)
+    for e in top_k_index.unique().tolist():
+        if e >= acc.shape[0]:  # transformers' placeholder for dropped routes
+            continue
+        token, slot = (top_k_index == e).nonzero(as_tuple=True)
+        gate, up = torch.nn.functional.linear(hidden[token], experts.gate_up_proj[e]).chunk(2, dim=-1)
+        act = (experts.act_fn(gate) * up).double() * top_k_weights[token, slot, None].double()
+        acc[e] += (act.abs().pow(power) * position_weight[token, None]).sum(0)

@@ -460,7 +460,9 @@ def _resolve_selection(model: PreTrainedModel, config: ProjCompConfig) -> Select
         layers = config.num_hidden_layers or model.config.num_hidden_layers
         vocab = None if config.vocab_size is None else torch.arange(config.vocab_size)
         _attach_saved_tokenizer(config, vocab is not None)
-        return Selection(torch.arange(config.hidden_size), (torch.arange(config.intermediate_size),) * layers, vocab)
+        groups = get_arch_spec(model.config).ffn_groups(model.config)  # (experts,) in a mixture
+        ffn = torch.arange(config.intermediate_size).expand(*groups, config.intermediate_size)
+        return Selection(torch.arange(config.hidden_size), (ffn,) * layers, vocab)
     from ..selection import select
 
     recorded, selection, tokenizer = on_rank0_then_broadcast(lambda: select(model, config, None, None, progress=True))
