@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import nn
 from transformers import PretrainedConfig
 
 HIDDEN = "hidden"
@@ -75,7 +76,8 @@ class ArchSpec:
 
     model_type: str
     linears: tuple[LinearSpec, ...]
-    # RMSNorms over d_model inside each block (gathered at the kept hidden indices).
+    # Norms over d_model inside each block (gathered at the kept hidden indices); one the config
+    # leaves out (StableLM's parallel residual has no post_attention_layernorm) is skipped.
     block_norms: tuple[str, ...]
     # Module whose input is the FFN intermediate activation (its input columns are d_ff channels).
     ffn_down: str = "mlp.down_proj"
@@ -91,6 +93,8 @@ class ArchSpec:
     # hidden_size // num_heads, so a smaller hidden_size with the heads kept is no config of the class.
     # Only d_ff and the vocabulary shrink.
     hidden_fixed: str | None = None
+    # (config field, dotted into dicts; value; why): configs of the family whose d_model can't shrink.
+    hidden_fixed_if: tuple[tuple[str, object, str], ...] = ()
     # Config field holding d_ff (the per-expert width in a mixture of experts).
     ffn_size: str = "intermediate_size"
     # Mixture of experts: the module holding the experts (transformers' fused layout: ``gate_up_proj``
@@ -108,6 +112,18 @@ class ArchSpec:
 
     def embedding_scale(self, hidden_size: int) -> float:
         return math.sqrt(hidden_size) if self.scaled_embedding else 1.0
+
+    def fixed_hidden(self, config: PretrainedConfig) -> str | None:
+        """Why ``config``'s d_model must keep its width (None: it may shrink)."""
+        if self.hidden_fixed:
+            return self.hidden_fixed
+        for path, value, why in self.hidden_fixed_if:
+            found: object = config
+            for part in path.split("."):
+                found = found.get(part) if isinstance(found, dict) else getattr(found, part, None)
+            if found == value:
+                return why
+        return None
 
     def ffn_groups(self, config: PretrainedConfig) -> tuple[int, ...]:
         """Leading shape of one layer's d_ff selection: () for one MLP, (experts,) for a mixture."""
@@ -214,6 +230,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ("input_layernorm",),
             ffn_down="mlp.fc2",
             final_norm="model.final_layernorm",
+            hidden_fixed_if=(("qk_layernorm", True, "its q/k LayerNorms are sized by hidden_size // num_attention_heads"),),
         ),
         # GPT-NeoX (Pythia): fused q/k/v over hidden_size, parallel residual, LayerNorms with biases,
         # partial rotary, untied head. Its attention is sized by hidden_size itself.
@@ -258,6 +275,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             _LLAMA_NORMS,
             # llama.cpp's phi3 graph ignores the sliding window too: its fallback is exact as far as the window.
             gguf=GGUFSpec("PHI3", square_attention=True, fallback=_PHI3_AS_LLAMA),
+            hidden_fixed_if=(("rope_parameters.rope_type", "longrope",
+                              "Phi3Config sizes longrope's factors by hidden_size // num_attention_heads"),),
         ),
     )
 }
@@ -279,6 +298,13 @@ def get_arch_spec(config: PretrainedConfig) -> ArchSpec:
                 f"this config has {field}={getattr(config, field)!r}"
             )
     return spec
+
+
+def block_norm_modules(layer: nn.Module, spec: ArchSpec) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the d_model norms ``layer`` has, of those the table lists."""
+    found = ((name, getattr(layer.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2], None))
+             for name in spec.block_norms)
+    return [(name, module) for name, module in found if module is not None]
 
 
 def ffn_size(config: PretrainedConfig) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .architectures import FFN, HIDDEN, VOCAB, ArchSpec
+from .architectures import FFN, HIDDEN, VOCAB, ArchSpec, block_norm_modules
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
                 # A bias on the head side (q/k/v) keeps its size and is carried over unchanged.
                 weights.append(WeightPlan(f"{prefix}.{lin.path}.bias", lin.out_dim, None, layer=i,
                                           out_chunks=lin.out_chunks))
-        norms.extend(_norm_plans(model, f"{prefix}.{n}") for n in spec.block_norms)
+        layer = model.get_submodule(prefix)
+        norms.extend(_norm_plans(model, f"{prefix}.{n}") for n, _ in block_norm_modules(layer, spec))
     if not tied:
         weights.append(WeightPlan(f"{spec.lm_head}.weight", VOCAB, HIDDEN))
         if getattr(model.get_submodule(spec.lm_head), "bias", None) is not None:  # Phi-2's head

@@ -40,7 +40,7 @@ def validate_target_sizes(
     """``ValueError`` naming the parameter when a target width is out of range or not a valid config."""
     heads = config.num_attention_heads
     spec = get_arch_spec(config)
-    fixed = spec.hidden_fixed
+    fixed = spec.fixed_hidden(config)
     if fixed and hidden_size != config.hidden_size:
         raise ValueError(
             f"hidden_size must stay {config.hidden_size} for model_type {config.model_type!r} ({fixed}); "
@@ -98,7 +98,7 @@ def sizes_for_budget(
     if step_h > config.hidden_size // 2:
         step_h = config.num_attention_heads
 
-    hidden_fixed = get_arch_spec(config).hidden_fixed is not None  # then only d_ff shrinks
+    hidden_fixed = get_arch_spec(config).fixed_hidden(config) is not None  # then only d_ff shrinks
 
     def sizes(ratio: float) -> tuple[int, int]:
         hidden = max(step_h, round(config.hidden_size * ratio / step_h) * step_h)

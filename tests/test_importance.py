@@ -21,7 +21,7 @@ def test_magnitude_drops_dead_dimensions(model_type):
     shapes, not from the plan): magnitude scores them 0 and the selection drops them."""
     model = tiny_model(model_type)
     spec = get_arch_spec(model.config)
-    dead_hidden = [] if spec.hidden_fixed else [3, 17, 40]
+    dead_hidden = [] if spec.fixed_hidden(model.config) else [3, 17, 40]
     dead_ffn, d, ffn = [5, 6, 90], TINY["hidden_size"], TINY["intermediate_size"]
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -34,7 +34,7 @@ def test_magnitude_drops_dead_dimensions(model_type):
     scores = magnitude_importance(model, build_plan(model, spec, d))
     if dead_hidden:
         assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
-    hidden = d if spec.hidden_fixed else 56
+    hidden = d if dead_hidden == [] else 56
     sel = get_projcomp_model(model, ProjCompConfig(hidden_size=hidden, intermediate_size=88)).selection()
     assert not set(dead_hidden) & set(sel.hidden.tolist())
     for layer in sel.ffn:
@@ -139,3 +139,38 @@ def test_a_streamed_token_dataset_is_read_only_as_far_as_needed():
 
     batches = calibration_batches(datasets.IterableDataset.from_generator(rows), num_sequences=12)
     assert [b["input_ids"].shape for b in batches] == [(8, 16), (4, 16)] and len(served) <= 13
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe"])
+def test_expert_importance_counts_only_the_tokens_routed_to_each_expert(model_type):
+    """With every token routed to experts 0 and 1 (weights 0.7/0.3), experts 2 and 3 score zero and
+    experts 0 and 1 score exactly Σ |w · act(gate) · up| over the tokens, recomputed here by hand."""
+    model = tiny_model(model_type)
+    spec = get_arch_spec(model.config)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 10), generator=torch.Generator().manual_seed(0))
+    inputs = []
+
+    def route(module, args, output):
+        logits, _, _ = output
+        index = torch.tensor([[0, 1]]).expand(logits.shape[0], 2)
+        return logits, torch.tensor([[0.7, 0.3]]).expand(logits.shape[0], 2), index
+
+    handles = []
+    for layer in model.get_submodule(spec.layers):
+        handles.append(layer.get_submodule("mlp.gate").register_forward_hook(route))
+        handles.append(layer.get_submodule(spec.experts).register_forward_pre_hook(
+            lambda m, args: inputs.append(args[0].detach())))
+    try:
+        scores = activation_importance(model, spec, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}],
+                                       progress=False)
+        assert scores.ffn.shape == (TINY["num_hidden_layers"], 4, TINY["intermediate_size"])
+        assert scores.ffn[:, 2:].abs().max() == 0 and (scores.ffn[:, :2].sum(-1) > 0).all()
+        for i, layer in enumerate(model.get_submodule(spec.layers)):
+            experts = layer.get_submodule(spec.experts)
+            for e, weight in ((0, 0.7), (1, 0.3)):
+                gate, up = (inputs[i].double() @ experts.gate_up_proj[e].double().T).chunk(2, dim=-1)
+                want = (weight * experts.act_fn(gate) * up).abs().sum(0)
+                torch.testing.assert_close(scores.ffn[i, e], want, rtol=1e-5, atol=1e-8)
+    finally:
+        for h in handles:
+            h.remove()

@@ -58,21 +58,22 @@ _FIELDS = {
 }
 
 
-def target_sizes(model_type: str, hidden_size: int = 48, intermediate_size: int = 64) -> dict[str, int]:
-    """The tests' usual target widths; d_model stays where the family cannot shrink it."""
-    if ARCHITECTURES[model_type].hidden_fixed:
+def target_sizes(model_type: str, hidden_size: int = 48, intermediate_size: int = 64, config=None) -> dict[str, int]:
+    """The tests' usual target widths; d_model stays where the family (or ``config``) cannot shrink it."""
+    if ARCHITECTURES[model_type].fixed_hidden(config or tiny_config(model_type)):
         hidden_size = TINY["hidden_size"]
     return dict(hidden_size=hidden_size, intermediate_size=intermediate_size)
 
 
-def tiny_config(model_type: str, **overrides):
-    fields = {k: v for k, v in TINY.items() if k not in _NOT_FIELDS.get(model_type, ())}
+def tiny_config(model_type: str, without: tuple[str, ...] = (), **overrides):
+    """The tiny config of a family; ``without`` leaves fields to the family's default (``head_dim``)."""
+    fields = {k: v for k, v in TINY.items() if k not in _NOT_FIELDS.get(model_type, ()) + without}
     return AutoConfig.for_model(model_type, **{**fields, **_FIELDS.get(model_type, {}), **overrides})
 
 
-def tiny_model(model_type: str, seed: int = 0, **overrides) -> PreTrainedModel:
+def tiny_model(model_type: str, seed: int = 0, without: tuple[str, ...] = (), **overrides) -> PreTrainedModel:
     torch.manual_seed(seed)
-    config = tiny_config(model_type, **overrides)
+    config = tiny_config(model_type, without, **overrides)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         # Random init leaves norms at 1 (or 0 for Gemma's 1+w); make every kept index matter.

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architectures import ArchSpec, ffn_size
+from ..architectures import ArchSpec, block_norm_modules, ffn_size
 from .calibration import Batch
 from .scores import Scores
 
@@ -52,7 +52,7 @@ def activation_importance(
         acc += (x.detach().double().abs().pow(power) * weights[0]).sum(dim=(0, 1))
 
     layers = model.get_submodule(spec.layers)
-    norm_modules = [layer.get_submodule(n) for layer in layers for n in spec.block_norms]
+    norm_modules = [module for layer in layers for _, module in block_norm_modules(layer, spec)]
     norm_modules.append(model.get_submodule(spec.final_norm))
     handles = [m.register_forward_hook(lambda _m, _i, out: accumulate(hidden, out)) for m in norm_modules]
     for i, layer in enumerate(layers):
