@@ -29,6 +29,8 @@ class LinearSpec:
     out_chunks: int = 1  # fused projections stack equal chunks on the output side (phi3 gate_up)
     # ``path`` names a parameter holding every expert's weight (experts × out × in), not a module.
     experts: bool = False
+    # The weight is stored in × out (GPT-2's ``Conv1D``), not torch's out × in.
+    transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,10 @@ class ArchSpec:
     hidden_fixed: str | None = None
     # (config field, dotted into dicts; value; why): configs of the family whose d_model can't shrink.
     hidden_fixed_if: tuple[tuple[str, object, str], ...] = ()
-    # Config field holding d_ff (the per-expert width in a mixture of experts).
+    # Config field holding d_ff (the per-expert width in a mixture of experts); when it is None the
+    # family's default is ``ffn_size_from_hidden`` × hidden_size (GPT-2's n_inner).
     ffn_size: str = "intermediate_size"
+    ffn_size_from_hidden: int | None = None
     # Mixture of experts: the module holding the experts (transformers' fused layout: ``gate_up_proj``
     # experts × 2·d_ff × d_model, [gate; up], ``act_fn``, called with the routed top-k indices and
     # weights) and the config field counting them. Every expert keeps its own d_ff channels, the same
@@ -249,6 +253,25 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             layers="gpt_neox.layers",
             hidden_fixed=_HEAD_DIM_FROM_HIDDEN,
         ),
+        # GPT-2: Conv1D weights (in × out), biases everywhere, learned position embeddings on the d_model
+        # side (kept with d_model, which can't shrink), fused q/k/v, a tied head.
+        ArchSpec(
+            "gpt2",
+            (
+                LinearSpec("attn.c_attn", None, HIDDEN, transposed=True),
+                LinearSpec("attn.c_proj", HIDDEN, None, transposed=True),
+                LinearSpec("mlp.c_fc", FFN, HIDDEN, transposed=True),
+                LinearSpec("mlp.c_proj", HIDDEN, FFN, transposed=True),
+            ),
+            ("ln_1", "ln_2"),
+            ffn_down="mlp.c_proj",
+            embed="transformer.wte",
+            final_norm="transformer.ln_f",
+            layers="transformer.h",
+            hidden_fixed=_HEAD_DIM_FROM_HIDDEN,
+            ffn_size="n_inner",
+            ffn_size_from_hidden=4,
+        ),
         # StableLM: llama's layout with LayerNorms (biases), optional parallel residual and q/k
         # LayerNorms per head (head side, kept); head_dim derived from hidden_size.
         ArchSpec("stablelm", _LLAMA_LINEARS, _LLAMA_NORMS, hidden_fixed=_HEAD_DIM_FROM_HIDDEN),
@@ -309,7 +332,11 @@ def block_norm_modules(layer: nn.Module, spec: ArchSpec) -> list[tuple[str, nn.M
 
 def ffn_size(config: PretrainedConfig) -> int:
     """The base's d_ff (per expert in a mixture of experts), from the family's own config field."""
-    return int(getattr(config, get_arch_spec(config).ffn_size))
+    spec = get_arch_spec(config)
+    value = getattr(config, spec.ffn_size, None)
+    if value is None and spec.ffn_size_from_hidden:
+        return spec.ffn_size_from_hidden * config.hidden_size
+    return int(value)
 
 
 def head_dim(config: PretrainedConfig) -> int:

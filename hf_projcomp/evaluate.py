@@ -142,6 +142,10 @@ def _score(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and window > limit:  # learned positions (GPT-2) have no row past it; rotary ones were not trained there
+        logger.info("window %d is past the model's max_position_embeddings; scoring in %d-token windows", window, limit)
+        window = limit
     ids, bos = _tokenize(tokenizer, text)
     windows = list(_windows(ids, bos, window, bos_each_window))
     if not windows:

@@ -18,6 +18,8 @@ def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> tor
     """Gather the kept rows/columns of one planned weight (times its fixed scale); a bias as one column."""
     if entry.is_bias:
         return _gather(tensor.unsqueeze(-1), entry, selection).squeeze(-1)
+    if entry.transposed:
+        return _gather(tensor.mT, entry, selection).mT.contiguous()
     return _gather(tensor, entry, selection)
 
 

@@ -29,6 +29,7 @@ class WeightPlan:
     layer: int | None = None  # which per-layer d_ff selection applies
     out_chunks: int = 1
     scale: float = 1.0  # fixed factor on the projected weight (Gemma's embedding scale ratio)
+    transposed: bool = False  # stored in × out (GPT-2's Conv1D): read and written through a transpose
 
     @property
     def is_bias(self) -> bool:
@@ -115,7 +116,8 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
         prefix = f"{spec.layers}.{i}"
         for lin in spec.linears:
             name = f"{prefix}.{lin.path}" if lin.experts else f"{prefix}.{lin.path}.weight"
-            weights.append(WeightPlan(name, lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks))
+            weights.append(WeightPlan(name, lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks,
+                                      transposed=lin.transposed))
             module = None if lin.experts else model.get_submodule(f"{prefix}.{lin.path}")
             if getattr(module, "bias", None) is not None and lin.out_dim is not None:
                 # A bias on the head side (q/k/v) keeps its size and is carried over unchanged.

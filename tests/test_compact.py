@@ -25,7 +25,7 @@ from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level"), ("phi", "byte_level"),
-         ("gpt_neox", "byte_level"), ("mixtral", "byte_fallback"), ("qwen3_moe", "byte_level")]
+         ("gpt_neox", "byte_level"), ("gpt2", "byte_level"), ("mixtral", "byte_fallback"), ("qwen3_moe", "byte_level")]
 
 
 def model_for(model_type: str, tokenizer) -> torch.nn.Module:
@@ -127,7 +127,9 @@ def test_kept_rows_and_channels_are_the_base_ones(pruned):
             if lin.out_dim == FFN:
                 want = at_channels(want.unsqueeze(-1), channels, False, lin.out_chunks).squeeze(-1)
         elif lin and FFN in (lin.in_dim, lin.out_dim):
-            want = at_channels(want, channels, lin.in_dim == FFN, lin.out_chunks)
+            torch_layout = want.mT if lin.transposed else want  # GPT-2's Conv1D stores in × out
+            want = at_channels(torch_layout, channels, lin.in_dim == FFN, lin.out_chunks)
+            want = want.mT if lin.transposed else want
         assert torch.equal(param, want), name
 
 

@@ -23,7 +23,7 @@ from tests.tiny import MODEL_TYPES, TINY, fresh_env, target_sizes, tiny_config, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 _BIAS_FIELDS = ("attention_bias", "mlp_bias", "use_qkv_bias", "use_bias")
-_LAYOUT_FIELDS = ("qk_layernorm", "use_parallel_residual")
+_LAYOUT_FIELDS = ("qk_layernorm", "use_parallel_residual", "scale_attn_by_inverse_layer_idx")
 
 
 def variants(model_type: str) -> dict[str, dict]:
@@ -32,19 +32,11 @@ def variants(model_type: str) -> dict[str, dict]:
     out = {"tie_flipped": {"tie_word_embeddings": not fields["tie_word_embeddings"]}}
     if "head_dim" in fields:  # absent, transformers derives it (or uses the family default: Gemma's 256)
         out["head_dim_absent"] = {"head_dim": None}
-    rope = fields["rope_parameters"]
-    linear = {"rope_type": "linear", "factor": 2.0}
-    nested = all(isinstance(v, dict) for v in rope.values())  # per layer type (Gemma-3)
-    scaled = {k: {**v, **linear} for k, v in rope.items()} if nested else {**rope, **linear}
-    try:
-        tiny_config(model_type, rope_parameters=scaled)
-    except StrictDataclassClassValidationError:  # Phi-3 accepts long-context "longrope" scaling only
-        half = TINY["head_dim"] // 2
-        scaled = {**rope, "rope_type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half,
-                  "original_max_position_embeddings": TINY["max_position_embeddings"] // 2}
-    out["rope_scaled"] = {"rope_parameters": scaled}
-    if "original_max_position_embeddings" in fields:  # Phi-3 reads it from the top level, over rope_parameters'
-        out["rope_scaled"]["original_max_position_embeddings"] = TINY["max_position_embeddings"] // 2
+    if "n_inner" in fields:  # GPT-2's d_ff: 4 × d_model when absent
+        out["n_inner_absent"] = {"n_inner": None}
+    rope = fields.get("rope_parameters")  # None: learned positions (GPT-2)
+    if rope is not None:
+        out["rope_scaled"] = _rope_scaled(model_type, rope, fields)
     biases = {f: not fields[f] for f in _BIAS_FIELDS if f in fields}
     if biases:
         out["biases_flipped"] = biases
@@ -59,6 +51,21 @@ def variants(model_type: str) -> dict[str, dict]:
             window["max_window_layers"] = 1
         out["sliding_window_4"] = window
     return out
+
+
+def _rope_scaled(model_type: str, rope: dict, fields: dict) -> dict:
+    linear = {"rope_type": "linear", "factor": 2.0}
+    nested = all(isinstance(v, dict) for v in rope.values())  # per layer type (Gemma-3)
+    scaled = {k: {**v, **linear} for k, v in rope.items()} if nested else {**rope, **linear}
+    try:
+        tiny_config(model_type, rope_parameters=scaled)
+    except StrictDataclassClassValidationError:  # Phi-3 accepts long-context "longrope" scaling only
+        half = TINY["head_dim"] // 2
+        scaled = {**rope, "rope_type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half,
+                  "original_max_position_embeddings": TINY["max_position_embeddings"] // 2}
+    if "original_max_position_embeddings" in fields:  # Phi-3 reads it from the top level, over rope_parameters'
+        return {"rope_parameters": scaled, "original_max_position_embeddings": TINY["max_position_embeddings"] // 2}
+    return {"rope_parameters": scaled}
 
 
 CASES = [(m, name) for m in MODEL_TYPES for name in variants(m)]
@@ -147,5 +154,6 @@ def test_variant_prunes_merges_and_reloads(checked, model_type, name):
     assert merged.num_parameters() == expected.num_parameters()
     assert ffn_size(merged.config) == target["intermediate_size"]
     assert head_dim(merged.config) == head_dim(base.config)  # written where it was derived and d_model shrank
-    for field in set(variants(model_type)[name]) - {"head_dim"}:  # the variant's settings reach the config
+    # The variant's settings reach the config (but the widths that shrank).
+    for field in set(variants(model_type)[name]) - {"head_dim", ARCHITECTURES[model_type].ffn_size}:
         assert getattr(merged.config, field, None) == getattr(base.config, field, None), field

@@ -42,15 +42,18 @@ FAMILIES = {
     "phi": (False, True, None, 1, 2, True, True, True),
     "gpt_neox": (False, True, None, 2, 2, True, True, False),
     "stablelm": (False, False, None, 2, 3, True, False, False),
+    "gpt2": (True, True, None, 2, 2, True, True, False),
     "mixtral": (False, False, None, 2, 3, False, False, False),
     "qwen3_moe": (False, False, "head", 2, 3, False, False, False),
     "olmoe": (False, False, "full", 2, 3, False, False, False),
 }
 MODEL_TYPES = list(FAMILIES)
 # Config fields a family doesn't have (GPT-NeoX: no GQA, head_dim derived).
-_NOT_FIELDS = {"gpt_neox": ("num_key_value_heads", "head_dim"), "stablelm": ("head_dim",)}
+_NOT_FIELDS = {"gpt_neox": ("num_key_value_heads", "head_dim"), "stablelm": ("head_dim",),
+               "gpt2": ("num_key_value_heads", "head_dim", "intermediate_size")}
 # Fields only a family has (four experts, two routed per token).
 _FIELDS = {
+    "gpt2": dict(n_inner=TINY["intermediate_size"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
     "olmoe": dict(num_experts=4, num_experts_per_tok=2),
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=TINY["intermediate_size"],
@@ -68,7 +71,8 @@ def target_sizes(model_type: str, hidden_size: int = 48, intermediate_size: int 
 def tiny_config(model_type: str, without: tuple[str, ...] = (), **overrides):
     """The tiny config of a family; ``without`` leaves fields to the family's default (``head_dim``)."""
     fields = {k: v for k, v in TINY.items() if k not in _NOT_FIELDS.get(model_type, ()) + without}
-    return AutoConfig.for_model(model_type, **{**fields, **_FIELDS.get(model_type, {}), **overrides})
+    family = {k: v for k, v in _FIELDS.get(model_type, {}).items() if k not in without}
+    return AutoConfig.for_model(model_type, **{**fields, **family, **overrides})
 
 
 def tiny_model(model_type: str, seed: int = 0, without: tuple[str, ...] = (), **overrides) -> PreTrainedModel:
@@ -95,7 +99,8 @@ def expected_num_parameters(model_type: str, config) -> int:
     norm = 2 * d if norm_bias else d
     ffn = experts[0] * (mlp * d * i + d) if experts else mlp * d * i  # each expert, and its router row
     block = attn + ffn + (i + d if out_bias else 0) + block_norms * norm
-    return v * d * (1 if tied else 2) + layers * block + norm + (v if head_bias else 0)
+    positions = getattr(config, "n_positions", 0) * d  # GPT-2's learned position embeddings
+    return v * d * (1 if tied else 2) + positions + layers * block + norm + (v if head_bias else 0)
 
 
 def fresh_env() -> dict[str, str]:

@@ -21,6 +21,7 @@ def magnitude_importance(model: PreTrainedModel, plan: CompressionPlan) -> Score
         if entry.is_bias:
             continue
         sq = params[entry.name].detach().double().pow(2)
+        sq = sq.mT if entry.transposed else sq
         sq = sq.reshape(*sq.shape[:-2], entry.out_chunks, -1, sq.shape[-1])  # ([experts,] chunks, out, in)
         per_out, per_in = sq.sum(dim=(-3, -1)), sq.sum(dim=(-3, -2))  # ([experts,] dim)
         for side, per_dim in ((entry.out_dim, per_out), (entry.in_dim, per_in)):

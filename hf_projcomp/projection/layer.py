@@ -128,6 +128,8 @@ class Projection(nn.Module):
     model only, frozen, in whatever dtype the base holds. ``row_index`` is a fixed gather of rows
     applied first (kept token ids of a pruned vocabulary: never a dense projection over 262k rows).
     ``tensor="bias"`` projects the module's bias instead (an out × 1 weight: P_out and a 1-D A).
+    ``transposed``: the module stores its weight in × out (GPT-2's ``Conv1D``); P and A follow the
+    out × in convention and ``W_c`` is handed back in the module's own layout.
     A mixture's fused expert weights (experts × out × in) get an A per expert, a P per expert on a
     side whose index has a row per expert (d_ff), and one shared P on the other side (d_model).
     """
@@ -141,14 +143,17 @@ class Projection(nn.Module):
         scale: float = 1.0,
         row_index: torch.Tensor | None = None,
         tensor: str = "weight",
+        transposed: bool = False,
     ) -> None:
         super().__init__()
         if row_index is not None and out_index is not None:
             raise ValueError("a weight's rows are either gathered (row_index) or projected (out_index), not both")
         self._base = (base_module,)  # a tuple hides it from nn.Module registration
         self._tensor = tensor
+        self._transposed = transposed
         self.scale = scale
         base = getattr(base_module, tensor)
+        base = base.mT if transposed else base
         device = base.device  # P, A and indices live beside the weight they project
         self.register_buffer("row_index", None if row_index is None else row_index.to(device))
         lead = tuple(base.shape[:-2])  # (experts,) for fused expert weights
@@ -178,6 +183,8 @@ class Projection(nn.Module):
     def base_weight(self) -> torch.Tensor:
         """The frozen base tensor this projects, as a matrix (a bias as one column; experts stacked)."""
         base = getattr(self._base[0], self._tensor)
+        if self._transposed:
+            return base.mT
         return base.unsqueeze(-1) if base.dim() == 1 else base
 
     def _trainable(self) -> dict[str, nn.Parameter]:
@@ -188,7 +195,8 @@ class Projection(nn.Module):
         if self.row_index is not None:
             weight = weight.index_select(0, self.row_index)
         with _without_autocast(weight.device):
-            return project_weight(weight, params.get("p_in"), params.get("p_out"), params["a"], self.scale)
+            projected = project_weight(weight, params.get("p_in"), params.get("p_out"), params["a"], self.scale)
+        return projected.mT if self._transposed else projected
 
     def forward(self) -> torch.Tensor:
         return self._project(self._trainable())
@@ -214,7 +222,9 @@ class Projection(nn.Module):
     def accumulate_grad(self, grads: dict[str, torch.Tensor]) -> None:
         """Add gradients (as returned by :meth:`forward_with_vjp`'s function) to P and A."""
         for name, param in self._trainable().items():
-            grad = grads[name].to(param.dtype)
+            # In the parameter's own (contiguous) layout: a transposed view (Conv1D's W_c) would be read
+            # element by element in the wrong order by the optimizers' foreach/fused kernels.
+            grad = grads[name].to(param.dtype).contiguous()
             param.grad = grad if param.grad is None else param.grad + grad
 
     def extra_repr(self) -> str:

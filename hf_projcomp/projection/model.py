@@ -27,7 +27,7 @@ from torch.func import functional_call
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from ..architectures import VOCAB, get_arch_spec
+from ..architectures import VOCAB, ffn_size, get_arch_spec
 from ..config import LEGACY_FIELDS, PEFT_TYPE, ProjCompConfig
 from ..distributed import on_rank0_then_broadcast
 from ..export import CompressionSummary, save_compressed
@@ -128,6 +128,7 @@ class ProjCompModel(nn.Module):
                 scale=entry.scale,
                 row_index=rows if gathered else None,
                 tensor=tensor,
+                transposed=entry.transposed,
             )
         with torch.no_grad():
             # Starts as the hard-pruned model; the planned weights there are only placeholders. It
@@ -510,6 +511,8 @@ def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) ->
         "num_hidden_layers": config.num_hidden_layers,
     }
     actual = {name: getattr(base_config, name, None) for name in recorded}
+    if config.model_type in (None, base_config.model_type):  # d_ff from the family's own field
+        actual["intermediate_size"] = ffn_size(base_config)
     diff = {k: (v, actual[k]) for k, v in recorded.items() if v is not None and v != actual[k]}
     if diff:
         detail = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in diff.items())
