@@ -222,8 +222,8 @@ class Projection(nn.Module):
     def accumulate_grad(self, grads: dict[str, torch.Tensor]) -> None:
         """Add gradients (as returned by :meth:`forward_with_vjp`'s function) to P and A."""
         for name, param in self._trainable().items():
-            # In the parameter's own (contiguous) layout: a transposed view (Conv1D's W_c) would be read
-            # element by element in the wrong order by the optimizers' foreach/fused kernels.
+            # In the parameter's own (contiguous) layout: torch's fused AdamW (the Trainer's default)
+            # reads a transposed-view grad (Conv1D's W_c) in storage order, i.e. scrambled.
             grad = grads[name].to(param.dtype).contiguous()
             param.grad = grad if param.grad is None else param.grad + grad
 
