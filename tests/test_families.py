@@ -84,17 +84,19 @@ def check_variant(model_type: str, name: str, input_ids: torch.Tensor) -> tuple:
     pc = get_projcomp_model(model, ProjCompConfig(**target), progress=False)
     sel = pc.selection()
     with torch.no_grad():
-        init = (pc(input_ids=input_ids).logits - hard_prune(model, sel.hidden, sel.ffn)(input_ids=input_ids).logits)
+        pruned = hard_prune(model, sel.hidden, sel.ffn)(input_ids=input_ids).logits
+        init = (pc(input_ids=input_ids).logits - pruned).abs().max().item()
         gen = torch.Generator().manual_seed(2)
         for p in pc.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.02)
         projected = pc(input_ids=input_ids).logits
+    assert (projected - pruned).abs().max() > 1e-3, "the perturbation had no effect"
     merged = pc.merge_and_unload()
     with torch.no_grad():
         vanilla = merged(input_ids=input_ids).logits
     rel = ((projected - vanilla).abs().max() / vanilla.abs().max()).item()
-    return model, merged, init.abs().max().item(), rel
+    return model, merged, init, rel
 
 
 @pytest.fixture(scope="module")
