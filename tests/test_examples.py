@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,21 @@ def test_trl_sft_example_trains_saves_and_merges(tiny_base_dir, tmp_path):
     assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)
     ids = AutoTokenizer.from_pretrained(out / "merged")("The lobster", return_tensors="pt").input_ids
     assert torch.equal(adapter.merge_and_unload()(ids).logits, merged(ids).logits)
+
+
+def test_fsdp2_example_trains_on_two_processes_and_saves_an_ordinary_adapter(tiny_base_dir, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           str(ROOT / "examples" / "train_fsdp2.py"), "--model", str(tiny_base_dir),
+           "--train_file", str(tiny_base_dir / "train.txt"), "--hidden_size", "48", "--intermediate_size", "64",
+           "--steps", "2", "--batch_size", "2", "--accumulation", "2", "--block_size", "32", "--output_dir", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "step 2/2 grad_norm" in run.stdout and f"adapter written to {out}" in run.stdout
+    from peft import PeftModel
+
+    import hf_projcomp  # noqa: F401  (registers the method with PEFT)
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_dir), out).merge_and_unload()
+    assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)

@@ -200,5 +200,5 @@ def test_trainer_refuses_sharded_backends(tmp_path, monkeypatch, backend):
         setattr(self, backend, True)
 
     monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", sharded)
-    with pytest.raises(ValueError, match="FSDP and DeepSpeed are not supported"):
+    with pytest.raises(ValueError, match="FSDP and DeepSpeed plugins are not supported.*hf_projcomp.distributed.shard"):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), train_dataset=tiny_data())

@@ -189,6 +189,9 @@ class ProjCompModel(nn.Module):
 
     def projected_weights(self) -> dict[str, torch.Tensor]:
         """Every ``W_c`` by its parameter name in the target model (with autograd unless disabled)."""
+        sharded = self.__dict__.get("_sharded")
+        if sharded is not None:  # FSDP2 units gather their shards (hf_projcomp.distributed.shard)
+            return sharded()
         return {name: proj() for name, proj in zip(self._projected_names, self.projections.values())}
 
     def forward(
@@ -231,6 +234,8 @@ class ProjCompModel(nn.Module):
         collect ∂L/∂W_c over all micro-batches (and that DDP all-reduces like any weight);
         :meth:`push_gradients` then moves them into P and A once. :class:`ProjCompTrainer` drives it.
         """
+        if not enabled and self.__dict__.get("_sharded") is not None:
+            raise ValueError("a sharded model trains with the amortised step only")
         self._amortized = enabled
         self._push_after_backward = False
         self._step_vjps = []
@@ -247,6 +252,14 @@ class ProjCompModel(nn.Module):
         """
         self._step_vjps = []
         self._push_after_backward = push_after_backward
+        if self.__dict__.get("_sharded") is not None:
+            # The units' outputs keep their graph until push_gradients (their shards are freed meanwhile).
+            for name, weight in self.__dict__["_sharded"]().items():
+                param = self._target_params[name]
+                with torch.no_grad():
+                    param.copy_(weight)
+                self._step_vjps.append((name, param, weight))
+            return
         for name, proj in zip(self._projected_names, self.projections.values()):
             # Reentrant checkpointing runs one backward per checkpointed layer: the VJP is then used again.
             weight, vjp = proj.forward_with_vjp(reusable=push_after_backward)
@@ -278,11 +291,34 @@ class ProjCompModel(nn.Module):
     def push_gradients(self) -> None:
         """Send the accumulated ∂L/∂W_c through the products into P and A (once per optimizer step);
         the next forward computes fresh ``W_c`` from the updated projections."""
+        if self.__dict__.get("_sharded") is not None:
+            self._push_sharded()
+            return
         for proj, param, vjp in self._step_vjps:
             if param.grad is not None:
                 proj.accumulate_grad(vjp(param.grad))
                 param.grad = None
         self._step_vjps = []
+
+    def _push_sharded(self) -> None:
+        # One backward through every FSDP unit: each gathers its shards again and FSDP reduce-scatters the
+        # mean gradient over ranks into P and A. The replicated norms are averaged here.
+        pending = {name: (weight, param.grad) for name, param, weight in self._step_vjps
+                   if param.grad is not None and weight.requires_grad}
+        # Unit by unit, last first as a backward pass runs: one backward for all of them would gather every
+        # unit's shards at once (autograd starts from all the roots together).
+        for unit in reversed(self.__dict__["_sharded"].units):
+            pairs = [pending[name] for name in unit.names if name in pending]
+            if pairs:
+                torch.autograd.backward([w for w, _ in pairs], [g.to(w.dtype) for w, g in pairs])
+        for _, param, _ in self._step_vjps:
+            param.grad = None
+        self._step_vjps = []
+        world = torch.distributed.get_world_size()
+        for _, norm in self._adapter_parameters():
+            if norm.requires_grad and norm.grad is not None and not hasattr(norm.grad, "to_local"):
+                torch.distributed.all_reduce(norm.grad)
+                norm.grad.div_(world)
 
     # -- parameters ------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

@@ -66,8 +66,9 @@ class ProjCompTrainerMixin:
             # Sharding would split the materialised W_c and the base weights the products read.
             raise ValueError(
                 "ProjCompTrainer supports single-process and DDP training (accelerate launch --multi_gpu); "
-                "FSDP and DeepSpeed are not supported: remove fsdp/deepspeed from the TrainingArguments "
-                "or the accelerate config"
+                "accelerate's FSDP and DeepSpeed plugins are not supported: remove fsdp/deepspeed from the "
+                "TrainingArguments or the accelerate config. To shard the base, P and A over ranks, run a "
+                "loop under torchrun with hf_projcomp.distributed.shard (FSDP2; see the README's 'Scaling out')"
             )
 
     # -- optimizer -------------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Projected compression under PyTorch FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+One FSDP unit per decoder layer holds that layer's frozen base modules and the P/A of their tensors
+(plus one unit each for the embedding and the LM head): base weights, P, A and AdamW's state are sharded over
+the ranks. The amortised step keeps its meaning:
+
+1. the step's first forward runs the units once; each gathers its shards, computes its ``W_c`` and
+   frees the gathered copies again (the compressed model itself is small and held whole on every rank);
+2. micro-batches run the compressed model only, accumulating ∂L/∂W_c locally;
+3. :meth:`ProjCompModel.push_gradients` sends ∂L/∂W_c back through every unit (which gathers its
+   shards once more), and FSDP reduce-scatters the mean gradient over ranks into the P/A shards; the
+   compressed model's norms, replicated, are all-reduced to their mean.
+
+The result equals the one-process step on the same global batch (DDP's semantics). Checkpoints are
+adapter-only and rank-independent: :func:`save_sharded` gathers full tensors and rank 0 writes the
+usual adapter folder, which :func:`peft.PeftModel.from_pretrained` loads on any number of ranks (then
+:func:`shard` again).
+
+A custom loop::
+
+    model = get_projcomp_model(base, config)        # every rank, after init_process_group
+    shard(model)                                    # FSDP2; the amortised step is switched on
+    optimizer = torch.optim.AdamW(unwrap(model).trainable_parameters(), lr=1e-4)
+    for batches in steps:
+        for batch in batches:                       # gradient accumulation
+            (model(**batch).loss / len(batches)).backward()
+        unwrap(model).push_gradients()
+        clip_grad_norm_(model, 1.0)
+        optimizer.step(); optimizer.zero_grad()
+    save_sharded(model, "adapter")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _Unit(nn.Module):
+    """One FSDP unit: frozen base modules and the projections of their planned tensors."""
+
+    def __init__(self, base_modules: Iterable[nn.Module], projections: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.base = nn.ModuleList(base_modules)  # registered here so fully_shard shards their weights
+        self.names = list(projections)
+        self.projections = nn.ModuleList(projections.values())
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {name: proj() for name, proj in zip(self.names, self.projections)}
+
+
+class ShardedProjections(nn.Module):
+    """The FSDP root: calling it runs every unit once and returns every ``W_c`` by target name."""
+
+    def __init__(self, units: list[_Unit]) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(units)
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for unit in self.units:
+            out.update(unit())
+        return out
+
+
+def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
+    """Shard a projected-compression model with FSDP2 over ``mesh`` (default: every rank of the default
+    process group), one unit per decoder layer; switches the amortised step on. Returns ``model``.
+
+    Call it on every rank after ``torch.distributed.init_process_group`` and after the model is built
+    (or loaded) identically on each rank. Distillation from the frozen base is not available while the
+    base is sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    from ..projection.model import unwrap
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("shard() needs torch.distributed initialised: run under torchrun and call "
+                           "torch.distributed.init_process_group first")
+    pc = unwrap(model)
+    if pc.__dict__.get("_sharded") is not None:
+        raise ValueError("this model is already sharded")
+    # One unit per decoder layer; the embedding and the LM head (the largest tensors) one each.
+    groups: dict[int | str, dict[str, nn.Module]] = {}
+    owners: dict[int | str, dict[int, nn.Module]] = {}
+    for entry, proj in zip(pc.plan.weights, pc.projections.values()):
+        path = entry.name.rsplit(".", 1)[0]
+        key = path if entry.layer is None else entry.layer
+        groups.setdefault(key, {})[entry.name] = proj
+        module = pc.source_model.get_submodule(path)
+        owners.setdefault(key, {})[id(module)] = module
+    units = [_Unit(owners[layer].values(), groups[layer]) for layer in groups]
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    root = ShardedProjections(units)
+    fully_shard(root, mesh=mesh)
+    pc.__dict__["_sharded"] = root  # not a submodule: the adapter's state dict keeps its names
+    pc.set_amortized(True)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from ..projection.model import unwrap
+
+    return unwrap(model).__dict__.get("_sharded") is not None
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+@torch.no_grad()
+def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm over P, A (sharded) and the norms (replicated); returns the norm
+    before clipping, the same number on every rank."""
+    from ..projection.model import unwrap
+
+    params = [p for p in unwrap(model).trainable_parameters() if p.grad is not None]
+    sharded = [p.grad.to_local() for p in params if hasattr(p.grad, "to_local")]
+    local = [p.grad for p in params if not hasattr(p.grad, "to_local")]
+    squares = torch.stack([g.double().pow(2).sum() for g in sharded]).sum() if sharded else torch.zeros((), dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(squares)  # each rank holds its own shards
+    squares = squares + sum((g.double().pow(2).sum() for g in local), torch.zeros((), dtype=torch.float64))
+    total = squares.sqrt()
+    scale = max_norm / (total.item() + 1e-6)
+    if scale < 1.0:
+        for grad in sharded + local:
+            grad.mul_(scale)
+    return total.float()
+
+
+def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter tensor in full (sharded ones gathered: call it on every rank), by the names
+    ``PeftModel.state_dict`` gives them."""
+    from ..projection.model import unwrap
+
+    pc = unwrap(model)
+    prefix = "base_model." if pc is not model else ""
+    return {prefix + name: _full(t).detach().cpu() for name, t in pc.adapter_state_dict().items()}
+
+
+def save_sharded(model: nn.Module, save_directory: str, **kwargs: Any) -> None:
+    """Save a sharded model's adapter as one ordinary, rank-independent adapter folder: tensors are
+    gathered on every rank (call it on all of them) and rank 0 writes."""
+    state = full_adapter_state_dict(model)
+    if torch.distributed.get_rank() == 0:
+        model.save_pretrained(save_directory, state_dict=state, **kwargs)
+    torch.distributed.barrier()
+
+
+__all__ = ["ShardedProjections", "clip_grad_norm_", "full_adapter_state_dict", "is_sharded", "save_sharded", "shard"]
