@@ -31,6 +31,8 @@ def test_wheel_ships_the_model_card_templates(tmp_path):
     texts = {f"hf_projcomp/data/{p.name}" for p in (ROOT / "hf_projcomp" / "data").iterdir()}
     assert len(texts) == 3 and texts <= names
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hf_projcomp").rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= names, f"modules missing from the wheel: {sorted(modules - names)}"
 
 
 def test_the_tests_read_nothing_outside_the_repository():
