@@ -97,7 +97,7 @@ def worker(mode: str, layers: int, steps: int, device: str, out: Path) -> None:
                          num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=512)
     base = LlamaForCausalLM(config).to(device)
     base_params = sum(p.numel() for p in base.parameters())
-    model = get_projcomp_model(base, ProjCompConfig(target_params=0.5), progress=False)
+    model = get_projcomp_model(base, ProjCompConfig(target_params=0.5, importance="magnitude"), progress=False)
     pc = unwrap(model)
     runner = model
     if mode == "fsdp2":

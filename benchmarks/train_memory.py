@@ -83,7 +83,7 @@ def measure(base_dtype: str, step: str, implementation: str, layers: int, tokens
     config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
                          num_key_value_heads=4, head_dim=128, vocab_size=32000, max_position_embeddings=2048)
     base = LlamaForCausalLM(config)
-    pc = get_projcomp_model(base, ProjCompConfig(target_params=0.5, base_dtype=base_dtype), progress=False)
+    pc = get_projcomp_model(base, ProjCompConfig(target_params=0.5, base_dtype=base_dtype, importance="magnitude"), progress=False)
     pc.set_amortized(step == "amortized")
     pc.train()
     params = pc.trainable_parameters()

@@ -53,7 +53,7 @@ class Runner:
         config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers,
                              num_attention_heads=16, num_key_value_heads=4, head_dim=64, vocab_size=8192,
                              max_position_embeddings=1024)
-        pc = get_projcomp_model(LlamaForCausalLM(config), ProjCompConfig(target_params=0.5), progress=False)
+        pc = get_projcomp_model(LlamaForCausalLM(config), ProjCompConfig(target_params=0.5, importance="magnitude"), progress=False)
         self.method, self.pc = method, pc
         if method == "vanilla":
             kept = unwrap(pc).selection()

@@ -84,7 +84,10 @@ def _base_tokenizer(model: PreTrainedModel) -> Any:
 
     name = getattr(model, "name_or_path", None)
     if not name:
-        raise ValueError("this importance reads text: pass tokenizer=... (the model has no name_or_path to load it from)")
+        raise ValueError(
+            "this importance reads text: pass tokenizer=... (the model has no name_or_path to load it from), "
+            "or use importance='magnitude' (no data)"
+        )
     return AutoTokenizer.from_pretrained(name)
 
 

@@ -18,7 +18,7 @@ def test_unsupported_architecture_names_supported_types():
                                   ffn_dim=64, word_embed_proj_dim=32)
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError, match=r"'opt' is not supported") as error:
-        get_projcomp_model(model, ProjCompConfig(hidden_size=16))
+        get_projcomp_model(model, ProjCompConfig(hidden_size=16, importance="magnitude"))
     assert all(model_type in str(error.value) for model_type in ARCHITECTURES)
 
 
@@ -34,7 +34,7 @@ def test_unsupported_architecture_names_supported_types():
 )
 def test_bad_targets_against_the_model(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        get_projcomp_model(tiny_model("llama"), ProjCompConfig(**kwargs))
+        get_projcomp_model(tiny_model("llama"), ProjCompConfig(**kwargs, importance="magnitude"))
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_config_must_be_a_projcomp_config():
 
 
 def test_adapter_on_a_base_with_different_shapes(tmp_path):
-    get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32)).save_pretrained(tmp_path)
+    get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="magnitude")).save_pretrained(tmp_path)
     other = tiny_model("llama", hidden_size=128)
     with pytest.raises(ValueError, match=r"different shapes \(hidden_size: adapter 64 vs model 128\)"):
         ProjCompModel.from_pretrained(other, tmp_path)

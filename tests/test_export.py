@@ -31,7 +31,7 @@ def summary_for(model, small, **extra) -> CompressionSummary:
 
 def test_card_carries_metadata_and_numbers(base, tmp_path):
     model, tokenizer = base
-    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64), progress=False)
+    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False)
     small = pc.merge_and_unload()
     out = save_compressed(small, tokenizer, tmp_path / "out", summary_for(model, small), repo_id="me/small")
     card = ModelCard.load(out / "README.md")
@@ -48,7 +48,7 @@ def test_card_carries_metadata_and_numbers(base, tmp_path):
 
 def test_save_merged_writes_a_verified_vanilla_checkpoint(base, tmp_path):
     model, tokenizer = base
-    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64), progress=False)
+    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False)
     with torch.no_grad():
         for p in pc.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -160,7 +160,7 @@ def test_special_tokens_that_disagree_with_the_config_fail_the_save(base, tmp_pa
 
 def test_bfloat16_model_is_saved_in_bfloat16(base, tmp_path):
     model, tokenizer = base
-    small = get_projcomp_model(model.to(torch.bfloat16), ProjCompConfig(hidden_size=48, intermediate_size=64),
+    small = get_projcomp_model(model.to(torch.bfloat16), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
                                progress=False).merge_and_unload()
     out = save_compressed(small, tokenizer, tmp_path / "bf16")
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}

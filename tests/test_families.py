@@ -81,7 +81,7 @@ def check_variant(model_type: str, name: str, input_ids: torch.Tensor) -> tuple:
     """(base model, merged model, |projected@init − hard-pruned| max, relative |projected − merged| after perturbing)."""
     model = variant_model(model_type, name)
     target = target_sizes(model_type, config=model.config)
-    pc = get_projcomp_model(model, ProjCompConfig(**target), progress=False)
+    pc = get_projcomp_model(model, ProjCompConfig(**target, importance="magnitude"), progress=False)
     sel = pc.selection()
     with torch.no_grad():
         pruned = hard_prune(model, sel.hidden, sel.ffn)(input_ids=input_ids).logits

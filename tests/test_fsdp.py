@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
 def test_two_sharded_processes_end_where_one_process_ends(runs):
     one, two = (load_file(runs / name / "adapter.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
-    initial = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64),
+    initial = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
                                  progress=False).state_dict()
     trained = [k for k in one if one[k].is_floating_point()]
     assert max((one[k] - initial[k]).abs().max().item() for k in trained) > 1e-2  # the steps moved P, A, norms
@@ -58,7 +58,7 @@ def test_saved_under_two_processes_loads_and_merges_in_one(runs):
 
 
 def test_shard_needs_a_process_group():
-    model = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64),
+    model = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
                                progress=False)
     with pytest.raises(RuntimeError, match="init_process_group"):
         shard(model)

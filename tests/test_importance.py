@@ -35,7 +35,7 @@ def test_magnitude_drops_dead_dimensions(model_type):
     if dead_hidden:
         assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
     hidden = d if dead_hidden == [] else 56
-    sel = get_projcomp_model(model, ProjCompConfig(hidden_size=hidden, intermediate_size=88)).selection()
+    sel = get_projcomp_model(model, ProjCompConfig(hidden_size=hidden, intermediate_size=88, importance="magnitude")).selection()
     assert not set(dead_hidden) & set(sel.hidden.tolist())
     for layer in sel.ffn:
         assert not set(dead_ffn) & set(layer.flatten().tolist())

@@ -28,7 +28,7 @@ from tests.tiny import MODEL_TYPES, fresh_env, target_sizes, tiny_model
 from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TARGET = dict(hidden_size=48, intermediate_size=64)
+TARGET = dict(hidden_size=48, intermediate_size=64, importance="magnitude")
 LEGACY = Path(__file__).parent / "data" / "legacy_adapter_0.1"
 
 
@@ -62,8 +62,8 @@ def saved_base(model_type: str, path: Path):
 # -- PEFT's entry points ------------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_peft_get_peft_model_equals_get_projcomp_model(model_type, input_ids):
-    via_peft = get_peft_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type)))
-    ours = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type)), progress=False)
+    via_peft = get_peft_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"))
+    ours = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"), progress=False)
     assert type(via_peft) is type(ours) is PeftModelForCausalLM
     assert isinstance(via_peft.base_model, ProjCompModel) and via_peft.get_base_model() is via_peft.base_model.model
     assert torch.equal(logits(via_peft, input_ids), logits(ours, input_ids))
@@ -74,7 +74,7 @@ def test_peft_get_peft_model_equals_get_projcomp_model(model_type, input_ids):
 def test_save_then_peft_loaders_reproduce_the_model_exactly(model_type, input_ids, tmp_path):
     base_dir, adapter = tmp_path / "base", tmp_path / "adapter"
     target = target_sizes(model_type)
-    pc = nudged(get_peft_model(saved_base(model_type, base_dir), ProjCompConfig(**target)))
+    pc = nudged(get_peft_model(saved_base(model_type, base_dir), ProjCompConfig(**target, importance="magnitude")))
     expected, merged = logits(pc, input_ids), pc.merge_and_unload()
     pc.save_pretrained(adapter)
 

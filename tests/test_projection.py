@@ -21,7 +21,7 @@ from tests.tiny import FAMILIES, TINY, expected_num_parameters, fresh_env, targe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TARGET = dict(hidden_size=48, intermediate_size=64)
+TARGET = dict(hidden_size=48, intermediate_size=64, importance="magnitude")
 
 
 def perturb_trainable(pc: ProjCompModel, seed: int = 2) -> None:
@@ -53,7 +53,7 @@ def test_init_equals_hard_pruned(model_type, input_ids, importance):
 def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path):
     model = tiny_model(model_type)
     target = target_sizes(model_type)
-    pc = get_projcomp_model(model, ProjCompConfig(**target))
+    pc = get_projcomp_model(model, ProjCompConfig(**target, importance="magnitude"))
     perturb_trainable(pc)
     merged = pc.merge_and_unload()
     with torch.no_grad():
@@ -81,7 +81,7 @@ def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path)
 
 def test_merged_reloads_in_fresh_process_without_hf_projcomp(model_type, input_ids, tmp_path):
     model = tiny_model(model_type)
-    pc = get_projcomp_model(model, ProjCompConfig(**target_sizes(model_type)))
+    pc = get_projcomp_model(model, ProjCompConfig(**target_sizes(model_type), importance="magnitude"))
     perturb_trainable(pc)
     merged = pc.merge_and_unload()
     merged.save_pretrained(tmp_path / "small")
@@ -110,7 +110,7 @@ print(type(m).__name__, m.get_output_embeddings().weight is m.get_input_embeddin
 
 
 def test_adapter_round_trip_is_bit_exact(model_type, input_ids, tmp_path):
-    pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type)))
+    pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"))
     perturb_trainable(pc)
     pc.save_pretrained(tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
@@ -132,7 +132,7 @@ def test_adapter_round_trip_is_bit_exact(model_type, input_ids, tmp_path):
 
 
 def test_gradients_reach_only_projections_and_norms(model_type, input_ids):
-    pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type)))
+    pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"))
     pc.train()
     pc(input_ids=input_ids, labels=input_ids).loss.backward()
     assert all(p.grad is None for p in pc.source_model.parameters())
@@ -155,7 +155,7 @@ def test_target_params_fraction_picks_the_closest_size_on_the_grid():
     """Hidden (multiples of 8 and of the head count) and d_ff (multiples of 8) shrink by one ratio; the
     chosen pair is the one whose non-embedding count is closest to the goal, found by brute force."""
     model = tiny_model("llama", hidden_size=256, intermediate_size=512, head_dim=64)
-    pc = get_projcomp_model(model, ProjCompConfig(target_params=0.5), progress=False)
+    pc = get_projcomp_model(model, ProjCompConfig(target_params=0.5, importance="magnitude"), progress=False)
     cfg = pc.projcomp_config
 
     def non_embedding(hidden: int, inter: int) -> int:  # untied: embedding and LM head are 96 × hidden each

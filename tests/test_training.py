@@ -31,7 +31,7 @@ def tiny_data(n: int = 8, length: int = 16) -> Dataset:
 
 def projected(model_type: str = "llama", **config):
     config = {**target_sizes(model_type), **config}
-    return get_projcomp_model(tiny_model(model_type), ProjCompConfig(**config), progress=False)
+    return get_projcomp_model(tiny_model(model_type), ProjCompConfig(**{"importance": "magnitude", **config}), progress=False)
 
 
 def training_args(out, **overrides) -> TrainingArguments:

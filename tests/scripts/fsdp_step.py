@@ -34,7 +34,7 @@ def main(out: Path) -> None:
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
     torch.set_num_threads(1)
-    model = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64),
+    model = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
                                progress=False)
     pc = unwrap(model)
     if distributed:

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None):
     ids = torch.randint(3, 96, (GLOBAL_BATCH, 16), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     pc = get_projcomp_model(
-        tiny_model(args.model_type), ProjCompConfig(hidden_size=48, intermediate_size=64), progress=False
+        tiny_model(args.model_type), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False
     )
     training = TrainingArguments(
         args.out,
