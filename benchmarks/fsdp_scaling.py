@@ -69,14 +69,15 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def _held_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    # By storage, not by object: a shard's to_local() is a new object each call, and tied tensors share one.
     seen, total = set(), 0
     tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
     tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     for t in tensors:
-        local = _local(t)
-        if id(local) not in seen:
-            seen.add(id(local))
-            total += local.numel() * local.element_size()
+        storage = _local(t).untyped_storage()
+        if storage.data_ptr() not in seen and storage.nbytes():
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
     return total
 
 

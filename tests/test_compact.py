@@ -294,6 +294,24 @@ def test_seen_once_floor_is_script_letters_plus_frequent_characters(monkeypatch)
         compact_prune(model, tokenizer, texts, split=split, keep_script_letters="yes", **CALIBRATION)
 
 
+def test_held_out_tail_reaches_no_statistic(monkeypatch):
+    """The tail that judges the candidate splits is outside the activation pass and the calibration
+    alphabet: a marker character only the tail holds is never seen by either."""
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    texts = TRAIN[:2] + ["ʘ ʘ ʘ and the lobster"]  # shorter than the activation pass wants, which read the tail
+    batches, alphabets = [], []
+    real_importance, real_letters = prune_module.activation_importance, prune_module.script_letters
+    monkeypatch.setattr(prune_module, "activation_importance",
+                        lambda m, s, b, **k: batches.extend(b) or real_importance(m, s, b, **k))
+    monkeypatch.setattr(prune_module, "script_letters", lambda p, c: alphabets.append(c) or real_letters(p, c))
+    compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, 64), num_sequences=64, sequence_length=8,
+                  heldout_tokens=16, progress=False)
+    seen = tokenizer.decode(torch.cat([b["input_ids"].flatten() for b in batches]))
+    assert "ʘ" in " ".join(texts) and "ʘ" not in seen and seen.strip()
+    assert alphabets and "ʘ" not in alphabets[0] and "e" in alphabets[0]
+
+
 def test_model_prior_counts_positions_whose_next_token_is_rare(monkeypatch):
     """The predicted mass comes from positions followed by a token seen at most RARE_NEXT_COUNT
     times in calibration: there the model spreads mass over plausible unseen alternatives."""

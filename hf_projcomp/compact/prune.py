@@ -102,7 +102,7 @@ def compact_prune(
             WikiText-2 test from 1.303 to 1.297 (see ``RARE_NEXT_COUNT``).
         frequency_tokens: how many calibration tokens to count for token frequencies.
         heldout_tokens: tokens at the end of the calibration text scoring the candidate splits (never
-            counted for frequencies).
+            counted for frequencies, the activation pass or the calibration alphabet).
         ffn_fractions: candidate FFN widths (fractions of the base d_ff, widest first); the vocabulary
             fills the rest. The first four that leave room for the required tokens are tried, plus an
             FFN-only candidate (whole vocabulary) when it fits.
@@ -188,7 +188,8 @@ def compact_prune(
         scores = magnitude_importance(model, build_plan(model, spec, model.config.hidden_size))
         predicted_mass = None
     else:
-        sequences = token_sequences(stream[1 if bos is not None else 0 :].tolist(), bos, num_sequences, sequence_length)
+        # From the counted part only: the held-out tail judges the splits, so no statistic may have seen it.
+        sequences = token_sequences(counted[1 if bos is not None else 0 :].tolist(), bos, num_sequences, sequence_length)
         activation_tokens = sum(s.numel() for s in sequences)
         scores = activation_importance(
             model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
@@ -200,6 +201,7 @@ def compact_prune(
     floors = [frequent_characters(tokenizer, keep_characters)] if prune_vocabulary and keep_characters else []
     if prune_vocabulary and (predicted_mass is not None or keep_script_letters):
         pieces, chars = token_texts(tokenizer), character_counts(texts)  # decoding 262k ids takes seconds
+        chars -= character_counts([heldout_text])  # the held-out tail's characters are not "seen"
         if predicted_mass is not None:
             in_alphabet = alphabet_mask(pieces, chars, model.config.vocab_size)
         if keep_script_letters:

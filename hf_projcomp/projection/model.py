@@ -142,6 +142,7 @@ class ProjCompModel(nn.Module):
         self._target_params = {name: target_params[name] for name in self._projected_names}
         self._amortized = False
         self._push_after_backward = False
+        # This step's (projection, placeholder, VJP) per W_c; under FSDP2 (name, placeholder, W_c with its graph).
         self._step_vjps: list = []
         for param in {id(p): p for p in self._target_params.values()}.values():
             param.register_post_accumulate_grad_hook(self._pushed_after_backward)
@@ -301,8 +302,8 @@ class ProjCompModel(nn.Module):
         self._step_vjps = []
 
     def _push_sharded(self) -> None:
-        # One backward through every FSDP unit: each gathers its shards again and FSDP reduce-scatters the
-        # mean gradient over ranks into P and A. The replicated norms are averaged here.
+        # A backward through each FSDP unit: it gathers its shards again and FSDP reduce-scatters the mean
+        # gradient over ranks into P and A. The replicated norms are averaged here.
         pending = {name: (weight, param.grad) for name, param, weight in self._step_vjps
                    if param.grad is not None and weight.requires_grad}
         # Unit by unit, last first as a backward pass runs: one backward for all of them would gather every
