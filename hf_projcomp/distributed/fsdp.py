@@ -96,12 +96,20 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
         owners.setdefault(key, {})[id(module)] = module
     units = [_Unit(owners[layer].values(), groups[layer]) for layer in groups]
     for unit in units:
-        fully_shard(unit, mesh=mesh)
+        fully_shard(unit, mesh=mesh, shard_placement_fn=_largest_dim)
     root = ShardedProjections(units)
     fully_shard(root, mesh=mesh)
     pc.__dict__["_sharded"] = root  # not a submodule: the adapter's state dict keeps its names
     pc.set_amortized(True)
     return model
+
+
+def _largest_dim(param: nn.Parameter) -> Any:
+    """Shard along the largest dimension: FSDP's default, dim 0, is 1 for most P_out (one output chunk),
+    which would leave all of them on the first rank."""
+    from torch.distributed.tensor import Shard
+
+    return Shard(max(range(param.dim()), key=lambda d: param.shape[d])) if param.dim() else None
 
 
 def is_sharded(model: nn.Module) -> bool:
