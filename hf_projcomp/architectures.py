@@ -325,9 +325,13 @@ def get_arch_spec(config: PretrainedConfig) -> ArchSpec:
 
 def block_norm_modules(layer: nn.Module, spec: ArchSpec) -> list[tuple[str, nn.Module]]:
     """(name, module) of the d_model norms ``layer`` has, of those the table lists."""
-    found = ((name, getattr(layer.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2], None))
-             for name in spec.block_norms)
-    return [(name, module) for name, module in found if module is not None]
+    found = []
+    for name in spec.block_norms:
+        parent, _, attr = name.rpartition(".")
+        module = getattr(layer.get_submodule(parent), attr, None)
+        if module is not None:
+            found.append((name, module))
+    return found
 
 
 def ffn_size(config: PretrainedConfig) -> int:

@@ -99,13 +99,14 @@ def sizes_for_budget(
         step_h = config.num_attention_heads
 
     hidden_fixed = get_arch_spec(config).fixed_hidden(config) is not None  # then only d_ff shrinks
+    base_ffn = ffn_size(config)
 
     def sizes(ratio: float) -> tuple[int, int]:
         hidden = max(step_h, round(config.hidden_size * ratio / step_h) * step_h)
         if hidden_fixed:
             hidden = config.hidden_size
-        inter = max(8, round(ffn_size(config) * ratio / 8) * 8)
-        return min(hidden, config.hidden_size), min(inter, ffn_size(config))
+        inter = max(8, round(base_ffn * ratio / 8) * 8)
+        return min(hidden, config.hidden_size), min(inter, base_ffn)
 
     def non_embedding(ratio: float) -> int:
         t, e = count_parameters(model_class, make_target_config(config, *sizes(ratio)))

@@ -56,7 +56,7 @@ def candidate_splits(
     config = model.config
     width_multiple = get_arch_spec(config).width_multiple
     multiple = math.lcm(multiple, width_multiple)
-    hidden, base_vocab = config.hidden_size, config.vocab_size
+    hidden, base_vocab, base_ffn = config.hidden_size, config.vocab_size, ffn_size(config)
     splits = []
     # FFN only (the whole vocabulary kept): the widest d_ff that fits, in steps of ``multiple``
     # channels unless such a step would miss the budget by more than half a percent.
@@ -65,18 +65,18 @@ def candidate_splits(
     at_zero -= per_channel
     step = multiple if multiple * per_channel <= 0.005 * budget else width_multiple
     inter = step * ((budget - at_zero) // (per_channel * step))
-    if 0 < inter < ffn_size(config):
+    if 0 < inter < base_ffn:
         splits.append(Split(base_vocab, inter, at_zero + inter * per_channel))
     mixed = 0
     for fraction in ffn_fractions:
         if max_mixed is not None and mixed >= max_mixed:
             break
-        inter = max(multiple, round(ffn_size(config) * fraction / multiple) * multiple)
-        inter = min(inter, ffn_size(config))
+        inter = max(multiple, round(base_ffn * fraction / multiple) * multiple)
+        inter = min(inter, base_ffn)
         at_one = count_target_parameters(model, hidden, inter, vocab_size=1)
         per_row = count_target_parameters(model, hidden, inter, vocab_size=2) - at_one
         vocab = 1 + (budget - at_one) // per_row
-        if min_vocab <= vocab <= base_vocab and (vocab, inter) != (base_vocab, ffn_size(config)):
+        if min_vocab <= vocab <= base_vocab and (vocab, inter) != (base_vocab, base_ffn):
             splits.append(Split(vocab, inter, at_one + (vocab - 1) * per_row))
             mixed += 1
     return splits

@@ -158,10 +158,11 @@ def compact_prune(
     min_vocab = len(required) if prune_vocabulary else model.config.vocab_size
     if split is not None:
         vocab, inter = split
-        if not min_vocab <= vocab <= model.config.vocab_size or not 0 < inter <= ffn_size(model.config):
+        base_ffn = ffn_size(model.config)
+        if not min_vocab <= vocab <= model.config.vocab_size or not 0 < inter <= base_ffn:
             raise ValueError(
                 f"split must be (vocab_size in [{min_vocab}, {model.config.vocab_size}], intermediate_size in "
-                f"[1, {ffn_size(model.config)}]), got {split}"
+                f"[1, {base_ffn}]), got {split}"
             )
         splits = [Split(vocab, inter, count_target_parameters(model, model.config.hidden_size, inter, vocab))]
     else:

@@ -83,7 +83,7 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
         raise RuntimeError("shard() needs torch.distributed initialised: run under torchrun and call "
                            "torch.distributed.init_process_group first")
     pc = unwrap(model)
-    if pc.__dict__.get("_sharded") is not None:
+    if pc.sharded_projections is not None:
         raise ValueError("this model is already sharded")
     # One unit per decoder layer; the embedding and the LM head (the largest tensors) one each.
     groups: dict[int | str, dict[str, nn.Module]] = {}
@@ -99,7 +99,7 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
         fully_shard(unit, mesh=mesh, shard_placement_fn=_largest_dim)
     root = ShardedProjections(units)
     fully_shard(root, mesh=mesh)
-    pc.__dict__["_sharded"] = root  # not a submodule: the adapter's state dict keeps its names
+    pc.__dict__["_sharded"] = root  # not a submodule (see ProjCompModel.sharded_projections)
     pc.set_amortized(True)
     return model
 
@@ -110,12 +110,6 @@ def _largest_dim(param: nn.Parameter) -> Any:
     from torch.distributed.tensor import Shard
 
     return Shard(max(range(param.dim()), key=lambda d: param.shape[d])) if param.dim() else None
-
-
-def is_sharded(model: nn.Module) -> bool:
-    from ..projection.model import unwrap
-
-    return unwrap(model).__dict__.get("_sharded") is not None
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -162,4 +156,4 @@ def save_sharded(model: nn.Module, save_directory: str, **kwargs: Any) -> None:
     torch.distributed.barrier()
 
 
-__all__ = ["ShardedProjections", "clip_grad_norm_", "full_adapter_state_dict", "is_sharded", "save_sharded", "shard"]
+__all__ = ["ShardedProjections", "clip_grad_norm_", "full_adapter_state_dict", "save_sharded", "shard"]

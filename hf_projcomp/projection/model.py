@@ -188,11 +188,17 @@ class ProjCompModel(nn.Module):
         """The compressed model's config (what transformers tooling reads)."""
         return self.model.config
 
+    @property
+    def sharded_projections(self) -> nn.Module | None:
+        """The FSDP2 root over P, A and the base (:func:`hf_projcomp.distributed.shard`), or None.
+
+        Kept outside the module tree, so the adapter's state dict keeps its names."""
+        return self.__dict__.get("_sharded")
+
     def projected_weights(self) -> dict[str, torch.Tensor]:
         """Every ``W_c`` by its parameter name in the target model (with autograd unless disabled)."""
-        sharded = self.__dict__.get("_sharded")
-        if sharded is not None:  # FSDP2 units gather their shards (hf_projcomp.distributed.shard)
-            return sharded()
+        if self.sharded_projections is not None:  # FSDP2 units gather their shards
+            return self.sharded_projections()
         return {name: proj() for name, proj in zip(self._projected_names, self.projections.values())}
 
     def forward(
@@ -235,7 +241,7 @@ class ProjCompModel(nn.Module):
         collect ∂L/∂W_c over all micro-batches (and that DDP all-reduces like any weight);
         :meth:`push_gradients` then moves them into P and A once. :class:`ProjCompTrainer` drives it.
         """
-        if not enabled and self.__dict__.get("_sharded") is not None:
+        if not enabled and self.sharded_projections is not None:
             raise ValueError("a sharded model trains with the amortised step only")
         self._amortized = enabled
         self._push_after_backward = False
@@ -253,9 +259,9 @@ class ProjCompModel(nn.Module):
         """
         self._step_vjps = []
         self._push_after_backward = push_after_backward
-        if self.__dict__.get("_sharded") is not None:
+        if self.sharded_projections is not None:
             # The units' outputs keep their graph until push_gradients (their shards are freed meanwhile).
-            for name, weight in self.__dict__["_sharded"]().items():
+            for name, weight in self.sharded_projections().items():
                 param = self._target_params[name]
                 with torch.no_grad():
                     param.copy_(weight)
@@ -292,7 +298,7 @@ class ProjCompModel(nn.Module):
     def push_gradients(self) -> None:
         """Send the accumulated ∂L/∂W_c through the products into P and A (once per optimizer step);
         the next forward computes fresh ``W_c`` from the updated projections."""
-        if self.__dict__.get("_sharded") is not None:
+        if self.sharded_projections is not None:
             self._push_sharded()
             return
         for proj, param, vjp in self._step_vjps:
@@ -308,7 +314,7 @@ class ProjCompModel(nn.Module):
                    if param.grad is not None and weight.requires_grad}
         # Unit by unit, last first as a backward pass runs: one backward for all of them would gather every
         # unit's shards at once (autograd starts from all the roots together).
-        for unit in reversed(self.__dict__["_sharded"].units):
+        for unit in reversed(self.sharded_projections.units):
             pairs = [pending[name] for name in unit.names if name in pending]
             if pairs:
                 torch.autograd.backward([w for w, _ in pairs], [g.to(w.dtype) for w, g in pairs])
