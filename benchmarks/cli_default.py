@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
 
-import torch
 
 from hf_projcomp.compact import compact_prune, generate_calibration_texts
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.texts import CALIBRATION, bundled_text
 from data import TEST, VALID, data_file  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -55,7 +53,7 @@ def main() -> None:
     dev = dev_text(args.dev_chars)
     results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "target_params": 0.5,
                "dev": f"WikiText-2 validation after the bundled calibration text, first {len(dev):,} characters",
-               "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+               "machine": describe(),
                "date": date.today().isoformat(), "base_dev_bpb": bits_per_byte(model, tokenizer, dev), "rows": []}
     sources = {f"bundled, {n} sequences": (CALIBRATION, n) for n in args.sequences}
     sources["16 samples from the model (previous default), 64 sequences"] = (None, 64)

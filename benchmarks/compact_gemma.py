@@ -24,20 +24,18 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import os
-import platform
 import re
 import time
 from datetime import date
 from pathlib import Path
 
-import torch
 
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.vocab import required_token_ids
 from data import TEST, VALID, data_file  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +111,7 @@ def run(ratios: list[float], eval_chars: int, append: bool = False, methods: tup
     if "bits_per_byte_chunked" not in base:
         base["bits_per_byte_chunked"] = chunked_bits_per_byte(model, tokenizer, text)
     results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "eval_chars": eval_chars,
-               "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+               "machine": describe(),
                "date": date.today().isoformat(), "rows": rows}
     min_vocab = len(required_token_ids(tokenizer))
     calibration_words = set(load_text(calibration).split())

@@ -27,7 +27,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import statistics
 from contextlib import nullcontext
 import subprocess
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 MODES = ("one", "ddp", "fsdp2")
@@ -167,14 +168,13 @@ def main() -> None:
 
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     one = next(r for r in rows if r["mode"] == "one")
-    meta = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "torch": torch.__version__, "device": args.device, "layers": args.layers, "steps": args.steps,
+    meta = {"date": str(date.today()), "machine": describe(args.device), "device": args.device, "layers": args.layers, "steps": args.steps,
             "base_params": one["base_params"]}
     (OUT / "fsdp_scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         "# Projected compression: memory per rank and step time, 1 vs 2 processes, DDP vs FSDP2",
         "",
-        f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, device {args.device}, "
+        f"{meta['date']}, {meta['machine']}, device {args.device}, "
         f"one thread per process. Llama 1024/2816, {args.layers} layers, vocabulary 32000 "
         f"({one['base_params'] / 1e6:.0f}M parameters), target 50% of the non-embedding parameters; "
         f"amortised step, global batch {GLOBAL_BATCH}×{SEQ} tokens in {MICRO} micro-batches; "

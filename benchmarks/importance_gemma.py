@@ -14,8 +14,6 @@ are deterministic (no sampling), so there is no seed spread to report. Writes
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -27,6 +25,7 @@ from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
 
 from data import VALID, data_file  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 DEV_CHARS = 20_000
@@ -51,14 +50,13 @@ def main() -> None:
                          "dev_bpb": bits_per_byte(small, tokenizer, dev, progress=False)})
             print(rows[-1], flush=True)
             del pc, small
-    meta = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "torch": torch.__version__, "dev": f"last {DEV_CHARS:,} characters of {VALID}"}
+    meta = {"date": str(date.today()), "machine": describe(), "dev": f"last {DEV_CHARS:,} characters of {VALID}"}
     OUT.mkdir(exist_ok=True)
     (OUT / "importance_gemma.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         "# Projected compression's initial selection: magnitude vs activation importance (dev text)",
         "",
-        f"{meta['date']}, {meta['machine']}, torch {meta['torch']}. Gemma-3-270M float32; the step-0 model "
+        f"{meta['date']}, {meta['machine']}. Gemma-3-270M float32; the step-0 model "
         f"(hard-pruned selection) scored on {meta['dev']} (never in the bundled calibration text), "
         "1024-token windows. `python benchmarks/importance_gemma.py`.",
         "",

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import subprocess
 import sys
 from datetime import date
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from machine import describe  # benchmarks/machine.py
 from hf_projcomp import ProjCompConfig, get_projcomp_model
 from hf_projcomp.projection import unwrap
 from hf_projcomp.projection import layer as layer_module
@@ -144,7 +143,7 @@ def main() -> None:
         print(json.dumps(measure(*args.one, layers=args.layers, tokens=args.tokens)))
         return
     results = {"model": f"Llama, hidden 2048, {args.layers} layers, vocabulary 32000, 50% target",
-               "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+               "machine": describe(),
                "date": date.today().isoformat(), "tokens": args.tokens, "rows": []}
     for config in CONFIGS:
         run = subprocess.run([sys.executable, __file__, "--layers", str(args.layers), "--tokens", str(args.tokens),

@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import date
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
@@ -42,6 +39,7 @@ from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.training import DistillationMixin, Teacher
 from data import TEST, VALID, data_file  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +105,7 @@ def main() -> None:
     data = token_blocks(small_tok, steps * TOKENS_PER_STEP)
     results = {
         "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)",
-        "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+        "machine": describe(),
         "date": date.today().isoformat(), "tokens": steps * TOKENS_PER_STEP, "eval_chars": args.eval_chars, "final_eval_chars": args.final_eval_chars,
         "target": {"hidden_size": 512, "intermediate_size": 1024, "vocab_size": len(small_tok)},
         "tokens_per_step": TOKENS_PER_STEP, "selection_seconds": selection_seconds,

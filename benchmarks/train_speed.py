@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +34,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from machine import describe  # benchmarks/machine.py
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 from hf_projcomp.projection import unwrap
 from plotting import pyplot  # benchmarks/plotting.py
@@ -172,7 +171,7 @@ def main() -> None:
         print(peak_memory(args.memory_of, min(args.tokens), args.layers))
         return
     results = {"model": f"Llama, hidden 1024, {args.layers} layers, vocabulary 8192, 50% target",
-               "machine": f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, {platform.machine()}",
+               "machine": describe(),
                "date": date.today().isoformat(), "tokens": args.tokens, "repeats": args.repeats, "rows": [],
                "peak_rss_gib": {}}
     for method in ("vanilla", "pc_amortized"):
