@@ -36,6 +36,33 @@ def test_train_script_writes_a_vanilla_merged_model(tiny_base_dir, tmp_path, imp
     assert merged.config.vocab_size == len(tokenizer)
 
 
+def test_train_script_under_accelerate_fsdp2(tiny_base_dir, tmp_path):
+    """The user's path to FSDP2: the same script under accelerate's launcher with fsdp_version 2, on 2 CPU
+    processes; the checkpoint is gathered (one adapter for all ranks) and the merged model is vanilla."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "examples" / "train_projected_compression.py"), "--model_name_or_path", str(tiny_base_dir),
+           "--train_file", str(tiny_base_dir / "train.txt"), "--hidden_size", "48", "--intermediate_size", "64",
+           "--block_size", "32", "--calibration_sequences", "4", "--output_dir", str(out), "--max_steps", "3",
+           "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2", "--save_steps", "2",
+           "--report_to", "none", "--use_cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("merged vanilla Qwen2ForCausalLM written to") == 1  # the main process writes
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+    from peft import PeftModel
+
+    import hf_projcomp  # noqa: F401  (registers the method with PEFT)
+
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_dir), out)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert (merged.config.hidden_size, merged.config.intermediate_size) == (48, 64)
+    ids = AutoTokenizer.from_pretrained(out / "merged")("The lobster", return_tensors="pt").input_ids
+    torch.testing.assert_close(adapter.merge_and_unload()(ids).logits, merged(ids).logits, rtol=0, atol=1e-5)
+
+
 def test_trl_sft_example_trains_saves_and_merges(tiny_base_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "examples" / "sft_with_trl.py"), "--model_name_or_path", str(tiny_base_dir),

@@ -190,15 +190,14 @@ def test_trainer_rejects_bad_arguments(tmp_path):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), distill_temperature=0)
 
 
-@pytest.mark.parametrize("backend", ["is_fsdp_enabled", "is_deepspeed_enabled"])
-def test_trainer_refuses_sharded_backends(tmp_path, monkeypatch, backend):
-    # FSDP needs an accelerator device (accelerate refuses it on CPU), so the sharded state is simulated.
+def test_trainer_refuses_deepspeed(tmp_path, monkeypatch):
+    # DeepSpeed needs an accelerator device, so its state is simulated.
     original = Trainer.create_accelerator_and_postprocess
 
-    def sharded(self):
+    def deepspeed(self):
         original(self)
-        setattr(self, backend, True)
+        self.is_deepspeed_enabled = True
 
-    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", sharded)
-    with pytest.raises(ValueError, match="FSDP and DeepSpeed plugins are not supported.*hf_projcomp.distributed.shard"):
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", deepspeed)
+    with pytest.raises(ValueError, match="DeepSpeed is not supported.*Scaling out"):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), train_dataset=tiny_data())

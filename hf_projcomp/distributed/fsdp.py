@@ -99,9 +99,22 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
         fully_shard(unit, mesh=mesh, shard_placement_fn=_largest_dim)
     root = ShardedProjections(units)
     fully_shard(root, mesh=mesh)
+    _move_replicated(pc, next(root.parameters()).device)
     pc.__dict__["_sharded"] = root  # not a submodule (see ProjCompModel.sharded_projections)
     pc.set_amortized(True)
     return model
+
+
+def _move_replicated(module: nn.Module, device: torch.device) -> None:
+    """Put what stays whole on every rank (the compressed model, its norms, the selections) on the mesh's
+    device, where ``fully_shard`` put the shards; the base may have been loaded on the CPU."""
+    for sub in module.modules():
+        for param in sub.parameters(recurse=False):
+            if not hasattr(param, "to_local") and param.device != device:
+                param.data = param.data.to(device)
+        for name, buffer in sub.named_buffers(recurse=False):
+            if buffer is not None and buffer.device != device:
+                sub._buffers[name] = buffer.to(device)
 
 
 def _largest_dim(param: nn.Parameter) -> Any:
@@ -142,9 +155,69 @@ def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     ``PeftModel.state_dict`` gives them."""
     from ..projection.model import unwrap
 
+    return {name: _full(t).detach().cpu()
+            for name, t in zip(full_adapter_state_dict_names(model), unwrap(model).adapter_state_dict().values())}
+
+
+def load_full_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load full adapter tensors (as :func:`full_adapter_state_dict` names them, e.g. read from a saved
+    adapter folder) into a sharded model, each rank keeping its own shards; call it on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    expected = set(full_adapter_state_dict_names(model))
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"adapter state does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    # A shallow copy: the loader replaces the dict's entries with the distributed tensors.
+    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def full_adapter_state_dict_names(model: nn.Module) -> list[str]:
+    """The names :func:`full_adapter_state_dict` gives, without gathering anything."""
+    from ..projection.model import unwrap
+
     pc = unwrap(model)
     prefix = "base_model." if pc is not model else ""
-    return {prefix + name: _full(t).detach().cpu() for name, t in pc.adapter_state_dict().items()}
+    return [prefix + name for name in pc.adapter_state_dict()]
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state with every sharded tensor gathered, laid out as an unsharded
+    ``optimizer.state_dict()`` (parameters by position), so it resumes on any number of ranks, sharded
+    or not. Call it on every rank: rank 0 gets the state (on CPU), the others an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not by_name:
+        return {}
+    position = {name: i for i, name in enumerate(_names_in_order(model, optimizer))}
+    return {
+        "state": {position[name]: state for name, state in by_name["state"].items()},
+        "param_groups": [{**group, "params": [position[n] for n in group["params"]]} for group in by_name["param_groups"]],
+    }
+
+
+def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a :func:`full_optimizer_state_dict` (or an unsharded run's ``optimizer.state_dict()``) into the
+    optimizer of a sharded model, each rank keeping its shards; call it on every rank, each with the
+    whole state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _names_in_order(model, optimizer)
+    saved = [i for group in state["param_groups"] for i in group["params"]]
+    if len(saved) != len(names):
+        raise ValueError(f"optimizer state holds {len(saved)} parameters, the optimizer {len(names)}")
+    by_name = {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _names_in_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters by name, in the order ``optimizer.state_dict()`` numbers them."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
 def save_sharded(model: nn.Module, save_directory: str, **kwargs: Any) -> None:
@@ -156,4 +229,7 @@ def save_sharded(model: nn.Module, save_directory: str, **kwargs: Any) -> None:
     torch.distributed.barrier()
 
 
-__all__ = ["ShardedProjections", "clip_grad_norm_", "full_adapter_state_dict", "save_sharded", "shard"]
+__all__ = [
+    "ShardedProjections", "clip_grad_norm_", "full_adapter_state_dict", "full_adapter_state_dict_names",
+    "full_optimizer_state_dict", "load_full_adapter_state_dict", "load_full_optimizer_state_dict", "save_sharded", "shard",
+]

@@ -31,7 +31,9 @@ from ..config import ProjCompConfig
 from ..distributed import close_process_group
 from ..loading import load_model
 from ..evaluate import bits_per_byte, load_text
+from ..export import save_compressed
 from ..mapping import get_projcomp_model
+from ..projection.model import unwrap
 from .trainer import ProjCompTrainer
 
 logger = logging.getLogger(__name__)
@@ -140,14 +142,16 @@ def main(argv: list[str] | None = None) -> None:
                                           * data_args.block_size)
     trainer.save_model(training.output_dir)  # the final adapter
 
+    # A sharded model (FSDP2) merges on every rank, as each unit gathers its shards; the main process writes.
+    sharded = unwrap(pc).sharded_projections is not None
+    small = pc.merge_and_unload() if sharded or trainer.is_world_process_zero() else None
     if trainer.is_world_process_zero():
-        small = pc.merge_and_unload()
         summary = pc.compression_summary(
             small, calibration_data=Path(files[0]).name, eval_data=data_args.eval_text_file, bits_per_byte_before=base_bpb,
             bits_per_byte_after=bits_per_byte(small, small_tokenizer, eval_text) if eval_text else None,
         )
-        merged_dir = pc.save_merged(os.path.join(training.output_dir, "merged"), small_tokenizer, summary=summary,
-                                    overwrite=True)
+        merged_dir = save_compressed(small, small_tokenizer, os.path.join(training.output_dir, "merged"), summary,
+                                     overwrite=True)
         params = f"{summary.parameters_before:,} -> {summary.parameters_after:,} parameters"
         if eval_text:
             params += f"; bits/byte {base_bpb:.4f} -> {summary.bits_per_byte_after:.4f}"

@@ -12,6 +12,11 @@ projection cost once per optimizer step instead:
    (:meth:`ProjCompModel.push_gradients`); clipping covers P, A and norms (global norm), then the
    optimizer steps.
 
+Under FSDP2 (``fsdp_version: 2`` in the accelerate config or the ``TrainingArguments``) the model is
+sharded by :func:`hf_projcomp.distributed.shard`, one unit per decoder layer, and the step keeps its
+meaning: each unit builds its ``W_c`` once per step as it gathers its shards, and step 3 reduce-scatters
+the gradients of P and A (:mod:`hf_projcomp.training.sharded`).
+
 It also gives P its own learning rate and the norms no weight decay, and checks that every rank holds
 the same selections. Mix it in before the Trainer class: ``class MySFT(ProjCompTrainerMixin,
 SFTTrainer)``. :class:`ProjCompTrainer` is the ready class (with distillation from the frozen base).
@@ -26,11 +31,15 @@ import torch
 from transformers import Trainer
 
 from ..distributed import check_same_on_all_ranks
+from ..distributed import fsdp as sharding
 from ..projection import ProjCompModel
 from ..projection.model import unwrap
 from .distill import DistillationMixin, Teacher
+from .sharded import ShardedModule, inner_optimizer, requested_fsdp_version, without_accelerate_fsdp
 
 TRAINING_ARGS_NAME = "training_args.bin"
+OPTIMIZER_NAME = "optimizer.pt"  # the Trainer's checkpoint file names
+SCHEDULER_NAME = "scheduler.pt"
 DEFAULT_PROJECTION_LR_RATIO = 0.1
 
 
@@ -45,7 +54,7 @@ class ProjCompTrainerMixin:
             step; the default is ``args.learning_rate * DEFAULT_PROJECTION_LR_RATIO``
             (``benchmarks/results/train_quality_lr_probe.md``).
         amortize: compute ``W_c`` once per optimizer step (True) or per micro-batch with autograd
-            (False, what a plain ``Trainer`` does).
+            (False, what a plain ``Trainer`` does). A sharded model trains with the amortised step only.
     """
 
     def __init__(
@@ -54,22 +63,56 @@ class ProjCompTrainerMixin:
         if projection_learning_rate is not None and projection_learning_rate <= 0:
             raise ValueError(f"projection_learning_rate must be > 0 or None, got {projection_learning_rate}")
         self.projection_learning_rate = projection_learning_rate
+        self.amortize = amortize
         super().__init__(*args, **kwargs)
         self.pc = unwrap(self.model)
         # DDP wraps the model when training starts, after this: it sees the materialised W_c as parameters.
-        self.pc.set_amortized(amortize)
+        if self.pc.sharded_projections is None:
+            self.pc.set_amortized(amortize)
         selection = self.pc.selection()
         check_same_on_all_ranks(
             (selection.hidden.tolist(), [f.tolist() for f in selection.ffn],
              None if selection.vocab is None else selection.vocab.tolist()), "selections")
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            # Sharding would split the materialised W_c and the base weights the products read.
             raise ValueError(
-                "ProjCompTrainer supports single-process and DDP training (accelerate launch --multi_gpu); "
-                "accelerate's FSDP and DeepSpeed plugins are not supported: remove fsdp/deepspeed from the "
-                "TrainingArguments or the accelerate config. To shard the base, P and A over ranks, run a "
-                "loop under torchrun with hf_projcomp.distributed.shard (FSDP2; see the README's 'Scaling out')"
+                "ProjCompTrainer supports one process, DDP (accelerate launch --multi_gpu) and FSDP2 "
+                "(fsdp_version: 2); DeepSpeed is not supported: remove it from the TrainingArguments or the "
+                "accelerate config (see the README's 'Scaling out')"
             )
+
+    # -- FSDP2 -----------------------------------------------------------------------------------
+    def create_accelerator_and_postprocess(self) -> None:
+        """With FSDP2 asked for (or a model already sharded), shard the model with
+        :func:`hf_projcomp.distributed.shard` and create the accelerator without its FSDP plugin
+        (:mod:`hf_projcomp.training.sharded` says why)."""
+        version = requested_fsdp_version(self.args)
+        pc = unwrap(self.model)
+        if version is None and pc.sharded_projections is None:
+            super().create_accelerator_and_postprocess()
+            return
+        if version not in (None, 2):
+            raise ValueError(f"fsdp_version must be 2 for ProjCompTrainer (FSDP2, fully_shard), got {version}")
+        if not self.amortize:
+            raise ValueError("amortize must be True under FSDP2: the sharded model trains with the amortised step only")
+        if getattr(self, "teacher", None) is not None:
+            raise ValueError("distill_alpha must be 0 under FSDP2: the teacher would need the whole base on every rank")
+        with without_accelerate_fsdp(self.args):
+            super().create_accelerator_and_postprocess()
+        if pc.sharded_projections is None:
+            sharding.shard(self.model)
+
+    def _move_model_to_device(self, model: Any, device: Any) -> None:
+        if unwrap(model).sharded_projections is None:  # shard() placed shards and the rest on the mesh's device
+            super()._move_model_to_device(model, device)
+
+    def _wrap_model(self, model: Any, training: bool = True, *args: Any, **kwargs: Any) -> Any:
+        if not training or self.pc.sharded_projections is None:
+            return super()._wrap_model(model, training, *args, **kwargs)
+        if isinstance(model, ShardedModule):
+            return model
+        # Autocast and compilation as configured; no DDP (hence the wrapper: the Trainer then prepares the
+        # optimizer alone).
+        return self.accelerator.prepare_model(ShardedModule(model), device_placement=False, evaluation_mode=True)
 
     # -- optimizer -------------------------------------------------------------------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
@@ -97,23 +140,73 @@ class ProjCompTrainerMixin:
     def _clip_grad_norm(self, model: Any) -> torch.Tensor:
         # Called once per optimizer step, after the last micro-batch's backward (and DDP's all-reduce).
         self.pc.push_gradients()
-        return self.accelerator.clip_grad_norm_(self.pc.trainable_parameters(), self.args.max_grad_norm)
+        return self._clip(self.args.max_grad_norm)
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         self.pc.push_gradients()  # a no-op when clipping already pushed
         if grad_norm is None:
-            grad_norm = self.accelerator.clip_grad_norm_(self.pc.trainable_parameters(), float("inf"))
+            grad_norm = self._clip(float("inf"))
         return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _clip(self, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm over P, A and the norms; returns the norm before clipping."""
+        if self.pc.sharded_projections is not None:
+            return sharding.clip_grad_norm_(self.pc, max_norm)
+        return self.accelerator.clip_grad_norm_(self.pc.trainable_parameters(), max_norm)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         _check_checkpoint_selections(self.pc, resume_from_checkpoint)
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.pc.sharded_projections is not None:
+            self._load_sharded_adapter(resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.pc.forget_materialized()
 
     def _load_best_model(self) -> None:
-        super()._load_best_model()
+        if self.pc.sharded_projections is not None:
+            self._load_sharded_adapter(self.state.best_model_checkpoint)
+        else:
+            super()._load_best_model()
         self.pc.forget_materialized()
+
+    def _load_sharded_adapter(self, checkpoint: str) -> None:
+        from safetensors.torch import load_file
+
+        from ..config import WEIGHTS_NAME
+
+        sharding.load_full_adapter_state_dict(self.model, load_file(os.path.join(checkpoint, WEIGHTS_NAME)))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As ``Trainer.save_model``; a sharded model's adapter is gathered on every rank (call it on all
+        of them, as the Trainer does) and the main process writes it."""
+        if self.pc.sharded_projections is None:
+            super().save_model(output_dir, _internal_call)
+            return
+        state = sharding.full_adapter_state_dict(self.model)
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state)
+        torch.distributed.barrier()
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.pc.sharded_projections is None:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        # Full tensors keyed by parameter name: the checkpoint resumes on any number of ranks.
+        state = sharding.full_optimizer_state_dict(self.model, inner_optimizer(self.optimizer))
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, OPTIMIZER_NAME))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or self.pc.sharded_projections is None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        state = torch.load(os.path.join(checkpoint, OPTIMIZER_NAME), map_location="cpu", weights_only=True)
+        sharding.load_full_optimizer_state_dict(self.model, inner_optimizer(self.optimizer), state)
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
 
 
 class ProjCompTrainer(ProjCompTrainerMixin, DistillationMixin, Trainer):
@@ -141,7 +234,7 @@ class ProjCompTrainer(ProjCompTrainerMixin, DistillationMixin, Trainer):
         """The adapter (PEFT's files, and the pruned tokenizer if any); the tokenizer given as
         ``processing_class`` only when the vocabulary was not pruned, so it never overwrites that one."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None and self.pc.tokenizer is None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

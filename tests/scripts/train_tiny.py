@@ -2,6 +2,7 @@
 
     python tests/scripts/train_tiny.py OUT_DIR [--steps N] [--resume CHECKPOINT] [--save-steps K]
     accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT_DIR
+    torchrun --nproc_per_node 2 tests/scripts/train_tiny.py OUT_DIR --fsdp   # FSDP2, no distillation
 
 Every run sees the same 8 sequences per optimizer step (one epoch per step), split over however
 many processes there are, so runs with different world sizes take identical steps.
@@ -20,7 +21,8 @@ from transformers import TrainingArguments
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model  # noqa: E402
-from hf_projcomp.distributed import close_process_group  # noqa: E402
+from hf_projcomp.distributed import close_process_group, full_adapter_state_dict  # noqa: E402
+from hf_projcomp.projection import unwrap  # noqa: E402
 from tests.tiny import tiny_model  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--save-steps", type=int, default=0)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--model-type", default="llama")
+    parser.add_argument("--distill", type=float, default=0.3, help="distill_alpha")
+    parser.add_argument("--fsdp", action="store_true", help="TrainingArguments(fsdp=True, fsdp_config={'version': 2})")
     args = parser.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ids = torch.randint(3, 96, (GLOBAL_BATCH, 16), generator=torch.Generator().manual_seed(0))
@@ -56,12 +60,14 @@ def main(argv: list[str] | None = None):
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
+        **({"fsdp": True, "fsdp_config": {"version": 2}} if args.fsdp else {}),
     )
-    trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, distill_alpha=0.3)
+    trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, distill_alpha=args.distill)
     trainer.train(resume_from_checkpoint=args.resume)
     rank = int(os.environ.get("RANK", "0"))
-    state = {k: v.contiguous() for k, v in pc.state_dict().items()}
-    save_file(state, os.path.join(args.out, f"rank{rank}.safetensors"))
+    # Sharded, each rank holds its shards: the full tensors are gathered (every rank takes part).
+    state = full_adapter_state_dict(pc) if unwrap(pc).sharded_projections is not None else pc.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(args.out, f"rank{rank}.safetensors"))
     del trainer
     close_process_group()  # as the training script does: no gloo teardown abort or hang at exit
     return pc
