@@ -86,10 +86,10 @@ class ProjCompTrainerMixin:
         :func:`hf_projcomp.distributed.shard` and create the accelerator without its FSDP plugin
         (:mod:`hf_projcomp.training.sharded` says why)."""
         version = requested_fsdp_version(self.args)
-        pc = unwrap(self.model)
-        if version is None and pc.sharded_projections is None:
+        if version is None and not _sharded(self.model):
             super().create_accelerator_and_postprocess()
             return
+        pc = unwrap(self.model)
         if version not in (None, 2):
             raise ValueError(f"fsdp_version must be 2 for ProjCompTrainer (FSDP2, fully_shard), got {version}")
         if not self.amortize:
@@ -102,7 +102,7 @@ class ProjCompTrainerMixin:
             sharding.shard(self.model)
 
     def _move_model_to_device(self, model: Any, device: Any) -> None:
-        if unwrap(model).sharded_projections is None:  # shard() placed shards and the rest on the mesh's device
+        if not _sharded(model):  # shard() placed the shards and the rest on the mesh's device
             super()._move_model_to_device(model, device)
 
     def _wrap_model(self, model: Any, training: bool = True, *args: Any, **kwargs: Any) -> Any:
@@ -238,6 +238,15 @@ class ProjCompTrainer(ProjCompTrainerMixin, DistillationMixin, Trainer):
         if self.processing_class is not None and self.pc.tokenizer is None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def _sharded(model: Any) -> bool:
+    """Is ``model`` a projected-compression model sharded by ``hf_projcomp.distributed.shard``? (False for
+    any other model: the Trainer's own checks name what is wrong with it.)"""
+    try:
+        return unwrap(model).sharded_projections is not None
+    except TypeError:
+        return False
 
 
 def _check_checkpoint_selections(pc: ProjCompModel, checkpoint: str) -> None:
