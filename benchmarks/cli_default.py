@@ -24,19 +24,10 @@ from hf_projcomp.compact import compact_prune, generate_calibration_texts
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.texts import CALIBRATION, bundled_text
-from data import TEST, VALID, data_file  # benchmarks/data.py
+from data import TEST, data_file, dev_text  # benchmarks/data.py
 from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def dev_text(chars: int) -> str:
-    """The part of WikiText-2 validation after the bundled calibration text (never calibrated on)."""
-    valid = load_text(data_file(VALID))
-    calibration = bundled_text(CALIBRATION)
-    if not valid.startswith(calibration):
-        raise SystemExit("the bundled calibration text is not a prefix of wikitext-2/valid.txt")
-    return valid[len(calibration):][:chars]
 
 
 def main() -> None:

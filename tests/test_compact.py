@@ -14,9 +14,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from hf_projcomp.architectures import FFN, ffn_size, get_arch_spec
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
 from hf_projcomp.sizing import count_target_parameters
+from hf_projcomp.vocab import required_token_ids
 import hf_projcomp.compact.prune as prune_module
 from hf_projcomp.compact.ranking import (
-    RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
+    RANK_PRIOR_OFFSET, RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, rank_prior, script_letters,
+    token_ranking, token_texts,
 )
 
 from tests.tiny import fresh_env, tiny_config
@@ -292,6 +294,41 @@ def test_seen_once_floor_is_script_letters_plus_frequent_characters(monkeypatch)
         compact_prune(model, tokenizer, texts, split=split, keep_characters=-1, **CALIBRATION)
     with pytest.raises(TypeError, match="keep_script_letters"):
         compact_prune(model, tokenizer, texts, split=split, keep_script_letters="yes", **CALIBRATION)
+
+
+def test_rank_prior_is_zipf_over_the_id_order_of_the_calibration_scripts():
+    pieces = ["a", "日", " the", "()", "ж", "b"]
+    prior = rank_prior(pieces, Counter("the lobster" * 100 + "ж"), vocab_size=8)
+    allowed = [0, 2, 3, 5]  # Latin or no letter; CJK absent and Cyrillic below SCRIPT_MIN_SHARE
+    expected = torch.zeros(8, dtype=torch.float64)
+    expected[allowed] = 1.0 / (torch.arange(4, dtype=torch.float64) + RANK_PRIOR_OFFSET)
+    torch.testing.assert_close(prior, expected / expected.sum())
+    # Weighted into the ranking, it orders tokens the counts and the model never saw by id.
+    counts = torch.tensor([0, 0, 5, 0, 0, 0, 0, 0])
+    assert token_ranking(counts, rank_prior=prior, rank_prior_weight=1.0).tolist()[:5] == [2, 0, 3, 5, 1]
+    assert token_ranking(counts, rank_prior=prior, rank_prior_weight=0.0).tolist()[:2] == [2, 0]
+
+
+def test_vocab_prior_keeps_frequent_tokens_the_calibration_never_shows():
+    """With little calibration text, the tokenizer's order (its lowest ids) fills the vocabulary the
+    counts leave open, where the model's predicted mass chose before (measured on Gemma-3 in
+    benchmarks/results/compact_gemma.md)."""
+    tokenizer = tiny_tokenizer("byte_level")
+    model = model_for("llama", tokenizer)
+    texts = TRAIN[:2]  # each token seen a few times at most: the predicted mass ranks the rest
+    required = set(required_token_ids(tokenizer))
+    counted = set(tokenizer(" ".join(texts)).input_ids) - required
+    lowest = [i for i in range(len(tokenizer)) if i not in required | counted][:60]
+    split = (len(required) + len(counted) + 60, model.config.intermediate_size)  # room for about 60 more
+    kept = {}
+    for weight in (0.0, 100.0):
+        *_, result = compact_prune(model, tokenizer, texts, split=split, vocab_prior=weight, return_result=True,
+                                   **CALIBRATION)
+        kept[weight] = len(set(lowest) & set(result.kept_token_ids.tolist()))
+    assert kept[100.0] == 60 and kept[0.0] <= 45, kept  # measured: 60 and 38
+    for bad in (-1, "1", True, float("nan")):
+        with pytest.raises(ValueError, match="vocab_prior"):
+            compact_prune(model, tokenizer, texts, split=split, vocab_prior=bad, **CALIBRATION)
 
 
 def test_held_out_tail_reaches_no_statistic(monkeypatch):

@@ -1,9 +1,13 @@
-"""COMPACT on the real Gemma-3-270M: 50% of the parameters, training-free, reloaded with plain transformers."""
+"""COMPACT on the real Gemma-3-270M: 50% of the parameters, training-free, reloaded with plain transformers.
+
+The quality guard scores dev text (``tests/data/wikitext2_dev_head.txt``, the WikiText-2 validation
+articles right after the bundled calibration text), never the test split."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,12 +15,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.evaluate import bits_per_byte, load_text
 
-from hf_projcomp.texts import CALIBRATION, EVALUATION, bundled_text
+from hf_projcomp.texts import CALIBRATION, bundled_text
 
 from tests.tiny import fresh_env
 
 VALID = bundled_text(CALIBRATION, path=True)
-TEST = bundled_text(EVALUATION, path=True)
+DEV = Path(__file__).parent / "data" / "wikitext2_dev_head.txt"
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +40,13 @@ def test_half_the_parameters_and_bits_per_byte_within_guard(gemma, saved):
     assert abs(ratio - 0.5) < 0.005
     small = AutoModelForCausalLM.from_pretrained(path).eval()
     small_tok = AutoTokenizer.from_pretrained(path)
-    text = load_text(TEST, max_chars=20_000)
+    text = load_text(DEV)
     base_bpb = bits_per_byte(model, tokenizer, text, progress=False)
     small_bpb = bits_per_byte(small, small_tok, text, progress=False)
-    assert base_bpb == pytest.approx(1.167, abs=0.005)
-    assert small_bpb - base_bpb <= 0.15, (base_bpb, small_bpb)
+    assert base_bpb == pytest.approx(1.364, abs=0.005)
+    # Measured +0.010 (vocab_prior 0.3, these 8 × 256-token activation sequences); the guard was +0.15
+    # on the test head before the dev protocol.
+    assert small_bpb - base_bpb <= 0.03, (base_bpb, small_bpb)
     ids = small_tok(text, add_special_tokens=False).input_ids
     assert max(ids) < small.config.vocab_size and small_tok.decode(ids) == text
 

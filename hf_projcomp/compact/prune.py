@@ -33,7 +33,8 @@ from ..sizing import count_target_parameters
 from ..vocab import VocabularyPruner, VocabularyPruningError
 from .budget import Split, candidate_splits, resolve_budget
 from .ranking import (
-    RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, script_letters, token_ranking, token_texts,
+    RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, rank_prior, script_letters, token_ranking,
+    token_texts,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_FFN_FRACTIONS = (1.0, 0.9375, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 MAX_MIXED_CANDIDATES = 4  # each costs a tokenizer prune and a held-out evaluation
 FFN_IMPORTANCE = ("common_act2", "act2", "magnitude")
+# Weight of the tokenizer's own frequency order in the vocabulary ranking (ranking.rank_prior), chosen
+# on dev text: Gemma-3 at 50%, vocabulary ranked with weight 0, 0.3, 1 and 3 under three calibration
+# regimes (the bundled text, 128 and 16 of its paragraphs). Bits per byte against the base, in domain
+# (the first 30,000 characters of the dev articles) / out of domain (Python source):
+#   weight 0:   -0.041 / +0.271,  +0.005 / +0.477,  +0.047 / +0.493
+#   weight 0.3: -0.035 / +0.072,  -0.028 / +0.078,  +0.004 / +0.057
+#   weight 1:   -0.038 / +0.050,  -0.013 / +0.045,  +0.021 / +0.038
+#   weight 3:   -0.001 / +0.041,  +0.020 / +0.043
+# The rule: the best in-domain score among the weights that keep the out-of-domain loss under 0.1
+# in every regime; 0 fails that, 0.3 beats 1 and 3 in domain. (End to end on the first 60,000 dev
+# characters, weight 1 cost 0.015 in domain against weight 0: benchmarks/results/compact_gemma.md.)
+VOCAB_PRIOR_WEIGHT = 0.3
 
 
 @dataclass
@@ -79,6 +92,7 @@ def compact_prune(
     split: tuple[int, int] | None = None,
     ffn_importance: str = "common_act2",
     prior_weight: float = 1.0,
+    vocab_prior: float = VOCAB_PRIOR_WEIGHT,
     keep_script_letters: bool = True,
     keep_characters: int = 0,
     text_column: str = "text",
@@ -97,9 +111,10 @@ def compact_prune(
         target_params: a fraction in (0, 1) of the model's parameters, or an absolute count.
         num_sequences, sequence_length: the activation pass (the expensive part: on 2 CPU cores about
             1.8 s per 512-token sequence of Gemma-3-270M). Its rare-token positions rank the unseen
-            vocabulary, so more sequences keep more of it: on Gemma-3 at 50% of parameters, 64
-            instead of 32 cut the extra tokens on held-out text by 8-57% and bits per byte on
-            WikiText-2 test from 1.303 to 1.297 (see ``RARE_NEXT_COUNT``).
+            vocabulary, so more sequences keep more of it. Chosen on dev text (WikiText-2 validation
+            after the bundled calibration text): Gemma-3 at 50% of parameters calibrated on that text
+            scored 1.4583 bits per byte with 32 sequences and 1.4526 with 64
+            (``benchmarks/results/cli_default.md``; ``projcomp compress`` uses fewer, for time).
         frequency_tokens: how many calibration tokens to count for token frequencies.
         heldout_tokens: tokens at the end of the calibration text scoring the candidate splits (never
             counted for frequencies, the activation pass or the calibration alphabet).
@@ -111,6 +126,10 @@ def compact_prune(
             ``"magnitude"`` (weight norms, no activation pass); the latter two exist for baselines.
         prior_weight: weight of the model's predicted token distribution against the counted one in
             the vocabulary ranking (0: counts only).
+        vocab_prior: weight of the tokenizer's own frequency order (its ids, Zipf over the
+            calibration text's scripts; :func:`~hf_projcomp.compact.ranking.rank_prior`) in the
+            vocabulary ranking, against the counted distribution (weight 1); 0 turns it off. It keeps
+            what little or one-domain calibration text never shows (see ``VOCAB_PRIOR_WEIGHT``).
         keep_script_letters: rank the single-letter tokens of the calibration text's scripts as if
             seen once, so served letters the calibration text lacks (ū, æ in names) do not fall
             back to byte tokens (see :func:`~hf_projcomp.compact.ranking.script_letters`).
@@ -126,6 +145,8 @@ def compact_prune(
     """
     if not isinstance(keep_script_letters, bool):
         raise TypeError(f"keep_script_letters must be a bool, got {keep_script_letters!r}")
+    if isinstance(vocab_prior, bool) or not isinstance(vocab_prior, (int, float)) or not vocab_prior >= 0:
+        raise ValueError(f"vocab_prior must be a number >= 0, got {vocab_prior!r}")
     if isinstance(keep_characters, bool) or not isinstance(keep_characters, int) or keep_characters < 0:
         raise ValueError(f"keep_characters must be an integer >= 0, got {keep_characters!r}")
     if ffn_importance not in FFN_IMPORTANCE:
@@ -200,15 +221,19 @@ def compact_prune(
 
     in_alphabet = None
     floors = [frequent_characters(tokenizer, keep_characters)] if prune_vocabulary and keep_characters else []
-    if prune_vocabulary and (predicted_mass is not None or keep_script_letters):
+    prior = None
+    if prune_vocabulary and (predicted_mass is not None or keep_script_letters or vocab_prior):
         pieces, chars = token_texts(tokenizer), character_counts(texts)  # decoding 262k ids takes seconds
         chars -= character_counts([heldout_text])  # the held-out tail's characters are not "seen"
         if predicted_mass is not None:
             in_alphabet = alphabet_mask(pieces, chars, model.config.vocab_size)
         if keep_script_letters:
             floors.append(script_letters(pieces, chars))
+        if vocab_prior:
+            prior = rank_prior(pieces, chars, model.config.vocab_size)
     floor = torch.cat(floors).unique() if floors else None
-    ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, seen_once=floor)
+    ranking = token_ranking(counts, predicted_mass, prior_weight, in_alphabet, seen_once=floor, rank_prior=prior,
+                            rank_prior_weight=vocab_prior)
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
         s.vocab_size: pruner.prune(ranking, max_vocab_size=s.vocab_size)
