@@ -153,10 +153,8 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
 def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every adapter tensor in full (sharded ones gathered: call it on every rank), by the names
     ``PeftModel.state_dict`` gives them."""
-    from ..projection.model import unwrap
-
-    return {name: _full(t).detach().cpu()
-            for name, t in zip(full_adapter_state_dict_names(model), unwrap(model).adapter_state_dict().values())}
+    prefix, pc = _adapter_prefix(model)
+    return {prefix + name: _full(t).detach().cpu() for name, t in pc.adapter_state_dict().items()}
 
 
 def load_full_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -174,11 +172,17 @@ def load_full_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor
 
 def full_adapter_state_dict_names(model: nn.Module) -> list[str]:
     """The names :func:`full_adapter_state_dict` gives, without gathering anything."""
+    prefix, pc = _adapter_prefix(model)
+    return [prefix + name for name in pc.adapter_state_dict()]
+
+
+def _adapter_prefix(model: nn.Module) -> tuple[str, Any]:
+    """The projected-compression model inside ``model`` and the prefix ``model.state_dict()`` gives its
+    names (PEFT's ``base_model.`` when wrapped)."""
     from ..projection.model import unwrap
 
     pc = unwrap(model)
-    prefix = "base_model." if pc is not model else ""
-    return [prefix + name for name in pc.adapter_state_dict()]
+    return ("base_model." if pc is not model else ""), pc
 
 
 def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -8,7 +8,7 @@ which accelerate's auto-wrap policies cannot express. So the Trainer asks for FS
 the mixin shards the model itself, and accelerate runs plain multi-process data parallelism around it:
 it must neither shard the model again nor wrap it in DDP (the units reduce their own gradients).
 Checkpoints stay rank-independent: the adapter and the optimizer state are gathered to full tensors on
-save, keyed by parameter name, and resharded on load.
+save (the optimizer state in the layout an unsharded run writes) and resharded on load.
 """
 
 from __future__ import annotations
