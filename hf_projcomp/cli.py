@@ -128,7 +128,7 @@ def compress(args: argparse.Namespace) -> None:
         calibration_tokens=result.frequency_tokens,
         settings={"target_params": args.target_params, "vocab_size": small.config.vocab_size,
                   "intermediate_size": result.split.intermediate_size, "ffn_importance": "common_act2",
-                  "num_sequences": args.num_sequences},
+                  "num_sequences": args.num_sequences, "refit_ffn": True},
         eval_data=f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}" if eval_text else None,
         bits_per_byte_before=before, bits_per_byte_after=after,
     )

@@ -94,14 +94,16 @@ def _base_tokenizer(model: PreTrainedModel) -> Any:
 def _compact_selection(
     model: PreTrainedModel, config: ProjCompConfig, calibration_data: Any, tokenizer: Any, progress: bool
 ) -> tuple[list[int], list[list[int]], list[int] | None, Any]:
-    """COMPACT's kept vocabulary and d_ff channels, and d_model ranked by common-token act²."""
+    """COMPACT's kept vocabulary and d_ff channels, and d_model ranked by common-token act² (selections
+    only: projected compression starts from the base's own values, so no down_proj refit)."""
     if tokenizer is None:
         raise ValueError("importance='compact' needs the model's tokenizer: pass tokenizer=...")
     base = model.config
     if config.target_params is not None:
         # COMPACT's solver splits the budget between vocabulary and d_ff; d_model keeps its width.
         _, small_tok, result = compact_prune(
-            model, tokenizer, calibration_data, config.target_params, progress=progress, return_result=True
+            model, tokenizer, calibration_data, config.target_params, progress=progress, return_result=True,
+            refit_ffn=False,
         )
         hidden_size = base.hidden_size
     else:
@@ -109,7 +111,7 @@ def _compact_selection(
         split = (config.vocab_size or base.vocab_size, config.intermediate_size or ffn_size(base))
         validate_target_sizes(base, hidden_size, split[1], split[0])
         _, small_tok, result = compact_prune(
-            model, tokenizer, calibration_data, split=split, progress=progress, return_result=True
+            model, tokenizer, calibration_data, split=split, progress=progress, return_result=True, refit_ffn=False
         )
     vocab = None if result.kept_token_ids is None else result.kept_token_ids.tolist()
     ffn = [idx.tolist() for idx in result.intermediate_indices]

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.architectures import FFN, ffn_size, get_arch_spec
 from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
+from hf_projcomp.compact.compensation import REFIT_RIDGE, refit_columns
 from hf_projcomp.sizing import count_target_parameters
 from hf_projcomp.vocab import required_token_ids
 import hf_projcomp.compact.prune as prune_module
@@ -43,12 +44,14 @@ CALIBRATION = dict(num_sequences=4, sequence_length=64, heldout_tokens=64, progr
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{k}" for m, k in CASES])
 def pruned(request):
-    """Both sides pruned at a fixed split: 100 tokens fewer, d_ff 96 -> 64."""
+    """Both sides pruned at a fixed split: 100 tokens fewer, d_ff 96 -> 64 (no down_proj refit: these
+    tests check the selection itself; the refit has its own below)."""
     model_type, kind = request.param
     tokenizer = tiny_tokenizer(kind)
     model = model_for(model_type, tokenizer)
     small, small_tok, result = compact_prune(
-        model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 64), return_result=True, **CALIBRATION)
+        model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 64), return_result=True, refit_ffn=False,
+        **CALIBRATION)
     assert len(small_tok) <= len(tokenizer) - 100
     return model, tokenizer, small, small_tok, result
 
@@ -411,3 +414,57 @@ def test_a_stream_is_read_only_as_far_as_needed():
     assert torch.equal(result.kept_token_ids, again_result.kept_token_ids)
     with pytest.raises(ValueError, match="rows have no 'text' column"):
         compact_prune(model, tokenizer, IterableDataset.from_generator(lambda: iter([{"body": "x"}])), **kwargs)
+
+
+def test_refit_columns_is_the_least_squares_fit():
+    """On the Gram matrix of X, the refitted kept columns are lstsq(X_S, X Wᵀ): the best the kept
+    channels can do, clearly better than keeping their base values when channels correlate."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 24, generator=g, dtype=torch.float64) @ torch.randn(24, 24, generator=g, dtype=torch.float64)
+    w = torch.randn(8, 24, generator=g, dtype=torch.float64)
+    kept = torch.tensor([0, 3, 5, 6, 10, 11, 17, 20])
+    fit = refit_columns(w, x.T @ x, kept, ridge=0.0)
+    torch.testing.assert_close(fit, torch.linalg.lstsq(x[:, kept], x @ w.T).solution.T, rtol=1e-8, atol=1e-8)
+    error = (x[:, kept] @ fit.T - x @ w.T).norm()
+    assert error < 0.9 * (x[:, kept] @ w[:, kept].T - x @ w.T).norm()
+    damped = refit_columns(w, x.T @ x, kept, ridge=REFIT_RIDGE)
+    assert error <= (x[:, kept] @ damped.T - x @ w.T).norm() < 1.01 * error  # the default ridge costs < 1%
+    torch.testing.assert_close(refit_columns(w, x.T @ x, torch.arange(24), ridge=0.0), w)
+    torch.testing.assert_close(refit_columns(w, x.T @ x, kept, ridge=1e9), w[:, kept], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="ridge"):
+        refit_columns(w, x.T @ x, kept, ridge=-1.0)
+
+
+@pytest.mark.parametrize("model_type, kind", [("llama", "byte_fallback"), ("gpt2", "byte_level")])
+def test_refit_ffn_refits_down_proj_on_the_calibration_gram(model_type, kind, monkeypatch):
+    """compact_prune's refit: the same selection as without it; only down_proj's kept columns change,
+    to refit_columns on a Gram matrix whose diagonal is the common act² score (the same positions and
+    weights); GPT-2's transposed Conv1D included."""
+    tokenizer = tiny_tokenizer(kind)
+    model = model_for(model_type, tokenizer)
+    grams = []
+    real = prune_module.refit_down_proj
+    monkeypatch.setattr(prune_module, "refit_down_proj", lambda *a, **k: (grams.append(a[3]), real(*a, **k))[1])
+    kwargs = dict(split=(len(tokenizer) - 100, 48), return_result=True, **CALIBRATION)
+    plain, _, plain_result = compact_prune(model, tokenizer, TRAIN * 4, refit_ffn=False, **kwargs)
+    assert not grams
+    fitted, _, result = compact_prune(model, tokenizer, TRAIN * 4, **kwargs)
+    assert len(grams) == 1
+    spec = get_arch_spec(model.config)
+    transposed = model_type == "gpt2"
+    for i, (gram, channels) in enumerate(zip(grams[0], result.intermediate_indices)):
+        assert torch.equal(channels, plain_result.intermediate_indices[i])
+        torch.testing.assert_close(gram.diagonal().double(), result.scores.ffn[i], rtol=1e-4, atol=1e-6)
+        base_w = model.get_submodule(spec.layers)[i].get_submodule(spec.ffn_down).weight
+        base_w = base_w.mT if transposed else base_w
+        want = refit_columns(base_w, gram, channels).float()
+        got = fitted.get_submodule(spec.layers)[i].get_submodule(spec.ffn_down).weight
+        torch.testing.assert_close(got.mT if transposed else got, want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(want, base_w[:, channels])
+    down = f".{spec.ffn_down}.weight"
+    fitted_params = dict(fitted.named_parameters())
+    for name, param in plain.named_parameters():
+        if not name.endswith(down):
+            assert torch.equal(param, fitted_params[name]), name
+    with pytest.raises(TypeError, match="refit_ffn"):
+        compact_prune(model, tokenizer, TRAIN, refit_ffn=1, **kwargs)

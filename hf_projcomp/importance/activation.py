@@ -32,6 +32,7 @@ def activation_importance(
     progress: bool = True,
     predicted_mass: torch.Tensor | None = None,
     mass_weight: TokenWeight | None = None,
+    ffn_gram: torch.Tensor | None = None,
 ) -> Scores:
     """Per-dimension activation scores; see the module docstring.
 
@@ -40,8 +41,13 @@ def activation_importance(
     text never used (COMPACT's vocabulary ranking reads it), at no extra forward pass.
     ``mass_weight`` maps the tokens that actually follow (B, T-1) to the weight of each position's
     prediction (default: every position but the last counts once).
+    ``ffn_gram`` (layers, d_ff, d_ff), if given, receives ``Σ_t w_t h_t h_tᵀ`` of each layer's
+    down_proj input ``h`` under the same token weights ``w`` (for the least-squares refit of
+    :mod:`hf_projcomp.compact.compensation`; dense FFNs only).
     """
     config = model.config
+    if ffn_gram is not None and spec.experts:
+        raise ValueError("ffn_gram is for dense FFNs; this model is a mixture of experts")
     device = next(model.parameters()).device
     hidden = torch.zeros(config.hidden_size, dtype=torch.float64, device=device)
     ffn = torch.zeros(config.num_hidden_layers, *spec.ffn_groups(config), ffn_size(config), dtype=torch.float64,
@@ -50,6 +56,13 @@ def activation_importance(
 
     def accumulate(acc: torch.Tensor, x: torch.Tensor) -> None:
         acc += (x.detach().double().abs().pow(power) * weights[0]).sum(dim=(0, 1))
+
+    def accumulate_ffn(i: int, x: torch.Tensor) -> None:
+        accumulate(ffn[i], x)
+        if ffn_gram is not None:
+            keep = weights[0][..., 0] > 0  # weight-0 positions add nothing: skip their rows
+            rows, w = x.detach()[keep].float(), weights[0][keep].float()
+            ffn_gram[i] += ((rows * w).T @ rows).to(ffn_gram.dtype)
 
     layers = model.get_submodule(spec.layers)
     norm_modules = [module for layer in layers for _, module in block_norm_modules(layer, spec)]
@@ -61,7 +74,7 @@ def activation_importance(
             handles.append(layer.get_submodule(spec.experts).register_forward_pre_hook(hook))
             continue
         down = layer.get_submodule(spec.ffn_down)
-        handles.append(down.register_forward_pre_hook(lambda _m, args, i=i: accumulate(ffn[i], args[0])))
+        handles.append(down.register_forward_pre_hook(lambda _m, args, i=i: accumulate_ffn(i, args[0])))
 
     was_training = model.training
     model.eval()

@@ -72,7 +72,7 @@ class CompressionArguments:
     distill_alpha: float = field(default=0.0, metadata={"help": "Weight of distillation from the frozen base."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Distillation temperature."})
     projection_learning_rate: float | None = field(
-        default=None, metadata={"help": "LR of P (default: learning_rate × 0.1); A and norms use learning_rate."}
+        default=None, metadata={"help": "LR of P (default: learning_rate × 0.01); A and norms use learning_rate."}
     )
 
 
