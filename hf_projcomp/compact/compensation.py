@@ -57,11 +57,10 @@ def refit_down_proj(
     spec: ArchSpec,
     grams: torch.Tensor,
     intermediate_indices: Sequence[torch.Tensor],
-    hidden_indices: torch.Tensor | None = None,
     ridge: float = REFIT_RIDGE,
 ) -> None:
-    """Refit, in place, every down_proj of ``small`` (hard-pruned from ``base`` with these indices)
-    whose layer lost d_ff channels; ``grams`` (layers, d_ff, d_ff) from
+    """Refit, in place, every down_proj of ``small`` (hard-pruned from ``base`` with these d_ff indices
+    and the whole d_model, as COMPACT prunes) whose layer lost d_ff channels; ``grams`` (layers, d_ff, d_ff) from
     :func:`~hf_projcomp.importance.activation_importance`'s ``ffn_gram``."""
     if spec.experts:
         raise ValueError("the down_proj refit is for dense FFNs; this model is a mixture of experts")
@@ -73,8 +72,6 @@ def refit_down_proj(
             continue
         weight = base_layers[i].get_submodule(spec.ffn_down).weight
         weight = weight.mT if transposed else weight
-        if hidden_indices is not None:
-            weight = weight[hidden_indices.to(weight.device)]
         target = small_layers[i].get_submodule(spec.ffn_down).weight
         target = target.mT if transposed else target
         if target.shape != (weight.shape[0], len(kept)):
