@@ -52,7 +52,7 @@ def main() -> None:
         start = time.perf_counter()
         calibration = (str(bundled_text(name, path=True)) if name else
                        generate_calibration_texts(model, tokenizer, 16, 256, seed=0))
-        small, small_tok = compact_prune(model, tokenizer, calibration, 0.5, num_sequences=sequences)
+        small, small_tok, _ = compact_prune(model, tokenizer, calibration, target_params=0.5, num_sequences=sequences)
         seconds = time.perf_counter() - start
         row = {"calibration": label, "num_sequences": sequences, "seconds": round(seconds, 1),
                "vocab_size": small.config.vocab_size, "intermediate_size": small.config.intermediate_size,
@@ -66,8 +66,8 @@ def score_on_test(model, tokenizer, sequences: int, chars: int) -> None:
     """The chosen setting, scored once on the WikiText-2 test prefix (added to its row)."""
     results = json.loads((OUT / "cli_default.json").read_text())
     row = next(r for r in results["rows"] if r["calibration"] == f"bundled, {sequences} sequences")
-    small, small_tok = compact_prune(model, tokenizer, str(bundled_text(CALIBRATION, path=True)), 0.5,
-                                     num_sequences=sequences)
+    small, small_tok, _ = compact_prune(model, tokenizer, str(bundled_text(CALIBRATION, path=True)), target_params=0.5,
+                                        num_sequences=sequences)
     test = load_text(data_file(TEST), max_chars=chars)
     row["test_bpb"], row["base_test_bpb"] = bits_per_byte(small, small_tok, test), bits_per_byte(model, tokenizer, test)
     results["test"] = f"WikiText-2 test, first {len(test):,} characters"

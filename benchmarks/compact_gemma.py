@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-import hf_projcomp.compact.prune as compact_module
+import hf_projcomp.compact.select as compact_module
 from hf_projcomp.cli import COMPRESS_SEQUENCES
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.demo import load_demo_model
@@ -131,8 +131,8 @@ def run(only: list[str], append: bool) -> dict:
         for seed, calibration in calibration_sets(regime):
             start = time.perf_counter()
             with ablation(ablated):
-                small, small_tok, result = compact_prune(model, tokenizer, calibration, target, progress=False,
-                                                         return_result=True, **kwargs)
+                small, small_tok, result = compact_prune(model, tokenizer, calibration, target_params=target,
+                                                         progress=False, **kwargs)
             seconds = time.perf_counter() - start
             results["rows"].append({
                 "row": name, "seed": seed, "parameters": small.num_parameters(), "vocab_size": small.config.vocab_size,

@@ -5,7 +5,7 @@
 Gemma-3-270M (the demo model, float32), vocabulary and d_model untouched: only d_ff channels are
 removed, the same number in every layer, by each ranking:
 
-- ``magnitude``: what ``importance="magnitude"`` and COMPACT's ``ffn_importance="magnitude"`` use, the
+- ``magnitude``: what ``importance="magnitude"`` and COMPACT's former ``ffn_importance="magnitude"`` used, the
   L2 norm of a channel's weights over gate and up (rows) and down (column);
 - ``magnitude_in`` / ``magnitude_out``: the gate+up part alone / the down part alone;
 - ``magnitude_norm_folded``: the same with the weights as the layer applies them, scaled by Gemma's
@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from hf_projcomp import hard_prune
-from hf_projcomp.compact import compact_prune
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
 from hf_projcomp.architectures import get_arch_spec
-from hf_projcomp.importance import magnitude_importance
+from hf_projcomp.importance import activation_importance, calibration_batches, magnitude_importance
+from hf_projcomp.importance.calibration import iter_calibration_texts, read_tokens, token_sequences
 from hf_projcomp.importance.scores import top_k
 from hf_projcomp.plan import build_plan
 from hf_projcomp.texts import CALIBRATION, bundled_text
@@ -81,15 +81,22 @@ def relation(magnitude: torch.Tensor, act2: torch.Tensor) -> dict:
     return {"act2_energy_in_magnitude_dropped_eighth": share, "spearman_per_layer": spearman}
 
 
+def act2(model, tokenizer, num_sequences: int = 32, sequence_length: int = 512) -> torch.Tensor:
+    """Per-layer ``Σ_t h_{t,j}²`` over every position of the first 32 × 512 calibration tokens (the
+    sequences COMPACT's activation pass cuts from the same text; no common-token weighting)."""
+    _, stream = read_tokens(tokenizer, iter_calibration_texts(str(bundled_text(CALIBRATION, path=True)), "text"),
+                            num_sequences * sequence_length, progress=False)
+    sequences = token_sequences(stream, tokenizer.bos_token_id, num_sequences, sequence_length)
+    spec = get_arch_spec(model.config)
+    return activation_importance(model, spec, calibration_batches(sequences), power=2, progress=False).ffn
+
+
 def main() -> None:
     model, tokenizer = load_demo_model(dtype=torch.float32)
     dev = data_file(VALID).read_text(encoding="utf-8")[-DEV_CHARS:]
     d_ff, layers = model.config.intermediate_size, model.config.num_hidden_layers
     hidden = list(range(model.config.hidden_size))
-    _, _, result = compact_prune(model, tokenizer, bundled_text(CALIBRATION, path=True),
-                                 split=(model.config.vocab_size, d_ff // 2), prune_vocabulary=False, ffn_importance="act2",
-                                 num_sequences=32, progress=False, return_result=True)
-    rankings = {**magnitude_parts(model), "act2": result.scores.ffn.double()}
+    rankings = {**magnitude_parts(model), "act2": act2(model, tokenizer).double()}
     library = magnitude_importance(model, build_plan(model, get_arch_spec(model.config), model.config.hidden_size)).ffn
     torch.testing.assert_close(library.double(), rankings["magnitude"], rtol=1e-6, atol=0)
     mechanism = relation(rankings["magnitude"], rankings["act2"])

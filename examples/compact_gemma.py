@@ -33,12 +33,12 @@ def main() -> None:
     model, tokenizer = load_demo_model()
     text = load_text(args.eval_text, max_chars=20_000) if args.eval_text else None
     before = bits_per_byte(model, tokenizer, text) if text else None
-    small, small_tok, result = compact_prune(model, tokenizer, args.calibration, args.target_params, return_result=True)
+    small, small_tok, selection = compact_prune(model, tokenizer, args.calibration, target_params=args.target_params)
     after = bits_per_byte(small, small_tok, text) if text else None
     summary = CompressionSummary.from_configs(
         "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
         base_model="google/gemma-3-270m", calibration_data=Path(args.calibration).name,
-        calibration_tokens=result.frequency_tokens, settings={"target_params": args.target_params},
+        calibration_tokens=selection.frequency_tokens, settings=selection.config.to_dict(),
         eval_data=f"the first 20,000 characters of {Path(args.eval_text).name}" if text else None,
         bits_per_byte_before=before, bits_per_byte_after=after,
     )

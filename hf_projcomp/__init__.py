@@ -17,6 +17,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "ARCHITECTURES": ".architectures",
+    "CompactConfig": ".compact",
     "ProjCompConfig": ".config",
     "ProjCompModel": ".projection",
     "ProjCompTrainer": ".training",
@@ -28,13 +29,13 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ARCHITECTURES", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer", "ProjCompTrainerMixin", "compact_prune",
-    "get_projcomp_model", "hard_prune", "load_model", "__version__",
+    "ARCHITECTURES", "CompactConfig", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer", "ProjCompTrainerMixin",
+    "compact_prune", "get_projcomp_model", "hard_prune", "load_model", "__version__",
 ]
 
 if TYPE_CHECKING:
     from .architectures import ARCHITECTURES
-    from .compact import compact_prune
+    from .compact import CompactConfig, compact_prune
     from .config import ProjCompConfig
     from .hard_pruning import hard_prune
     from .loading import load_model

@@ -117,18 +117,17 @@ def compress(args: argparse.Namespace) -> None:
     before = bits_per_byte(model, tokenizer, eval_text, progress=not args.quiet) if eval_text else None
     logger.info("Pruning to %s of %s parameters with COMPACT, calibrated on %s", _budget(args.target_params),
                 f"{model.num_parameters():,}", described)
-    small, small_tok, result = compact_prune(
-        model, tokenizer, calibration, args.target_params, num_sequences=args.num_sequences,
-        sequence_length=args.sequence_length, return_result=True, progress=not args.quiet,
+    small, small_tok, selection = compact_prune(
+        model, tokenizer, calibration, target_params=args.target_params, num_sequences=args.num_sequences,
+        sequence_length=args.sequence_length, progress=not args.quiet,
     )
     after = bits_per_byte(small, small_tok, eval_text, progress=not args.quiet) if eval_text else None
     summary = CompressionSummary.from_configs(
         "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
         base_model=hub_id_of(args.model or model.name_or_path), calibration_data=described,
-        calibration_tokens=result.frequency_tokens,
-        settings={"target_params": args.target_params, "vocab_size": small.config.vocab_size,
-                  "intermediate_size": result.split.intermediate_size, "ffn_importance": "common_act2",
-                  "num_sequences": args.num_sequences, "refit_ffn": True},
+        calibration_tokens=selection.frequency_tokens,
+        settings={**selection.config.to_dict(), "vocab_size": small.config.vocab_size,
+                  "intermediate_size": selection.split.intermediate_size},
         eval_data=f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}" if eval_text else None,
         bits_per_byte_before=before, bits_per_byte_after=after,
     )

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from .architectures import ffn_size, get_arch_spec
-from .compact import compact_prune
+from .compact import CompactConfig, compact_select
 from .config import ProjCompConfig
 from .importance import activation_importance, calibration_batches, magnitude_importance, select_indices, top_k
 from .importance.calibration import is_text
@@ -101,21 +101,17 @@ def _compact_selection(
     base = model.config
     if config.target_params is not None:
         # COMPACT's solver splits the budget between vocabulary and d_ff; d_model keeps its width.
-        _, small_tok, result = compact_prune(
-            model, tokenizer, calibration_data, config.target_params, progress=progress, return_result=True,
-            refit_ffn=False,
-        )
+        compact = CompactConfig(target_params=config.target_params, refit_ffn=False)
         hidden_size = base.hidden_size
     else:
         hidden_size = config.hidden_size or base.hidden_size
         split = (config.vocab_size or base.vocab_size, config.intermediate_size or ffn_size(base))
         validate_target_sizes(base, hidden_size, split[1], split[0])
-        _, small_tok, result = compact_prune(
-            model, tokenizer, calibration_data, split=split, progress=progress, return_result=True, refit_ffn=False
-        )
+        compact = CompactConfig(split=split, refit_ffn=False)
+    result = compact_select(model, tokenizer, calibration_data, compact, progress=progress)
     vocab = None if result.kept_token_ids is None else result.kept_token_ids.tolist()
     ffn = [idx.tolist() for idx in result.intermediate_indices]
-    return top_k(result.scores.hidden, hidden_size).tolist(), ffn, vocab, small_tok
+    return top_k(result.scores.hidden, hidden_size).tolist(), ffn, vocab, result.tokenizer
 
 
 __all__ = ["record_base", "select"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -12,11 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hf_projcomp.architectures import FFN, ffn_size, get_arch_spec
-from hf_projcomp.compact import candidate_splits, compact_prune, resolve_budget
+from hf_projcomp.compact import (
+    CompactConfig, CompactSelection, candidate_splits, compact_build, compact_prune, compact_select, resolve_budget,
+)
 from hf_projcomp.compact.compensation import REFIT_RIDGE, refit_columns
 from hf_projcomp.sizing import count_target_parameters
 from hf_projcomp.vocab import required_token_ids
-import hf_projcomp.compact.prune as prune_module
+import hf_projcomp.compact.select as select_module
 from hf_projcomp.compact.ranking import (
     RANK_PRIOR_OFFSET, RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, rank_prior, script_letters,
     token_ranking, token_texts,
@@ -39,7 +43,8 @@ def model_for(model_type: str, tokenizer) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-CALIBRATION = dict(num_sequences=4, sequence_length=64, heldout_tokens=64, progress=False)
+CALIBRATION_CONFIG = dict(num_sequences=4, sequence_length=64, heldout_tokens=64)
+CALIBRATION = dict(**CALIBRATION_CONFIG, progress=False)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{k}" for m, k in CASES])
@@ -50,7 +55,7 @@ def pruned(request):
     tokenizer = tiny_tokenizer(kind)
     model = model_for(model_type, tokenizer)
     small, small_tok, result = compact_prune(
-        model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 64), return_result=True, refit_ffn=False,
+        model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 64), refit_ffn=False,
         **CALIBRATION)
     assert len(small_tok) <= len(tokenizer) - 100
     return model, tokenizer, small, small_tok, result
@@ -61,7 +66,7 @@ def test_budget_solver_meets_the_target_within_one_percent(model_type, kind):
     tokenizer = tiny_tokenizer(kind)
     model = model_for(model_type, tokenizer)
     budget = resolve_budget(model, 0.8)
-    small, small_tok, result = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, return_result=True,
+    small, small_tok, result = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8,
                                              **CALIBRATION)
     # Within 1%, or one step of d_ff where the family's widths come in multiples (an MoE's 8 channels
     # are several percent of a tiny model).
@@ -178,8 +183,10 @@ def test_bad_input():
         compact_prune(model, tokenizer, TRAIN, target_params=10**9, progress=False)
     with pytest.raises(ValueError, match="cannot be reached.*required tokens"):
         compact_prune(model, tokenizer, TRAIN, target_params=0.05, progress=False)
-    with pytest.raises(ValueError, match=r"ffn_importance must be one of \('common_act2'"):
+    with pytest.raises(TypeError, match="ffn_importance.*CompactConfig's fields: target_params, split"):
         compact_prune(model, tokenizer, TRAIN, ffn_importance="random", progress=False)
+    with pytest.raises(TypeError, match="config must be a CompactConfig.*target_params="):
+        compact_prune(model, tokenizer, TRAIN, 0.5, progress=False)
     with pytest.raises(ValueError, match="calibration_data is empty"):
         compact_prune(model, tokenizer, ["", "  "], target_params=0.6, progress=False)
     with pytest.raises(ValueError, match="does not exist"):
@@ -196,7 +203,7 @@ def test_unsupported_tokenizer_prunes_ffn_only(caplog):
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]")
     model = model_for("llama", tokenizer)
-    small, small_tok = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, num_sequences=2,
+    small, small_tok, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, num_sequences=2,
                                      sequence_length=32, heldout_tokens=32, progress=False)
     assert small_tok is tokenizer and small.config.vocab_size == model.config.vocab_size
     assert small.config.intermediate_size < model.config.intermediate_size
@@ -283,9 +290,9 @@ def test_seen_once_floor_is_script_letters_plus_frequent_characters(monkeypatch)
     texts = [t.replace("é", "e") for t in TRAIN * 4]
     letters = set(script_letters(token_texts(tokenizer), character_counts(texts)).tolist())
     seen: list = []
-    real = prune_module.token_ranking
+    real = select_module.token_ranking
     # The final ranking is the call given seen_once (the common-act² mask ranks counts alone).
-    monkeypatch.setattr(prune_module, "token_ranking",
+    monkeypatch.setattr(select_module, "token_ranking",
                         lambda *a, **k: (seen.append(k["seen_once"]) if "seen_once" in k else None) or real(*a, **k))
     compact_prune(model, tokenizer, texts, split=split, **CALIBRATION)
     compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
@@ -325,7 +332,7 @@ def test_vocab_prior_keeps_frequent_tokens_the_calibration_never_shows():
     split = (len(required) + len(counted) + 60, model.config.intermediate_size)  # room for about 60 more
     kept = {}
     for weight in (0.0, 100.0):
-        *_, result = compact_prune(model, tokenizer, texts, split=split, vocab_prior=weight, return_result=True,
+        *_, result = compact_prune(model, tokenizer, texts, split=split, vocab_prior=weight,
                                    **CALIBRATION)
         kept[weight] = len(set(lowest) & set(result.kept_token_ids.tolist()))
     assert kept[100.0] == 60 and kept[0.0] <= 45, kept  # measured: 60 and 38
@@ -341,10 +348,10 @@ def test_held_out_tail_reaches_no_statistic(monkeypatch):
     model = model_for("llama", tokenizer)
     texts = TRAIN[:2] + ["ʘ ʘ ʘ and the lobster"]  # shorter than the activation pass wants, which read the tail
     batches, alphabets = [], []
-    real_importance, real_letters = prune_module.activation_importance, prune_module.script_letters
-    monkeypatch.setattr(prune_module, "activation_importance",
+    real_importance, real_letters = select_module.activation_importance, select_module.script_letters
+    monkeypatch.setattr(select_module, "activation_importance",
                         lambda m, s, b, **k: batches.extend(b) or real_importance(m, s, b, **k))
-    monkeypatch.setattr(prune_module, "script_letters", lambda p, c: alphabets.append(c) or real_letters(p, c))
+    monkeypatch.setattr(select_module, "script_letters", lambda p, c: alphabets.append(c) or real_letters(p, c))
     compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, 64), num_sequences=64, sequence_length=8,
                   heldout_tokens=16, progress=False)
     seen = tokenizer.decode(torch.cat([b["input_ids"].flatten() for b in batches]))
@@ -359,8 +366,8 @@ def test_model_prior_counts_positions_whose_next_token_is_rare(monkeypatch):
     model = model_for("llama", tokenizer)
     texts = TRAIN * 4
     weights: list = []
-    real = prune_module.activation_importance
-    monkeypatch.setattr(prune_module, "activation_importance",
+    real = select_module.activation_importance
+    monkeypatch.setattr(select_module, "activation_importance",
                         lambda *a, **k: weights.append(k["mass_weight"]) or real(*a, **k))
     compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, model.config.intermediate_size), **CALIBRATION)
     rare = weights[0](torch.arange(len(tokenizer)))
@@ -383,9 +390,9 @@ def test_seen_once_floor_ranks_unseen_characters_with_hapaxes():
 def test_bfloat16_model_prunes_to_bfloat16():
     tokenizer = tiny_tokenizer("byte_fallback")
     model = model_for("gemma3_text", tokenizer).to(torch.bfloat16)
-    small, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, **CALIBRATION)
+    small, _, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, **CALIBRATION)
     assert {p.dtype for p in small.parameters()} == {torch.bfloat16} and small.config.dtype == torch.bfloat16
-    small32, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, dtype=torch.float32, **CALIBRATION)
+    small32, _, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, dtype=torch.float32, **CALIBRATION)
     assert {p.dtype for p in small32.parameters()} == {torch.float32}
 
 
@@ -406,10 +413,10 @@ def test_a_stream_is_read_only_as_far_as_needed():
     stream = IterableDataset.from_generator(rows)
     assert stream.column_names is None
     kwargs = dict(split=(len(tokenizer) - 60, 64), frequency_tokens=1500, **CALIBRATION)
-    small, small_tok, result = compact_prune(model, tokenizer, stream, return_result=True, **kwargs)
+    small, small_tok, result = compact_prune(model, tokenizer, stream, **kwargs)
     assert 0 < len(served) < 100
     read = [TRAIN[i % len(TRAIN)] for i in range(len(served))]
-    again, again_tok, again_result = compact_prune(model, tokenizer, read, return_result=True, **kwargs)
+    again, again_tok, again_result = compact_prune(model, tokenizer, read, **kwargs)
     assert result.frequency_tokens == again_result.frequency_tokens
     assert torch.equal(result.kept_token_ids, again_result.kept_token_ids)
     with pytest.raises(ValueError, match="rows have no 'text' column"):
@@ -443,9 +450,9 @@ def test_refit_ffn_refits_down_proj_on_the_calibration_gram(model_type, kind, mo
     tokenizer = tiny_tokenizer(kind)
     model = model_for(model_type, tokenizer)
     grams = []
-    real = prune_module.refit_down_proj
-    monkeypatch.setattr(prune_module, "refit_down_proj", lambda *a, **k: (grams.append(a[3]), real(*a, **k))[1])
-    kwargs = dict(split=(len(tokenizer) - 100, 48), return_result=True, **CALIBRATION)
+    real = select_module.refit_down_proj
+    monkeypatch.setattr(select_module, "refit_down_proj", lambda *a, **k: (grams.append(a[3]), real(*a, **k))[1])
+    kwargs = dict(split=(len(tokenizer) - 100, 48), **CALIBRATION)
     plain, _, plain_result = compact_prune(model, tokenizer, TRAIN * 4, refit_ffn=False, **kwargs)
     assert not grams
     fitted, _, result = compact_prune(model, tokenizer, TRAIN * 4, **kwargs)
@@ -468,3 +475,56 @@ def test_refit_ffn_refits_down_proj_on_the_calibration_gram(model_type, kind, mo
             assert torch.equal(param, fitted_params[name]), name
     with pytest.raises(TypeError, match="refit_ffn"):
         compact_prune(model, tokenizer, TRAIN, refit_ffn=1, **kwargs)
+
+
+
+def test_compact_prune_is_select_then_build():
+    """compact_prune = compact_select + compact_build, from a CompactConfig or keyword overrides of it;
+    the selection carries the refitted down_proj; another channel choice drops it."""
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    config = CompactConfig(split=(len(tokenizer) - 100, 48), **CALIBRATION_CONFIG)
+    small, small_tok, selection = compact_prune(model, tokenizer, TRAIN * 4, config, progress=False)
+    again = compact_select(model, tokenizer, TRAIN * 4, progress=False, **config.to_dict())
+    assert again.config == selection.config == CompactConfig.from_dict(config.to_dict())
+    built = compact_build(model, again, dtype=torch.bfloat16)
+    assert built.dtype == torch.bfloat16 and again.tokenizer.get_vocab() == small_tok.get_vocab()
+    for (name, a), b in zip(small.named_parameters(), built.parameters()):
+        torch.testing.assert_close(a.to(b.dtype), b, msg=name)
+    spec = get_arch_spec(model.config)
+    downs = [layer.get_submodule(spec.ffn_down).weight for layer in small.get_submodule(spec.layers)]
+    assert selection.down_proj is not None and all(torch.equal(a, b) for a, b in zip(downs, selection.down_proj))
+    base_downs = [layer.get_submodule(spec.ffn_down).weight for layer in model.get_submodule(spec.layers)]
+    assert not torch.allclose(downs[0], base_downs[0][:, selection.intermediate_indices[0]])
+    plain = compact_select(model, tokenizer, TRAIN * 4, config, refit_ffn=False, progress=False)
+    assert plain.down_proj is None
+    other = selection.with_intermediate_indices([c[:48].sort().values for c in plain.scores.ffn.argsort(-1)])  # the lowest
+    assert not torch.equal(other.intermediate_indices[0], selection.intermediate_indices[0])
+    assert other.down_proj is None and isinstance(other, CompactSelection)
+    rebuilt = compact_build(model, other)
+    torch.testing.assert_close(rebuilt.get_submodule(spec.layers)[0].get_submodule(spec.ffn_down).weight,
+                               base_downs[0][:, other.intermediate_indices[0]])
+    with pytest.raises(ValueError, match=r"down_proj\[0\] is .* belongs to other d_ff channels"):
+        compact_build(model, dataclasses.replace(selection, intermediate_indices=[torch.arange(40)] * len(downs)))
+    with pytest.raises(TypeError, match="selection must be a CompactSelection"):
+        compact_build(model, config)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("split", (10, 0), ValueError), ("split", (10,), ValueError), ("target_params", "half", TypeError),
+    ("num_sequences", 0, ValueError), ("sequence_length", 1, ValueError), ("heldout_tokens", 1.5, ValueError),
+    ("prior_weight", -1, ValueError), ("vocab_prior", True, ValueError), ("keep_characters", -1, ValueError),
+    ("refit_ffn", 1, TypeError), ("prune_vocabulary", "no", TypeError), ("ffn_fractions", (1.5,), ValueError),
+    ("ffn_fractions", (), ValueError), ("text_column", 3, TypeError),
+])
+def test_compact_config_names_the_bad_field(field, value, error):
+    with pytest.raises(error, match=field):
+        CompactConfig(**{field: value})
+
+
+def test_compact_config_round_trips_and_refuses_unknown_or_inconsistent_fields():
+    config = CompactConfig(split=(100, 32), ffn_fractions=[1.0, 0.5], refit_ffn=False)
+    assert config.ffn_fractions == (1.0, 0.5) and CompactConfig.from_dict(config.to_dict()) == config
+    assert json.loads(json.dumps(config.to_dict()))["split"] == [100, 32]
+    with pytest.raises(ValueError, match=r"unknown CompactConfig fields \['ffn_importance'\]"):
+        CompactConfig.from_dict({"ffn_importance": "act2"})

@@ -27,7 +27,7 @@ SPLIT_40 = (24_625, 1792)  # the split chosen at 40% before the refit existed (w
 @pytest.fixture(scope="module")
 def saved(gemma, tmp_path_factory):
     model, tokenizer = gemma
-    small, small_tok = compact_prune(model, tokenizer, str(VALID), target_params=0.5, num_sequences=8,
+    small, small_tok, _ = compact_prune(model, tokenizer, str(VALID), target_params=0.5, num_sequences=8,
                                      sequence_length=256, progress=False)
     out = tmp_path_factory.mktemp("compact")
     small.save_pretrained(out)
@@ -57,8 +57,8 @@ def test_down_proj_refit_at_40_percent_within_guard(gemma):
     selection without it on dev text, by a margin, and stay within a guard of what it reaches."""
     model, tokenizer = gemma
     common = dict(split=SPLIT_40, num_sequences=8, sequence_length=256, progress=False)
-    fitted, fitted_tok = compact_prune(model, tokenizer, str(VALID), **common)
-    plain, plain_tok = compact_prune(model, tokenizer, str(VALID), refit_ffn=False, **common)
+    fitted, fitted_tok, _ = compact_prune(model, tokenizer, str(VALID), **common)
+    plain, plain_tok, _ = compact_prune(model, tokenizer, str(VALID), refit_ffn=False, **common)
     text = load_text(DEV)
     base_bpb = bits_per_byte(model, tokenizer, text, progress=False)
     fitted_delta = bits_per_byte(fitted, fitted_tok, text, progress=False) - base_bpb

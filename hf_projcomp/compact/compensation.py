@@ -10,9 +10,12 @@ of it that the kept channels predict: with the calibration Gram matrix ``G = Σ_
 computed in the second form with a ridge ``λ I`` added to ``G[S, S]`` (``λ`` a fraction of its mean
 diagonal), which minimises the same error plus ``λ ‖W'_S − W_S‖²``: it damps the correction rather
 than the weights. Only the values of the kept columns
-change, so the pruned model stays a vanilla one of the base's class (no bias, no new module). Each
-layer is refitted to the base layer's own input, not to the pruned predecessors' output (one pass of
-calibration, like the importance scores).
+change, so the pruned model stays a vanilla one of the base's class (no bias, no new module).
+
+Each layer is refitted to the base layer's own input, not to the pruned predecessors' output (one
+pass of calibration, like the importance scores). A second refit on the pruned model's own
+activations was measured on dev text and left out: it traded out-of-domain quality for in-domain
+quality (``benchmarks/ffn_refit_gemma.py``, results ``ffn_refit_gemma.md``).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def rank_prior(pieces: list[str], chars: Counter[str], vocab_size: int, offset: 
     calibration text's scripts (``chars``: its character counts; tokens without letters included),
     the token of rank r gets 1 / (r + offset); the others 0. Normalised to sum 1.
 
-    Its weight, and the dev evidence for it, is ``VOCAB_PRIOR_WEIGHT`` in :mod:`hf_projcomp.compact.prune`.
+    Its weight, and the dev evidence for it, is ``VOCAB_PRIOR_WEIGHT`` in :mod:`hf_projcomp.compact.config`.
     """
     scripts = calibration_scripts(chars)
     allowed = torch.zeros(vocab_size, dtype=torch.bool)
