@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -195,6 +196,23 @@ def test_bad_input():
     small_model.resize_token_embeddings(100)
     with pytest.raises(ValueError, match="pass the tokenizer that belongs to this model"):
         compact_prune(small_model, tokenizer, TRAIN, target_params=0.6, progress=False)
+
+
+def test_special_tokens_the_config_contradicts_are_reported_before_pruning(caplog):
+    """tokenizer.pad_token = eos_token with the config still naming another pad token: save_compressed
+    refuses the result, so selection says so up front."""
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.bos_token_id
+    with caplog.at_level(logging.WARNING, logger="hf_projcomp.compact.select"):
+        compact_select(model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 48), **CALIBRATION)
+    assert "config.pad_token_id" in caplog.text and "save_compressed will refuse it" in caplog.text
+    caplog.clear()
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with caplog.at_level(logging.WARNING, logger="hf_projcomp.compact.select"):
+        compact_select(model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 48), **CALIBRATION)
+    assert "save_compressed will refuse" not in caplog.text
 
 
 def test_unsupported_tokenizer_prunes_ffn_only(caplog):

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..architectures import ffn_size, get_arch_spec
 from ..evaluate import bits_per_byte
+from ..export.verify import special_token_mismatches
 from ..hard_pruning import hard_prune
 from ..importance import Scores, activation_importance, calibration_batches, top_k
 from ..importance.calibration import iter_calibration_texts, read_tokens, token_sequences
@@ -116,6 +117,11 @@ def compact_select(
     config = resolve_config(config, kwargs)
     spec = get_arch_spec(model.config)
     check_vocabularies(model, tokenizer)
+    mismatches = special_token_mismatches(model.config, getattr(model, "generation_config", None), tokenizer)
+    if mismatches:  # said now, not after the pruning, when save_compressed refuses the result
+        logger.warning("%s: the pruned model inherits this and save_compressed will refuse it; make them agree "
+                       "first (e.g. model.config.pad_token_id = model.generation_config.pad_token_id = "
+                       "tokenizer.pad_token_id)", "; ".join(mismatches))
     budget = None if config.split is not None else resolve_budget(model, config.target_params)
     heldout_tokens = config.heldout_tokens
 

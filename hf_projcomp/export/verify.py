@@ -45,6 +45,9 @@ def check_tokenizer(model_config: PretrainedConfig, generation_config: Any, toke
     """``VerificationError`` unless the tokenizer fits the model: ids below ``vocab_size``, the same
     special tokens as the configs, and side files (``tokenizer.model``...) that agree with it."""
     problems = special_token_mismatches(model_config, generation_config, tokenizer)
+    if problems:
+        problems[-1] += (" (make them agree before saving, e.g. model.config.pad_token_id = "
+                         "model.generation_config.pad_token_id = tokenizer.pad_token_id)")
     problems += side_file_mismatches(directory, tokenizer)
     if len(tokenizer) > model_config.vocab_size:
         problems.append(f"the tokenizer has {len(tokenizer):,} tokens but vocab_size is {model_config.vocab_size:,}")
