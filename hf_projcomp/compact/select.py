@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..architectures import ffn_size, get_arch_spec
 from ..evaluate import bits_per_byte
-from ..export.verify import special_token_mismatches
+from ..export.verify import SPECIAL_TOKEN_FIX, special_token_mismatches
 from ..hard_pruning import hard_prune
 from ..importance import Scores, activation_importance, calibration_batches, top_k
 from ..importance.calibration import iter_calibration_texts, read_tokens, token_sequences
@@ -119,9 +119,8 @@ def compact_select(
     check_vocabularies(model, tokenizer)
     mismatches = special_token_mismatches(model.config, getattr(model, "generation_config", None), tokenizer)
     if mismatches:  # said now, not after the pruning, when save_compressed refuses the result
-        logger.warning("%s: the pruned model inherits this and save_compressed will refuse it; make them agree "
-                       "first (e.g. model.config.pad_token_id = model.generation_config.pad_token_id = "
-                       "tokenizer.pad_token_id)", "; ".join(mismatches))
+        logger.warning("%s: the pruned model inherits this and save_compressed will refuse it; %s",
+                       "; ".join(mismatches), SPECIAL_TOKEN_FIX)
     budget = None if config.split is not None else resolve_budget(model, config.target_params)
     heldout_tokens = config.heldout_tokens
 
@@ -190,7 +189,8 @@ def compact_select(
     activation_tokens = sum(s.numel() for s in sequences)
     scores = activation_importance(
         model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
-        token_weight=lambda ids: kept_mask.to(ids.device)[ids], mass_weight=lambda nxt: rare_next.to(nxt.device)[nxt], ffn_gram=grams,
+        token_weight=lambda ids: kept_mask.to(ids.device)[ids], mass_weight=lambda nxt: rare_next.to(nxt.device)[nxt],
+        ffn_gram=grams,
     )
 
     in_alphabet = None

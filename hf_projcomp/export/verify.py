@@ -13,6 +13,9 @@ from ..vocab.files import PROBE_TEXTS, side_file_mismatches
 
 # Config fields that name the tokenizer's special tokens.
 _SPECIAL_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+# What to do about a special_token_mismatches finding (told by the verifier and, earlier, by COMPACT).
+SPECIAL_TOKEN_FIX = ("make them agree before saving, e.g. model.config.pad_token_id = "
+                     "model.generation_config.pad_token_id = tokenizer.pad_token_id")
 
 
 class VerificationError(RuntimeError):
@@ -46,8 +49,7 @@ def check_tokenizer(model_config: PretrainedConfig, generation_config: Any, toke
     special tokens as the configs, and side files (``tokenizer.model``...) that agree with it."""
     problems = special_token_mismatches(model_config, generation_config, tokenizer)
     if problems:
-        problems[-1] += (" (make them agree before saving, e.g. model.config.pad_token_id = "
-                         "model.generation_config.pad_token_id = tokenizer.pad_token_id)")
+        problems[-1] += f" ({SPECIAL_TOKEN_FIX})"
     problems += side_file_mismatches(directory, tokenizer)
     if len(tokenizer) > model_config.vocab_size:
         problems.append(f"the tokenizer has {len(tokenizer):,} tokens but vocab_size is {model_config.vocab_size:,}")
