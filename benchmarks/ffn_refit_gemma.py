@@ -41,7 +41,7 @@ from transformers import PreTrainedModel
 import hf_projcomp.compact.select as select_module
 from hf_projcomp.architectures import ArchSpec, get_arch_spec
 from hf_projcomp.compact import compact_prune
-from hf_projcomp.compact.compensation import refit_down_proj
+from hf_projcomp.compact.compensation import load_down_proj, refit_down_proj
 from hf_projcomp.importance.calibration import Batch
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
@@ -83,7 +83,7 @@ def main() -> None:
     grams, second = [], []
     # Keep compact_prune's Gram matrices, activation batches and position weights and skip its own
     # refit: every variant starts from the same pass.
-    select_module.refit_down_proj = lambda small, base_model, spec, g, ffn, *a, **k: grams.append(g)
+    select_module.refit_down_proj = lambda base_model, spec, g, ffn, *a, **k: grams.append(g)
     importance = select_module.activation_importance
     select_module.activation_importance = lambda m, s, batches, **k: (
         second.append((batches, k["token_weight"])), importance(m, s, batches, **k))[1]
@@ -106,7 +106,7 @@ def main() -> None:
                        for i, c in enumerate(ffn)]
             candidate = hard_prune(model, hidden, ffn, result.kept_token_ids)
             if ridge is not None:
-                refit_down_proj(candidate, model, spec, grams[0], ffn, ridge=ridge)
+                load_down_proj(candidate, spec, refit_down_proj(model, spec, grams[0], ffn, ridge=ridge))
             if own_ridge is not None:
                 batches, weight = second[0]
                 refit_down_proj_on_own_inputs(candidate, model, spec, batches, token_weight=weight, ridge=own_ridge,

@@ -469,7 +469,7 @@ def test_refit_ffn_refits_down_proj_on_the_calibration_gram(model_type, kind, mo
     model = model_for(model_type, tokenizer)
     grams = []
     real = select_module.refit_down_proj
-    monkeypatch.setattr(select_module, "refit_down_proj", lambda *a, **k: (grams.append(a[3]), real(*a, **k))[1])
+    monkeypatch.setattr(select_module, "refit_down_proj", lambda *a, **k: (grams.append(a[2]), real(*a, **k))[1])
     kwargs = dict(split=(len(tokenizer) - 100, 48), **CALIBRATION)
     plain, _, plain_result = compact_prune(model, tokenizer, TRAIN * 4, refit_ffn=False, **kwargs)
     assert not grams
@@ -526,6 +526,21 @@ def test_compact_prune_is_select_then_build():
         compact_build(model, dataclasses.replace(selection, intermediate_indices=[torch.arange(40)] * len(downs)))
     with pytest.raises(TypeError, match="selection must be a CompactSelection"):
         compact_build(model, config)
+
+
+def test_refit_keeps_float32_precision_for_a_bf16_base():
+    """The refit is solved in float64 and kept in float32: a bf16 base built in float32 gets those
+    values, not bf16-rounded ones; built in bf16 it is rounded once."""
+    tokenizer = tiny_tokenizer("byte_fallback")
+    model = model_for("llama", tokenizer).to(torch.bfloat16)
+    selection = compact_select(model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 48), **CALIBRATION)
+    spec = get_arch_spec(model.config)
+    assert all(w.dtype == torch.float32 for w in selection.down_proj)
+    assert not torch.equal(selection.down_proj[0], selection.down_proj[0].bfloat16().float())  # finer than bf16
+    for dtype in (torch.float32, torch.bfloat16):
+        built = compact_build(model, selection, dtype=dtype)
+        for layer, weight in zip(built.get_submodule(spec.layers), selection.down_proj):
+            assert torch.equal(layer.get_submodule(spec.ffn_down).weight, weight.to(dtype))
 
 
 @pytest.mark.parametrize("field, value, error", [

@@ -7,6 +7,7 @@ from transformers import PreTrainedModel
 
 from ..architectures import get_arch_spec
 from ..hard_pruning import hard_prune
+from .compensation import load_down_proj
 from .select import CompactSelection
 
 
@@ -21,16 +22,10 @@ def compact_build(
     small = hard_prune(model, list(range(model.config.hidden_size)), selection.intermediate_indices,
                        selection.kept_token_ids, dtype=dtype)
     if selection.down_proj is not None:
-        spec = get_arch_spec(model.config)
-        layers = small.get_submodule(spec.layers)
-        if len(selection.down_proj) != len(layers):
-            raise ValueError(f"selection.down_proj has {len(selection.down_proj)} layers, the model {len(layers)}")
-        for i, (layer, weight) in enumerate(zip(layers, selection.down_proj)):
-            target = layer.get_submodule(spec.ffn_down).weight
-            if target.shape != weight.shape:
-                raise ValueError(f"selection.down_proj[{i}] is {tuple(weight.shape)}, the pruned layer's "
-                                 f"{tuple(target.shape)}: it belongs to other d_ff channels")
-            target.copy_(weight)
+        try:
+            load_down_proj(small, get_arch_spec(model.config), selection.down_proj)
+        except ValueError as err:
+            raise ValueError(f"selection.{err}") from None
     return small
 
 

@@ -55,32 +55,48 @@ def refit_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, 
 
 @torch.no_grad()
 def refit_down_proj(
-    small: PreTrainedModel,
     base: PreTrainedModel,
     spec: ArchSpec,
     grams: torch.Tensor,
     intermediate_indices: Sequence[torch.Tensor],
     ridge: float = REFIT_RIDGE,
-) -> None:
-    """Refit, in place, every down_proj of ``small`` (hard-pruned from ``base`` with these d_ff indices
-    and the whole d_model, as COMPACT prunes) whose layer lost d_ff channels; ``grams`` (layers, d_ff, d_ff) from
-    :func:`~hf_projcomp.importance.activation_importance`'s ``ffn_gram``."""
+) -> list[torch.Tensor]:
+    """Every layer's down_proj weight for these kept d_ff channels (and the whole d_model, as COMPACT
+    prunes): refitted where the layer lost channels, the base's kept columns where it lost none;
+    ``grams`` (layers, d_ff, d_ff) from :func:`~hf_projcomp.importance.activation_importance`'s
+    ``ffn_gram``. In float32, whatever the base's dtype (a bf16 base built in float32 keeps the
+    solve's precision), and in the module's own layout (GPT-2's Conv1D: in × out); load them into
+    the pruned model with :func:`load_down_proj`."""
     if spec.experts:
         raise ValueError("the down_proj refit is for dense FFNs; this model is a mixture of experts")
-    # GPT-2's Conv1D stores in × out: work on the out × in view of both.
+    # GPT-2's Conv1D stores in × out: work on the out × in view.
     transposed = any(lin.transposed for lin in spec.linears if lin.path == spec.ffn_down)
-    base_layers, small_layers = base.get_submodule(spec.layers), small.get_submodule(spec.layers)
+    layers = base.get_submodule(spec.layers)
+    weights = []
     for i, kept in enumerate(intermediate_indices):
-        if len(kept) == grams.shape[-1]:
-            continue
-        weight = base_layers[i].get_submodule(spec.ffn_down).weight
+        kept = torch.as_tensor(kept)
+        weight = layers[i].get_submodule(spec.ffn_down).weight
         weight = weight.mT if transposed else weight
-        target = small_layers[i].get_submodule(spec.ffn_down).weight
-        target = target.mT if transposed else target
-        if target.shape != (weight.shape[0], len(kept)):
-            raise ValueError(f"layer {i}: down_proj is {tuple(target.shape)}, expected {(weight.shape[0], len(kept))}")
-        target.copy_(refit_columns(weight, grams[i], torch.as_tensor(kept), ridge).to(target.device, target.dtype))
+        fitted = (weight[:, kept.to(weight.device)] if len(kept) == grams.shape[-1]
+                  else refit_columns(weight, grams[i], kept, ridge).to(weight.device))
+        weights.append((fitted.mT if transposed else fitted).float().contiguous())
+    return weights
 
 
-__all__ = ["REFIT_RIDGE", "refit_columns", "refit_down_proj"]
+@torch.no_grad()
+def load_down_proj(small: PreTrainedModel, spec: ArchSpec, weights: Sequence[torch.Tensor]) -> None:
+    """Copy per-layer down_proj ``weights`` (from :func:`refit_down_proj`) into ``small``, in its dtype;
+    a ``ValueError`` when they do not fit its layers (other d_ff channels, another model)."""
+    layers = small.get_submodule(spec.layers)
+    if len(weights) != len(layers):
+        raise ValueError(f"down_proj has {len(weights)} layers, the model {len(layers)}")
+    for i, (layer, weight) in enumerate(zip(layers, weights)):
+        target = layer.get_submodule(spec.ffn_down).weight
+        if target.shape != weight.shape:
+            raise ValueError(f"down_proj[{i}] is {tuple(weight.shape)}, the pruned layer's "
+                             f"{tuple(target.shape)}: it belongs to other d_ff channels")
+        target.copy_(weight)
+
+
+__all__ = ["REFIT_RIDGE", "load_down_proj", "refit_columns", "refit_down_proj"]
 

@@ -14,8 +14,8 @@
    keeping the one with the lowest bits per byte on held-out calibration text (the paper picks the
    split by hand; this is our rule).
 
-The candidates are built (and refitted) to be scored, so the selection carries the chosen model's
-refitted down_proj weights: :func:`~hf_projcomp.compact.build.compact_build` needs nothing else.
+The selection carries the chosen candidate's refitted down_proj weights (float32, whatever the
+base's dtype): :func:`~hf_projcomp.compact.build.compact_build` needs nothing else.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..importance.calibration import iter_calibration_texts, read_tokens, token_
 from ..sizing import count_target_parameters
 from ..vocab import VocabularyPruner, VocabularyPruningError
 from .budget import Split, candidate_splits, resolve_budget
-from .compensation import refit_down_proj
+from .compensation import load_down_proj, refit_down_proj
 from .config import CompactConfig
 from .ranking import (
     RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, rank_prior, script_letters, token_ranking,
@@ -62,7 +62,7 @@ class CompactSelection:
     intermediate_indices: list[torch.Tensor]  # kept d_ff channels per layer
     scores: Scores  # the importance the selections came from (d_model ranking included)
     tokenizer: PreTrainedTokenizerBase  # the pruned tokenizer (the base's when the vocabulary is kept)
-    down_proj: list[torch.Tensor] | None = None  # refitted down_proj weights per layer; None: the base's
+    down_proj: list[torch.Tensor] | None = None  # refitted down_proj weights per layer (float32); None: the base's
 
     def with_intermediate_indices(self, intermediate_indices: list[torch.Tensor]) -> CompactSelection:
         """The same selection with other d_ff channels (and base down_proj values: a refit belongs to
@@ -222,21 +222,21 @@ def compact_select(
         small_tok, kept_ids = pruned[candidate.vocab_size]
         ffn = [top_k(layer, candidate.intermediate_size) for layer in scores.ffn]
         fitted = grams is not None and candidate.intermediate_size < base_ffn
-        small = hard_prune(model, hidden, ffn, kept_ids) if len(splits) > 1 or fitted else None
-        if fitted:
-            refit_down_proj(small, model, spec, grams, ffn)
-        bpb = bits_per_byte(small, small_tok, heldout_text, progress=False) if len(splits) > 1 else float("nan")
+        down_proj = refit_down_proj(model, spec, grams, ffn) if fitted else None
+        bpb = float("nan")
+        if len(splits) > 1:  # one split needs no score, so no model either
+            small = hard_prune(model, hidden, ffn, kept_ids)
+            if down_proj is not None:
+                load_down_proj(small, spec, down_proj)
+            bpb = bits_per_byte(small, small_tok, heldout_text, progress=False)
+            del small
         vocab_size = candidate.vocab_size if kept_ids is None else len(kept_ids)
         results[(vocab_size, candidate.intermediate_size)] = bpb
         logger.info("candidate vocab %d, d_ff %d: %.4f bits/byte on held-out calibration text",
                     vocab_size, candidate.intermediate_size, bpb)
         if best is None or bpb < best[0]:
-            best = (bpb, candidate, small, small_tok, kept_ids, ffn)
-    _, chosen, small, small_tok, kept_ids, ffn = best
-    down_proj = None
-    if grams is not None and chosen.intermediate_size < base_ffn:
-        down_proj = [layer.get_submodule(spec.ffn_down).weight.detach().clone()
-                     for layer in small.get_submodule(spec.layers)]
+            best = (bpb, candidate, small_tok, kept_ids, ffn, down_proj)
+    _, chosen, small_tok, kept_ids, ffn, down_proj = best
     return CompactSelection(config, chosen, results, len(counted), activation_tokens, kept_ids, ffn, scores, small_tok,
                             down_proj)
 
