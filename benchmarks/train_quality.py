@@ -34,7 +34,7 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import PeftModel
-from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
 from hf_projcomp.demo import load_demo_model
@@ -43,6 +43,7 @@ from hf_projcomp.projection import unwrap
 from hf_projcomp.texts import CALIBRATION, bundled_text
 from hf_projcomp.training import DistillationMixin, Teacher
 from data import TEST, data_file, dev_text  # benchmarks/data.py
+from budgets import BudgetEval  # benchmarks/budgets.py
 from machine import describe  # benchmarks/machine.py
 from plotting import pyplot  # benchmarks/plotting.py
 
@@ -59,19 +60,6 @@ class RetrainTrainer(DistillationMixin, Trainer):
     def __init__(self, *args, teacher: Teacher, distill_alpha: float, **kwargs) -> None:
         self.init_distillation(teacher, distill_alpha)
         super().__init__(*args, **kwargs)
-
-
-class BudgetEval(TrainerCallback):
-    """Dev bits per byte of the model so far whenever the tokens trained reach the next budget."""
-
-    def __init__(self, evaluate, budgets: list[int]) -> None:
-        self.evaluate, self.budgets, self.points = evaluate, sorted(budgets), []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        tokens = state.global_step * TOKENS_PER_STEP
-        while self.budgets and tokens >= self.budgets[0]:
-            self.budgets.pop(0)
-            self.points.append({"tokens": tokens, "bits_per_byte": self.evaluate()})
 
 
 def token_blocks(tokenizer, max_tokens: int) -> Dataset:
@@ -168,7 +156,8 @@ def main() -> None:
             trained = model.eval
             trainer = RetrainTrainer(model=model, args=training, train_dataset=data, data_collator=default_data_collator,
                                      teacher=Teacher(base, vocab), distill_alpha=distill)
-        callback = BudgetEval(lambda: bits_per_byte(trained(), small_tok, dev, progress=False), budgets(n))
+        callback = BudgetEval(lambda: {"bits_per_byte": bits_per_byte(trained(), small_tok, dev, progress=False)},
+                              budgets(n), TOKENS_PER_STEP)
         trainer.add_callback(callback)
         start = time.perf_counter()
         trainer.train()
