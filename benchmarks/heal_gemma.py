@@ -32,18 +32,15 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from datasets import Dataset
-from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, default_data_collator
 
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.texts import CALIBRATION, bundled_text
-from hf_projcomp.training import DistillationMixin, Teacher
+from hf_projcomp.training import Teacher
 from data import TEST, data_file, dev_text, ood_dev_text  # benchmarks/data.py
-from budgets import BudgetEval  # benchmarks/budgets.py
+from trainers import BudgetEval, RetrainTrainer, token_blocks  # benchmarks/trainers.py
 from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -53,12 +50,6 @@ TOKENS_PER_STEP = SEQUENCE * MICRO_BATCH * ACCUMULATION
 SPLITS = {"40%": (38_449, 1536), "30%": (24_207, 1024)}  # compact_gemma.md's chosen splits
 GOALS = {"40%": 0.15, "30%": 0.35}
 BUDGET_CHARS, FINAL_CHARS, TEST_CHARS = 20_000, 60_000, 60_000
-
-
-class DistillTrainer(DistillationMixin, Trainer):
-    def __init__(self, *args, teacher: Teacher, **kwargs) -> None:
-        self.init_distillation(teacher, alpha=1.0)
-        super().__init__(*args, **kwargs)
 
 
 def pruned(target: str, model, tokenizer):
@@ -84,8 +75,6 @@ def heal(target: str, lr: float, seed: int, tokens: int, model, tokenizer, texts
         small.train()
         return scores
 
-    ids = small_tok(bundled_text(CALIBRATION)).input_ids
-    blocks = [ids[i * SEQUENCE:(i + 1) * SEQUENCE] for i in range(len(ids) // SEQUENCE)]
     budgets = BudgetEval(evaluate, [b for b in (tokens // 4, tokens // 2) if b >= TOKENS_PER_STEP], TOKENS_PER_STEP)
     points = [{"tokens": 0, **evaluate()}]
     args = TrainingArguments(
@@ -94,9 +83,9 @@ def heal(target: str, lr: float, seed: int, tokens: int, model, tokenizer, texts
         warmup_steps=2, lr_scheduler_type="constant_with_warmup", weight_decay=0.0, logging_steps=4,
         save_strategy="no", report_to=[], seed=seed, use_cpu=True, disable_tqdm=True,
     )
-    trainer = DistillTrainer(model=small, args=args, data_collator=default_data_collator, callbacks=[budgets],
-                             train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
-                             teacher=Teacher(model, kept.tolist()))
+    trainer = RetrainTrainer(model=small, args=args, data_collator=default_data_collator, callbacks=[budgets],
+                             train_dataset=token_blocks(small_tok, SEQUENCE), teacher=Teacher(model, kept.tolist()),
+                             distill_alpha=1.0)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -32,18 +32,17 @@ import time
 from datetime import date
 from pathlib import Path
 
-from datasets import Dataset
 from peft import PeftModel
-from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+from transformers import AutoTokenizer, TrainingArguments, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.projection import unwrap
 from hf_projcomp.texts import CALIBRATION, bundled_text
-from hf_projcomp.training import DistillationMixin, Teacher
+from hf_projcomp.training import Teacher
 from data import TEST, data_file, dev_text  # benchmarks/data.py
-from budgets import BudgetEval  # benchmarks/budgets.py
+from trainers import BudgetEval, RetrainTrainer, token_blocks  # benchmarks/trainers.py
 from machine import describe  # benchmarks/machine.py
 from plotting import pyplot  # benchmarks/plotting.py
 
@@ -52,25 +51,6 @@ OUT = ROOT / "benchmarks" / "results"
 SEQUENCE, MICRO_BATCH, ACCUMULATION = 256, 4, 4
 TOKENS_PER_STEP = SEQUENCE * MICRO_BATCH * ACCUMULATION
 TARGET = {"hidden_size": 512, "intermediate_size": 1024, "vocab_size": 52_000}
-
-
-class RetrainTrainer(DistillationMixin, Trainer):
-    """A plain Trainer for the hard-pruned model, with the same distillation as ProjCompTrainer."""
-
-    def __init__(self, *args, teacher: Teacher, distill_alpha: float, **kwargs) -> None:
-        self.init_distillation(teacher, distill_alpha)
-        super().__init__(*args, **kwargs)
-
-
-def token_blocks(tokenizer, max_tokens: int) -> Dataset:
-    """``max_tokens`` of the calibration text in blocks; every run uses this set (the seed orders it), so a
-    shorter run trains on a prefix of a longer one's batches."""
-    ids = tokenizer(bundled_text(CALIBRATION)).input_ids
-    if len(ids) < max_tokens + SEQUENCE:
-        raise SystemExit(f"the calibration text has {len(ids):,} tokens, fewer than --tokens {max_tokens:,}")
-    ids = ids[: max_tokens + SEQUENCE]
-    blocks = [ids[i : i + SEQUENCE] for i in range(0, len(ids) - SEQUENCE + 1, SEQUENCE)]
-    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
 
 def lr_pair(text: str) -> tuple[float, float]:
@@ -111,7 +91,7 @@ def main() -> None:
     adapter, small_tok, selection_seconds = selection(base, tokenizer)
     kept = unwrap(PeftModel.from_pretrained(base, adapter)).selection()
     vocab = kept.vocab.tolist()
-    data = token_blocks(small_tok, max(args.pool_tokens, steps * TOKENS_PER_STEP))
+    data = token_blocks(small_tok, SEQUENCE, max(args.pool_tokens, steps * TOKENS_PER_STEP))
     previous = OUT / f"{args.name}.json"
     results = json.loads(previous.read_text()) if args.resume and previous.is_file() else None
     if results is None:
