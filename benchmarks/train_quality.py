@@ -40,9 +40,10 @@ from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.projection import unwrap
 from hf_projcomp.texts import CALIBRATION, bundled_text
-from hf_projcomp.training import Teacher
+from hf_projcomp.training import DistillationTrainer, Teacher
+from hf_projcomp.training.recovery import training_blocks
 from data import TEST, data_file, dev_text  # benchmarks/data.py
-from trainers import BudgetEval, RetrainTrainer, token_blocks  # benchmarks/trainers.py
+from trainers import BudgetEval  # benchmarks/trainers.py
 from machine import describe  # benchmarks/machine.py
 from plotting import pyplot  # benchmarks/plotting.py
 
@@ -91,7 +92,10 @@ def main() -> None:
     adapter, small_tok, selection_seconds = selection(base, tokenizer)
     kept = unwrap(PeftModel.from_pretrained(base, adapter)).selection()
     vocab = kept.vocab.tolist()
-    data = token_blocks(small_tok, SEQUENCE, max(args.pool_tokens, steps * TOKENS_PER_STEP))
+    pool = max(args.pool_tokens, steps * TOKENS_PER_STEP)  # a shorter run's pool is a prefix of a longer one's
+    data = training_blocks(small_tok, bundled_text(CALIBRATION, path=True), SEQUENCE, pool + SEQUENCE, progress=False)
+    if len(data) * SEQUENCE < pool:
+        raise SystemExit(f"the calibration text has {len(data) * SEQUENCE:,} tokens in blocks, fewer than {pool:,}")
     previous = OUT / f"{args.name}.json"
     results = json.loads(previous.read_text()) if args.resume and previous.is_file() else None
     if results is None:
@@ -134,8 +138,9 @@ def main() -> None:
             model = hard_prune(base, kept.hidden, kept.ffn, kept.vocab)
             model.train().requires_grad_(True)
             trained = model.eval
-            trainer = RetrainTrainer(model=model, args=training, train_dataset=data, data_collator=default_data_collator,
-                                     teacher=Teacher(base, vocab), distill_alpha=distill)
+            trainer = DistillationTrainer(model=model, args=training, train_dataset=data,
+                                          data_collator=default_data_collator, teacher=Teacher(base, vocab),
+                                          distill_alpha=distill)
         callback = BudgetEval(lambda: {"bits_per_byte": bits_per_byte(trained(), small_tok, dev, progress=False)},
                               budgets(n), TOKENS_PER_STEP)
         trainer.add_callback(callback)

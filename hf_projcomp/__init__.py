@@ -18,19 +18,22 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "ARCHITECTURES": ".architectures",
     "CompactConfig": ".compact",
+    "DistillConfig": ".training",
     "ProjCompConfig": ".config",
     "ProjCompModel": ".projection",
     "ProjCompTrainer": ".training",
     "ProjCompTrainerMixin": ".training",
     "compact_prune": ".compact",
+    "distill_pruned": ".training",
     "get_projcomp_model": ".mapping",
     "hard_prune": ".hard_pruning",
     "load_model": ".loading",
 }
 
 __all__ = [
-    "ARCHITECTURES", "CompactConfig", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer", "ProjCompTrainerMixin",
-    "compact_prune", "get_projcomp_model", "hard_prune", "load_model", "__version__",
+    "ARCHITECTURES", "CompactConfig", "DistillConfig", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer",
+    "ProjCompTrainerMixin", "compact_prune", "distill_pruned", "get_projcomp_model", "hard_prune", "load_model",
+    "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     from .loading import load_model
     from .mapping import get_projcomp_model
     from .projection import ProjCompModel
-    from .training import ProjCompTrainer, ProjCompTrainerMixin
+    from .training import DistillConfig, ProjCompTrainer, ProjCompTrainerMixin, distill_pruned
 
 
 def __getattr__(name: str) -> Any:

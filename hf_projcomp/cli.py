@@ -15,11 +15,13 @@ import logging
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
   projcomp compress --model Qwen/Qwen2.5-0.5B --calibration data.txt --target-params 0.6 --output qwen-small
+  projcomp compress --target-params 0.4 --distill-tokens 32768  # then distil from the base (minutes on a CPU)
   projcomp eval compressed-model --text test.txt --json
   projcomp train --train_file data.txt --hidden_size 512 --intermediate_size 1024 --output_dir out --max_steps 100
   projcomp merge out --output merged
@@ -33,6 +35,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # minute on 2 CPU cores (16 took 66 s). More sequences rank the vocabulary better on dev text, and
 # any of them beats the self-sampled calibration this replaced (benchmarks/results/cli_default.md).
 COMPRESS_SEQUENCES = 8
+# DistillConfig's defaults (chosen on dev text), repeated so that --help and argument checks need no torch.
+DISTILL_LR, DISTILL_STEP_TOKENS = 1e-5, 2048
 logger = logging.getLogger("hf_projcomp.cli")
 
 
@@ -76,14 +80,24 @@ def _model(value: str) -> str:
     return value
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert(value)`` when ``accept`` takes it, else an error saying ``expected``."""
+
+    def parse(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            number = None
+        if number is None or not accept(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
+
+
+_positive = _number(int, lambda n: n >= 1, "a positive integer")
+_natural = _number(int, lambda n: n >= 0, "a whole number >= 0")
+_positive_float = _number(float, lambda n: n > 0, "a number > 0")  # NaN is refused too
 
 
 def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -92,6 +106,9 @@ def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"output directory {out} already exists; pass --overwrite to replace it")
     if getattr(args, "samples", None) and args.calibration:
         parser.error("give --calibration or --samples, not both")
+    if 0 < getattr(args, "distill_tokens", 0) < DISTILL_STEP_TOKENS:
+        parser.error(f"--distill-tokens must be 0 or at least one training step ({DISTILL_STEP_TOKENS:,} tokens), "
+                     f"got {args.distill_tokens:,}")
 
 
 # -- compress ------------------------------------------------------------------------------------
@@ -103,6 +120,7 @@ def compress(args: argparse.Namespace) -> None:
     from .texts import CALIBRATION, DESCRIPTIONS, bundled_text
 
     start = time.perf_counter()
+    distill = _distill_config(args) if args.distill_tokens else None
     model, tokenizer = load_model(args.model, args.gguf_file, dtype=args.dtype)
     if args.samples:
         logger.info("Sampling %d calibration texts of %d tokens from the model", args.samples, args.sample_tokens)
@@ -121,13 +139,23 @@ def compress(args: argparse.Namespace) -> None:
         model, tokenizer, calibration, target_params=args.target_params, num_sequences=args.num_sequences,
         sequence_length=args.sequence_length, progress=not args.quiet,
     )
+    settings = {**selection.config.to_dict(), "vocab_size": small.config.vocab_size,
+                "intermediate_size": selection.split.intermediate_size}
+    if distill:
+        from .training import distill_pruned
+
+        logger.info("Distilling the pruned model from the base on %s tokens of %s", f"{distill.trained_tokens:,}",
+                    described)
+        distill_pruned(small, model, small_tok, calibration, vocab_indices=selection.kept_token_ids, config=distill,
+                       progress=not args.quiet)
+        settings.update({f"distill_{key}": value for key, value in distill.to_dict().items()})
     after = bits_per_byte(small, small_tok, eval_text, progress=not args.quiet) if eval_text else None
     summary = CompressionSummary.from_configs(
         "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
         base_model=hub_id_of(args.model or model.name_or_path), calibration_data=described,
-        calibration_tokens=selection.frequency_tokens,
-        settings={**selection.config.to_dict(), "vocab_size": small.config.vocab_size,
-                  "intermediate_size": selection.split.intermediate_size},
+        calibration_tokens=selection.frequency_tokens, settings=settings,
+        training_data=f"{described}, distilled from the base" if distill else None,
+        training_tokens=distill.trained_tokens if distill else None,
         eval_data=f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}" if eval_text else None,
         bits_per_byte_before=before, bits_per_byte_after=after,
     )
@@ -136,6 +164,12 @@ def compress(args: argparse.Namespace) -> None:
     print(f"saved {out} in {time.perf_counter() - start:.0f} s ({summary.parameters_before:,} -> "
           f"{summary.parameters_after:,} parameters{quality})")
     print(_card_section(out / "README.md", "Sizes"))
+
+
+def _distill_config(args: argparse.Namespace) -> Any:
+    from .training import DistillConfig
+
+    return DistillConfig(max_tokens=args.distill_tokens, learning_rate=args.distill_lr, seed=args.seed)
 
 
 def _budget(target: float | int) -> str:
@@ -295,7 +329,7 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
                        help="dtype to load the model in; outputs keep it (default: the checkpoint's own)")
 
     p = parsers["compress"] = sub.add_parser(
-        "compress", help="COMPACT: training-free vocabulary + FFN pruning",
+        "compress", help="COMPACT: vocabulary + FFN pruning, training-free or then distilled from the base",
         description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.", **common)
     model_args(p)
     p.add_argument("--calibration", type=_existing_file,
@@ -312,7 +346,13 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     p.add_argument("--output", default="compressed-model", help="output directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id", help="Hub repo id shown in the model card's usage snippet")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples)")
+    p.add_argument("--distill-tokens", type=_natural, default=0,
+                   help="after pruning, train every weight on KL(base || pruned) over this many tokens of the "
+                        "calibration text (e.g. 32768: minutes on a CPU; default: 0, training-free)")
+    p.add_argument("--distill-lr", type=_positive_float, default=DISTILL_LR,
+                   help="learning rate of --distill-tokens (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed (with --samples) and block order (with --distill-tokens)")
     p.set_defaults(func=compress, check=_check_output)
 
     p = parsers["train"] = sub.add_parser(

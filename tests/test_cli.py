@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def test_compress_writes_a_checkpoint_with_card(compressed, tiny_base_dir):
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(out))
     card = ModelCard.load(out / "README.md")
     assert "compact" in card.data.to_dict()["tags"] and "Bits per byte" in card.text
+    assert "- `intermediate_size`:" in card.text and ": None" not in card.text  # unset settings are left out
 
 
 def test_compress_without_calibration_samples_the_base(tiny_base_dir, tmp_path):
@@ -73,6 +75,39 @@ def test_compress_without_calibration_samples_the_base(tiny_base_dir, tmp_path):
                       "--output", tmp_path / "out"))
     assert "texts sampled from the base model" in (tmp_path / "out" / "README.md").read_text()
     assert "saved" in run.stdout
+
+
+@pytest.mark.usefixtures("one_thread")  # the subprocess runs with OMP_NUM_THREADS=1: same sums
+def test_compress_then_distil_is_the_library_recipe(tmp_path):
+    """`--distill-tokens` = compact_prune then distill_pruned on the calibration text (same weights,
+    to float tolerance, from another process), and the card names the training."""
+    from hf_projcomp import DistillConfig, compact_prune, distill_pruned, load_model
+    from tests.test_compact import model_for
+    from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
+
+    base_dir, text = tmp_path / "base", tmp_path / "train.txt"
+    tokenizer = tiny_tokenizer("byte_level")
+    base = model_for("qwen2", tokenizer)
+    base.config.max_position_embeddings = 256  # one distillation block
+    base.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    text.write_text("\n".join(TRAIN * 20), encoding="utf-8")
+    settings = dict(target_params=0.8, num_sequences=4, sequence_length=64)
+    ok(projcomp("compress", "--model", base_dir, "--calibration", text, "--output", tmp_path / "out",
+                "--distill-tokens", "4096", "--distill-lr", "1e-4", "--seed", "1", "-q",
+                *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())))
+    base, tokenizer = load_model(str(base_dir))  # as the CLI loads it (the reloaded tokenizer is Qwen2's own)
+    small, small_tok, selection = compact_prune(base, tokenizer, str(text), progress=False, **settings)
+    distill_pruned(small, base, small_tok, str(text), vocab_indices=selection.kept_token_ids, progress=False,
+                   config=DistillConfig(max_tokens=4096, learning_rate=1e-4, seed=1))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    untrained = compact_prune(base, tokenizer, str(text), progress=False, **settings).model
+    for name, value in small.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(v, untrained.state_dict()[k]) for k, v in small.state_dict().items())
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Training: train.txt, distilled from the base (4,096 tokens)" in card
+    assert "`distill_learning_rate`: 0.0001" in card
 
 
 def test_eval_json_reports_the_library_numbers(compressed, tiny_base_dir):
@@ -152,6 +187,10 @@ except SystemExit as stop:
     (["compress", "--calibration", "README.md", "--samples", "2", "--output", "new"], "not both"),
     (["compress", "--model", "/nonexistent/model"], "argument --model: model path /nonexistent/model does not exist"),
     (["compress", "--model", "./relative-missing"], "model path ./relative-missing does not exist"),
+    (["compress", "--distill-tokens", "-1"], "argument --distill-tokens: expected a whole number >= 0, got '-1'"),
+    (["compress", "--distill-lr", "0"], "argument --distill-lr: expected a number > 0, got '0'"),
+    (["compress", "--distill-tokens", "100", "--output", "new"],
+     "--distill-tokens must be 0 or at least one training step (2,048 tokens), got 100"),
     (["eval"], "the following arguments are required: model"),
     (["eval", "/nonexistent/model"], "model path /nonexistent/model does not exist"),
     (["eval", "x", "--text", "missing.txt"], "argument --text: missing.txt does not exist"),
@@ -169,6 +208,13 @@ def test_bad_arguments_fail_before_any_work(args, message, tmp_path):
     code, torch_loaded, seconds = run.stdout.split()
     assert code == "2" and torch_loaded == "False" and float(seconds) < 2, run.stdout
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+
+
+def test_distillation_defaults_match_the_library():
+    from hf_projcomp import DistillConfig
+    from hf_projcomp.cli import DISTILL_LR, DISTILL_STEP_TOKENS
+
+    assert (DISTILL_LR, DISTILL_STEP_TOKENS) == (DistillConfig().learning_rate, DistillConfig().tokens_per_step)
 
 
 def test_help_does_not_import_torch():

@@ -14,10 +14,11 @@ from transformers import PretrainedConfig
 TEMPLATE_NAME = "compressed_model.md"
 METHODS = {
     "compact": (
-        "COMPACT (training-free pruning)",
+        "COMPACT pruning",
         "COMPACT ([arXiv 2509.06836](https://arxiv.org/abs/2509.06836)): rare vocabulary is dropped "
         "(embedding and LM-head rows, and the tokenizer, renumbered densely) and FFN channels are "
-        "ranked per layer by activations weighted toward common tokens. No training.",
+        "ranked per layer by activations weighted toward common tokens. Pruning needs no training; "
+        "any training after it (distillation from the base) is listed under Data.",
     ),
     "projected-compression": (
         "Projected Compression",

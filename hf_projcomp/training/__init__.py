@@ -1,6 +1,9 @@
-"""Training projections with ``transformers.Trainer``: the amortised step and distillation."""
+"""Training with ``transformers.Trainer``: projections (the amortised step), distillation from the
+frozen base, and recovery of a hard-pruned model (:func:`distill_pruned`)."""
 
 from .distill import DistillationMixin, Teacher, distillation_kl
+from .recovery import DistillationTrainer, DistillConfig, distill_pruned
 from .trainer import ProjCompTrainer, ProjCompTrainerMixin
 
-__all__ = ["DistillationMixin", "ProjCompTrainer", "ProjCompTrainerMixin", "Teacher", "distillation_kl"]
+__all__ = ["DistillConfig", "DistillationMixin", "DistillationTrainer", "ProjCompTrainer", "ProjCompTrainerMixin",
+           "Teacher", "distill_pruned", "distillation_kl"]
