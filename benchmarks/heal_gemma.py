@@ -236,13 +236,17 @@ def main() -> None:
     for entry in [run("40%", lr, seed, not chosen) for seed in args.seeds]:
         final(entry)
     for target in args.targets:
-        for tokens in sorted({CHOICE_TOKENS, *args.tokens}):
-            for seed in args.seeds:
-                final(run(target, lr, seed, chosen, tokens))
+        for seed in args.seeds:
+            final(run(target, lr, seed, chosen))
     # 4. Every other run at the chosen rate (other blocks, other targets, earlier stops) is reported too.
     for entry in results["runs"]:
         if entry["lr"] == lr:
             final(entry)
+    # 5. Longer runs of the chosen recipe.
+    for target in args.targets:
+        for tokens in args.tokens:
+            for seed in args.seeds:
+                final(run(target, lr, seed, chosen, tokens))
 
 
 def trained(run: dict) -> Path:

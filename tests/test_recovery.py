@@ -70,10 +70,15 @@ def test_a_bfloat16_model_trains_in_float32_and_comes_back_bfloat16(pruned):
     base, small, small_tok, kept = pruned
     half = copy.deepcopy(small).to(torch.bfloat16)
     full = copy.deepcopy(half).float()
+    rotary = half.model.rotary_emb
+    rotary.inv_freq = rotary.inv_freq.float()  # as from_pretrained(dtype=bfloat16) leaves it
+    buffers = {k: v.clone() for k, v in half.named_buffers()}
     initial = {k: v.clone() for k, v in half.state_dict().items()}
     distill_pruned(half, base, small_tok, TRAIN * 4, vocab_indices=kept, progress=False, **FAST)
     distill_pruned(full, base, small_tok, TRAIN * 4, vocab_indices=kept, progress=False, **FAST)
     assert half.dtype == torch.bfloat16
+    for name, value in half.named_buffers():  # buffers are not converted: they reload as they were
+        assert value.dtype == buffers[name].dtype and torch.equal(value, buffers[name]), name
     for name, value in half.state_dict().items():
         assert torch.equal(value, full.state_dict()[name].to(torch.bfloat16)), name
     assert any(not torch.equal(v, initial[k]) for k, v in half.state_dict().items())

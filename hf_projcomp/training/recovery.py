@@ -135,6 +135,9 @@ def training_blocks(tokenizer: Any, data: Any, block_size: int, max_tokens: int 
             bar.update(len(ids))
             if max_tokens is not None and len(stream) >= max_tokens:
                 break
+        else:
+            bar.total = bar.n  # the text ran out first: the bar ends at what there was
+            bar.refresh()
     prefix = [] if bos is None else [bos]
     body = block_size - len(prefix)
     blocks = [prefix + stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
@@ -214,7 +217,7 @@ def distill_pruned(
     logger.info("Distilling from the base: %d steps of %d tokens, drawn from %d blocks", config.max_steps,
                 config.tokens_per_step, len(blocks))
 
-    dtype = model.dtype
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
     with tempfile.TemporaryDirectory(prefix="hf_projcomp-distill-") as scratch:
         args = TrainingArguments(
             output_dir=scratch, per_device_train_batch_size=config.micro_batch_size,
@@ -234,11 +237,16 @@ def distill_pruned(
         )
         if not progress:
             trainer.remove_callback(PrinterCallback)
-        model.float()
+        # Parameters only: buffers a checkpoint keeps in float32 (RoPE's inv_freq, Gemma's embed_scale)
+        # must stay so, or the saved model no longer reloads to the same logits.
+        for param in model.parameters():
+            param.data = param.data.float()
         try:
             trainer.train()
-        finally:  # a stopped run (a non-finite loss, Ctrl-C) leaves the model in its dtype too
-            model.to(dtype).eval()
+        finally:  # a stopped run (a non-finite loss, Ctrl-C) leaves the model in its dtypes too
+            for name, param in model.named_parameters():
+                param.data = param.data.to(dtypes[name])
+            model.eval()
     return model
 
 
