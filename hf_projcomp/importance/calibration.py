@@ -117,23 +117,25 @@ def load_calibration_texts(data: Any, text_column: str = "text") -> list[str]:
 
 
 def read_tokens(
-    tokenizer: Any, texts: Iterable[str], max_tokens: int, progress: bool = True
+    tokenizer: Any, texts: Iterable[str], max_tokens: int | None, progress: bool = True, *,
+    add_special_tokens: bool = False, desc: str = "Tokenising calibration text",
 ) -> tuple[list[str], list[int]]:
-    """Tokenise ``texts`` one by one (no special tokens) until ``max_tokens`` are gathered.
+    """Tokenise ``texts`` one by one (no special tokens, unless ``add_special_tokens``) until
+    ``max_tokens`` are gathered (``None``: all of them).
 
     Returns the texts read and their concatenated token ids (at most ``max_tokens``); later texts are
     never read. ``ValueError`` when there is no text at all.
     """
     read: list[str] = []
     stream: list[int] = []
-    with tqdm(total=max_tokens, desc="Tokenising calibration text", disable=not progress, unit="tok") as bar:
+    with tqdm(total=max_tokens, desc=desc, disable=not progress, unit="tok") as bar:
         for text in texts:
             read.append(text)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            take = min(len(ids), max_tokens - len(stream))
+            ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+            take = len(ids) if max_tokens is None else min(len(ids), max_tokens - len(stream))
             stream.extend(ids[:take])
             bar.update(take)
-            if len(stream) >= max_tokens:
+            if max_tokens is not None and len(stream) >= max_tokens:
                 break
         else:
             bar.total = bar.n  # the text ran out before the budget: the bar ends at what there was

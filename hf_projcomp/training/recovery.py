@@ -1,8 +1,9 @@
 """Recovery after hard pruning: a short distillation of the pruned model from its base.
 
 COMPACT (or :func:`~hf_projcomp.hard_prune`) gives a vanilla model at once; a few tens of thousands
-of tokens of distillation from the base recover much of what pruning lost (Gemma-3-270M at 40% of its
-parameters: +0.210 → +0.142 bits per byte on WikiText-2 test, ``benchmarks/results/heal_gemma.md``).
+of tokens of distillation from the base recover part of what pruning lost (Gemma-3-270M at 40% of its
+parameters, bits per byte over the base on WikiText-2 test: +0.210 → +0.160, and +0.189 → +0.164 with
+BOS at each window; ``benchmarks/results/heal_gemma.md``).
 :func:`distill_pruned` runs it with a plain ``transformers.Trainer``: every weight of the pruned
 model trains on ``KL(base ‖ pruned)`` (:class:`~hf_projcomp.training.Teacher`: the base's next-token
 distribution renormalised over the kept vocabulary), so it learns what the base predicts on the text,
@@ -20,11 +21,10 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.trainer_callback import PrinterCallback
 
-from ..importance.calibration import iter_calibration_texts
+from ..importance.calibration import iter_calibration_texts, read_tokens
 from .distill import DistillationMixin, Teacher
 
 logger = logging.getLogger(__name__)
@@ -125,19 +125,8 @@ def training_blocks(tokenizer: Any, data: Any, block_size: int, max_tokens: int 
     ``bos_each_block`` (and a tokenizer with a BOS token) every block is BOS + the next
     ``block_size - 1`` text tokens instead. At most ``max_tokens`` are read; later texts are not touched."""
     bos = tokenizer.bos_token_id if bos_each_block else None
-    stream: list[int] = []
-    with tqdm(total=max_tokens, desc="Tokenising training text", unit="tok", disable=not progress) as bar:
-        for text in iter_calibration_texts(data):
-            ids = tokenizer(text, add_special_tokens=bos is None)["input_ids"]
-            if max_tokens is not None:
-                ids = ids[: max_tokens - len(stream)]
-            stream.extend(ids)
-            bar.update(len(ids))
-            if max_tokens is not None and len(stream) >= max_tokens:
-                break
-        else:
-            bar.total = bar.n  # the text ran out first: the bar ends at what there was
-            bar.refresh()
+    _, stream = read_tokens(tokenizer, iter_calibration_texts(data), max_tokens, progress,
+                            add_special_tokens=bos is None, desc="Tokenising training text")
     prefix = [] if bos is None else [bos]
     body = block_size - len(prefix)
     blocks = [prefix + stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
