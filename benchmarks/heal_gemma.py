@@ -21,7 +21,9 @@ first 20,000 characters at the end of the run), then the blocks (one BOS-prefixe
 blocks, or BOS at the start of each block, ``bos_each_block``: the lower mean over ``--seeds`` of
 dev plain + dev BOS, 60,000 characters each). **test** (the first 60,000 characters of WikiText-2
 raw test) is scored once per reported run (both block recipes at 40%, the chosen one at every target
-of ``--targets`` and every budget of ``--tokens``), never to choose.
+of ``--targets`` and every budget of ``--tokens``), never to choose. At each target, the model for
+issue 19's goal table is dev's pick among the training-free model and the chosen recipe at each
+budget run (the lowest mean over seeds of dev plain + dev BOS).
 
 Writes ``benchmarks/results/heal_gemma.{json,md}`` after every run; pruned models are cached in
 ``benchmarks/results/.runs/heal-<target>`` (delete to recompute).
@@ -147,8 +149,42 @@ def write(results: dict) -> None:
                                  if len(values) > 1 else "–")
                 lines.append(f"| **{target}, mean ± sd** | {name} | {lr:g} | {len(group)} seeds | {tokens:,} | "
                              + " | ".join(cells) + " | |")
+    lines += ["", "## Dev's pick at each target", "",
+              "Among the training-free model and the chosen recipe at each budget run, the lowest mean over seeds "
+              "of dev plain + dev BOS (60,000 characters each); its test is the goal table's. Test is shown for "
+              "every candidate (each scored once) but picks nothing; met: every seed within the goal.", "",
+              "| target | candidate | seeds | dev + dev BOS | Δ test (mean ± sd) | goal (Δ test) | picked | met |",
+              "|---|---|---|---|---|---|---|---|"]
+    for target, candidates in dev_candidates(results).items():
+        picked = min(candidates, key=lambda c: c[2])
+        for candidate in candidates:
+            name, tests, dev_sum = candidate
+            test = (f"{statistics.mean(tests) - base['test']:+.4f} ± {statistics.stdev(tests):.4f}"
+                    if len(tests) > 1 else f"{tests[0] - base['test']:+.4f}")
+            met = ("yes" if max(tests) - base["test"] <= GOALS[target] else "no") if candidate is picked else ""
+            lines.append(f"| {target} | {name} | {len(tests)} | {dev_sum:.4f} | {test} | ≤ +{GOALS[target]:.2f} | "
+                         f"{'**yes**' if candidate is picked else ''} | {met} |")
     lines += [""] + [f"- {note}" for note in results.get("notes", [])]
     (OUT / "heal_gemma.md").write_text("\n".join(lines) + "\n")
+
+
+def dev_candidates(results: dict) -> dict[str, list[tuple[str, list[float], float]]]:
+    """Per target: (name, test scores, mean dev + dev BOS) of the training-free model and of the chosen
+    recipe at each budget with a finished run (every seed's scores)."""
+    chosen = results.get("chosen_bos_each_block")
+    out: dict[str, list] = {}
+    for target in SPLITS:
+        free = results["training_free"].get(target, {})
+        if not all(k in free for k in ("dev", "dev_bos", "test")):
+            continue
+        out[target] = [("training-free", [free["test"]], free["dev"] + free["dev_bos"])]
+        runs = [r for r in results["runs"] if r["target"] == target and r["lr"] == results.get("chosen_lr")
+                and r.get("bos_each_block", False) == chosen and "test" in r.get("final", {})]
+        for tokens in sorted({r["tokens"] for r in runs}):
+            group = [r["final"] for r in runs if r["tokens"] == tokens]
+            out[target].append((f"{recipe({'bos_each_block': chosen})}, {tokens:,} tokens", [f["test"] for f in group],
+                                statistics.mean(f["dev"] + f["dev_bos"] for f in group)))
+    return out
 
 
 # key: (text, BOS at each window, characters scored; None: all of ``texts[text]``)
@@ -252,7 +288,8 @@ def main() -> None:
 def trained(run: dict) -> Path:
     suffix = f"-seed{run['seed']}" if run["seed"] else ""  # seed 0's runs predate --seeds
     bos = "-bos" if run.get("bos_each_block") else ""
-    return RUNS / f"heal-{run['target'].rstrip('%')}-lr{run['lr']:g}{suffix}{bos}-trained"
+    tokens = f"-{run['tokens']}" if run["tokens"] != CHOICE_TOKENS else ""  # longer runs keep their own copy
+    return RUNS / f"heal-{run['target'].rstrip('%')}-lr{run['lr']:g}{suffix}{bos}{tokens}-trained"
 
 
 if __name__ == "__main__":

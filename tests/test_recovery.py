@@ -134,6 +134,13 @@ def test_bad_input_names_the_parameter(pruned):
         distill_pruned(small, base, small_tok, TRAIN[:1], vocab_indices=kept, progress=False, **FAST)
     with pytest.raises(ValueError, match="block_size .* max_position_embeddings"):
         distill_pruned(small, base, small_tok, TRAIN, vocab_indices=kept, progress=False, block_size=256)
+    # The text's errors call it by distill_pruned's own parameter, not compact_prune's.
+    with pytest.raises(ValueError, match="^train_data is empty"):
+        distill_pruned(small, base, small_tok, ["", "  "], vocab_indices=kept, progress=False, **FAST)
+    with pytest.raises(ValueError, match="^train_data file 'missing.txt' does not exist"):
+        distill_pruned(small, base, small_tok, "missing.txt", vocab_indices=kept, progress=False, **FAST)
+    with pytest.raises(TypeError, match="^train_data must be a datasets.Dataset"):
+        distill_pruned(small, base, small_tok, 3, vocab_indices=kept, progress=False, **FAST)
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -65,12 +65,12 @@ def _read_text_file(path: Path) -> Iterator[str]:
             yield pending
 
 
-def iter_calibration_texts(data: Any, text_column: str = "text") -> Iterator[str]:
+def iter_calibration_texts(data: Any, text_column: str = "text", *, name: str = "calibration_data") -> Iterator[str]:
     """Non-empty texts of ``data``, lazily: a ``datasets.Dataset``/``IterableDataset`` (``text_column``),
     a ``.txt`` file (in blocks that end at blank lines), a ``.jsonl`` file (``text_column`` of each
-    line), or an iterable of strings."""
+    line), or an iterable of strings. Errors call ``data`` by ``name`` (the caller's parameter)."""
     if data is None:
-        raise ValueError("calibration_data is required")
+        raise ValueError(f"{name} is required")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         try:
@@ -79,33 +79,33 @@ def iter_calibration_texts(data: Any, text_column: str = "text") -> Iterator[str
             found = False
         if not found:
             shown = str(path) if len(str(path)) <= 80 else str(path)[:77] + "..."
-            raise ValueError(f"calibration_data file {shown!r} does not exist (pass a list of strings for raw text)")
+            raise ValueError(f"{name} file {shown!r} does not exist (pass a list of strings for raw text)")
         texts: Iterable[str]
         if path.suffix in (".jsonl", ".json"):
             texts = (json.loads(line)[text_column] for line in path.open(encoding="utf-8") if line.strip())
         else:
             texts = _read_text_file(path)
     elif _is_dataset(data):
-        texts = (_column(row, text_column) for row in data)
+        texts = (_column(row, text_column, name) for row in data)
     elif isinstance(data, Iterable) and not isinstance(data, (bytes, dict)):
         texts = data
     else:
         raise TypeError(
-            "calibration_data must be a datasets.Dataset or IterableDataset, a path to a .txt/.jsonl file, or a "
+            f"{name} must be a datasets.Dataset or IterableDataset, a path to a .txt/.jsonl file, or a "
             f"list of strings; got {type(data).__name__}"
         )
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"calibration_data must hold strings, got {type(text).__name__}")
+            raise TypeError(f"{name} must hold strings, got {type(text).__name__}")
         if text.strip():
             yield text
 
 
-def _column(row: Any, name: str) -> Any:
-    if not isinstance(row, dict) or name not in row:
+def _column(row: Any, column: str, name: str = "calibration_data") -> Any:
+    if not isinstance(row, dict) or column not in row:
         found = list(row) if isinstance(row, dict) else type(row).__name__
-        raise ValueError(f"calibration_data rows have no {name!r} column (found {found})")
-    return row[name]
+        raise ValueError(f"{name} rows have no {column!r} column (found {found})")
+    return row[column]
 
 
 def load_calibration_texts(data: Any, text_column: str = "text") -> list[str]:
@@ -118,13 +118,13 @@ def load_calibration_texts(data: Any, text_column: str = "text") -> list[str]:
 
 def read_tokens(
     tokenizer: Any, texts: Iterable[str], max_tokens: int | None, progress: bool = True, *,
-    add_special_tokens: bool = False, desc: str = "Tokenising calibration text",
+    add_special_tokens: bool = False, desc: str = "Tokenising calibration text", name: str = "calibration_data",
 ) -> tuple[list[str], list[int]]:
     """Tokenise ``texts`` one by one (no special tokens, unless ``add_special_tokens``) until
     ``max_tokens`` are gathered (``None``: all of them).
 
     Returns the texts read and their concatenated token ids (at most ``max_tokens``); later texts are
-    never read. ``ValueError`` when there is no text at all.
+    never read. ``ValueError`` (calling the texts ``name``) when there is no text at all.
     """
     read: list[str] = []
     stream: list[int] = []
@@ -141,7 +141,7 @@ def read_tokens(
             bar.total = bar.n  # the text ran out before the budget: the bar ends at what there was
             bar.refresh()
     if not read:
-        raise ValueError("calibration_data is empty")
+        raise ValueError(f"{name} is empty")
     return read, stream
 
 

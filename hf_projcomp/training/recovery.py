@@ -118,15 +118,16 @@ class DistillConfig:
 
 
 def training_blocks(tokenizer: Any, data: Any, block_size: int, max_tokens: int | None = None,
-                    bos_each_block: bool = False, progress: bool = True) -> Dataset:
+                    bos_each_block: bool = False, progress: bool = True, *, name: str = "data") -> Dataset:
     """``data`` (any form :func:`~hf_projcomp.importance.calibration.iter_calibration_texts` reads) as
     ``block_size``-token blocks (labels = inputs). Each text is tokenised as the tokenizer does by
     default (a BOS where it adds one), the texts concatenated and cut into blocks; with
     ``bos_each_block`` (and a tokenizer with a BOS token) every block is BOS + the next
-    ``block_size - 1`` text tokens instead. At most ``max_tokens`` are read; later texts are not touched."""
+    ``block_size - 1`` text tokens instead. At most ``max_tokens`` are read; later texts are not touched.
+    Errors about the text call it ``name``."""
     bos = tokenizer.bos_token_id if bos_each_block else None
-    _, stream = read_tokens(tokenizer, iter_calibration_texts(data), max_tokens, progress,
-                            add_special_tokens=bos is None, desc="Tokenising training text")
+    _, stream = read_tokens(tokenizer, iter_calibration_texts(data, name=name), max_tokens, progress,
+                            add_special_tokens=bos is None, desc="Tokenising training text", name=name)
     prefix = [] if bos is None else [bos]
     body = block_size - len(prefix)
     blocks = [prefix + stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
@@ -199,7 +200,8 @@ def distill_pruned(
     # A stream is read only as far as the run needs; finite data up to pool_tokens (blocks drawn at random).
     limit = config.pool_tokens if isinstance(train_data, (str, Sized)) or hasattr(train_data, "__fspath__") \
         else config.trained_tokens + config.block_size
-    blocks = training_blocks(tokenizer, train_data, config.block_size, limit, config.bos_each_block, progress=progress)
+    blocks = training_blocks(tokenizer, train_data, config.block_size, limit, config.bos_each_block, progress=progress,
+                             name="train_data")
     if len(blocks) < config.batch_size:
         raise ValueError(f"train_data gives {len(blocks)} blocks of {config.block_size} tokens, fewer than one "
                          f"step's batch_size ({config.batch_size})")
