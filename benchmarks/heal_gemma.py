@@ -38,6 +38,7 @@ import statistics
 import time
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -170,39 +171,52 @@ def write(results: dict) -> None:
               "| target | candidate | seeds | dev + dev BOS | Δ test (mean ± sd) | goal (Δ test) | picked | met |",
               "|---|---|---|---|---|---|---|---|"]
     for target, candidates in dev_candidates(results).items():
-        picked = min(candidates, key=lambda c: c[2])
+        picked = dev_pick(candidates)
         for candidate in candidates:
-            name, finals, dev_sum, _ = candidate
-            tests = [f["test"] - base["test"] for f in finals if "test" in f]
-            test = ("–" if len(tests) < len(finals) else f"{tests[0]:+.4f}" if len(tests) == 1
+            tests = [f["test"] - base["test"] for f in candidate.finals if "test" in f]
+            scored = len(tests) == len(candidate.finals)
+            test = ("–" if not scored else f"{tests[0]:+.4f}" if len(tests) == 1
                     else f"{statistics.mean(tests):+.4f} ± {statistics.stdev(tests):.4f}")
-            met = "" if candidate is not picked or test == "–" else "yes" if statistics.mean(tests) <= GOALS[target] \
-                else "no"
-            if met and len(tests) > 1:
-                met += f" ({sum(t <= GOALS[target] for t in tests)} of {len(tests)} seeds)"
-            lines.append(f"| {target} | {name} | {len(finals)} | {dev_sum:.4f} | {test} | ≤ +{GOALS[target]:.2f} | "
-                         f"{'**yes**' if candidate is picked else ''} | {met} |")
+            met = ""
+            if candidate is picked and scored:
+                met = "yes" if statistics.mean(tests) <= GOALS[target] else "no"
+                if len(tests) > 1:
+                    met += f" ({sum(t <= GOALS[target] for t in tests)} of {len(tests)} seeds)"
+            lines.append(f"| {target} | {candidate.name} | {len(candidate.finals)} | {candidate.dev_sum:.4f} | {test} | "
+                         f"≤ +{GOALS[target]:.2f} | {'**yes**' if candidate is picked else ''} | {met} |")
     lines += [""] + [f"- {note}" for note in results.get("notes", [])]
     (OUT / "heal_gemma.md").write_text("\n".join(lines) + "\n")
 
 
-def dev_candidates(results: dict) -> dict[str, list[tuple[str, list[dict], float, list[dict]]]]:
-    """Per target: (name, final scores, mean dev + dev BOS, runs) of the training-free model and of the
-    chosen recipe at each split and budget with runs scored on dev (every seed's)."""
+class Candidate(NamedTuple):
+    """A model dev may pick at a target: the training-free one, or the chosen recipe at a split and budget."""
+    name: str
+    finals: list[dict]  # each seed's final scores
+    dev_sum: float  # mean over seeds of dev plain + dev BOS: what dev_pick minimises
+    runs: list[dict]  # the runs (none for the training-free model)
+
+
+def dev_pick(candidates: list[Candidate]) -> Candidate:
+    return min(candidates, key=lambda c: c.dev_sum)
+
+
+def dev_candidates(results: dict) -> dict[str, list[Candidate]]:
+    """Per target: the training-free model and the chosen recipe at each split and budget with runs
+    scored on dev (every seed's)."""
     chosen = results.get("chosen_bos_each_block")
     out: dict[str, list] = {}
     for target in SPLITS:
         free = results["training_free"].get(target, {})
         if not all(k in free for k in ("dev", "dev_bos", "test")):
             continue
-        out[target] = [("training-free", [free], free["dev"] + free["dev_bos"], [])]
+        out[target] = [Candidate("training-free", [free], free["dev"] + free["dev_bos"], [])]
         runs = [r for r in results["runs"] if r["target"] == target and r["lr"] == results.get("chosen_lr")
                 and r.get("bos_each_block", False) == chosen and "dev_bos" in r.get("final", {})]
         for split, tokens in sorted({(tuple(r["split"]), r["tokens"]) for r in runs}, key=lambda k: (-k[0][1], k[1])):
             group = [r for r in runs if (tuple(r["split"]), r["tokens"]) == (split, tokens)]
             finals = [r["final"] for r in group]
-            out[target].append((f"{recipe(group[0])}, {tokens:,} tokens", finals,
-                                statistics.mean(f["dev"] + f["dev_bos"] for f in finals), group))
+            out[target].append(Candidate(f"{recipe(group[0])}, {tokens:,} tokens", finals,
+                                         statistics.mean(f["dev"] + f["dev_bos"] for f in finals), group))
     return out
 
 
@@ -313,8 +327,8 @@ def main() -> None:
             for split in OTHER_SPLITS.get(target, ()):
                 for seed in args.seeds:
                     final(run(target, lr, seed, chosen, split=split), ("dev", "dev_bos", "ood", "ood_bos"))
-            candidates = dev_candidates(results).get(target, [])
-            for entry in min(candidates, key=lambda c: c[2])[3] if candidates else []:
+            candidates = dev_candidates(results).get(target)
+            for entry in dev_pick(candidates).runs if candidates else []:
                 final(entry)
 
 
