@@ -266,8 +266,9 @@ def main() -> None:
     for target in sorted({*args.targets, *(r["target"] for r in results["runs"])}, key=list(SPLITS).index):
         free = results["training_free"].setdefault(target, {})
         free.update({k: compact[f"{target} full"][k] for k in ("dev", "ood", "test")})
-        small, small_tok, _ = pruned(target, model, tokenizer)
-        if score(small.eval(), small_tok, texts, free):
+        if any(k not in free for k in REPORTED):
+            small, small_tok, _ = pruned(target, model, tokenizer)
+            score(small.eval(), small_tok, texts, free)
             write(results)
 
     def run(target: str, lr: float, seed: int, bos_each_block: bool, tokens: int = CHOICE_TOKENS,
@@ -288,11 +289,14 @@ def main() -> None:
         return entry
 
     def final(entry: dict, keys=REPORTED) -> dict:  # test is scored only for the runs reported
+        scores = entry.setdefault("final", {})
+        if all(k in scores for k in keys):  # a resumed run's saved model need not be on disk any more
+            return scores
         small = AutoModelForCausalLM.from_pretrained(trained(entry), dtype=torch.float32).eval()
-        if score(small, AutoTokenizer.from_pretrained(trained(entry)), texts, entry.setdefault("final", {}), keys):
-            print(json.dumps(entry["final"]), flush=True)
-            write(results)
-        return entry["final"]
+        score(small, AutoTokenizer.from_pretrained(trained(entry)), texts, scores, keys)
+        print(json.dumps(scores), flush=True)
+        write(results)
+        return scores
 
     # 1. The learning rate: 40%, one stream, seed 0; dev plain (first 20,000 characters) at the end.
     grid = [run("40%", lr, 0, False) for lr in args.grid]
