@@ -1,6 +1,7 @@
 """COMPACT at 50%, 40% and 30% of Gemma-3-270M, then a short distillation from the base (not a unit test).
 
-    python benchmarks/heal_gemma.py [--grid 1e-5 3e-5] [--seeds 0 1 2] [--targets 40% 30%] [--tokens 65536] [--other-splits] [--resume]
+    python benchmarks/heal_gemma.py [--grid 1e-5 3e-5] [--seeds 0 1 2] [--targets 40% 30%] [--tokens 65536]
+        [--other-splits] [--decay 32768 65536] [--resume]
 
 Training-free COMPACT misses issue 19's 40% and 30% goals (``compact_gemma.md``). This measures the
 cheapest training that uses nothing but what COMPACT already has, through the library's
@@ -23,8 +24,10 @@ dev plain + dev BOS, 60,000 characters each). **test** (the first 60,000 charact
 raw test) is scored once per reported run (both block recipes at 40%, the chosen one at every target
 of ``--targets`` and every budget of ``--tokens``), never to choose. At each target, the model for
 issue 19's goal table is dev's pick among the training-free model and the chosen recipe at each
-budget and split run (the lowest mean over seeds of dev plain + dev BOS); ``--other-splits`` runs
-are scored on test only when picked.
+budget and split run (the lowest mean over seeds of dev plain + dev BOS); ``--other-splits`` and
+``--decay`` runs are scored on test only when picked. ``--decay`` runs the chosen recipe at each of its
+budgets with a cosine decay from twice the chosen learning rate instead of the constant one (the same
+mean learning rate, ending at zero).
 
 Writes ``benchmarks/results/heal_gemma.{json,md}`` after every run; pruned models are cached in
 ``benchmarks/results/.runs/heal-<target>`` (delete to recompute).
@@ -61,6 +64,8 @@ OTHER_SPLITS = {"40%": ((24_625, 1792), (52_273, 1280))}
 GOALS = {"50%": 0.05, "40%": 0.15, "30%": 0.35}
 BUDGET_CHARS, FINAL_CHARS, TEST_CHARS = 20_000, 60_000, 60_000
 CHOICE_TOKENS = 32_768  # the budget the learning rate and the blocks are chosen at
+CONSTANT = "constant_with_warmup"  # DistillConfig's schedule, every run's before --decay
+DECAY = ("cosine", 2.0)  # --decay's schedule and its peak over the chosen LR: cosine's mean LR is half its peak
 
 
 def split_suffix(target: str, split) -> str:
@@ -86,7 +91,7 @@ def heal(run: dict, model, tokenizer) -> tuple:
     """Distil COMPACT's model at ``run["target"]`` as ``run`` says: the model, its tokenizer, seconds."""
     small, small_tok, kept = pruned(run["target"], model, tokenizer, run["split"])
     config = DistillConfig(max_tokens=run["tokens"], learning_rate=run["lr"], seed=run["seed"],
-                           bos_each_block=run["bos_each_block"])
+                           bos_each_block=run["bos_each_block"], lr_scheduler_type=run["schedule"])
     start = time.perf_counter()
     distill_pruned(small, model, small_tok, bundled_text(CALIBRATION, path=True), vocab_indices=kept, config=config,
                    progress=False)
@@ -97,6 +102,8 @@ def recipe(run: dict) -> str:
     name = "BOS each block" if run.get("bos_each_block") else "one stream"
     if "split" in run and tuple(run["split"]) != SPLITS[run["target"]]:
         name += f", {run['split'][0]:,} × {run['split'][1]}"
+    if run.get("schedule", CONSTANT) != CONSTANT:
+        name += f", {run['schedule']} decay"
     return name
 
 
@@ -115,9 +122,10 @@ def write(results: dict) -> None:
         f"{results['machine']}, {results['date']}. `python benchmarks/heal_gemma.py`. The pruned vanilla model "
         "(COMPACT's default split at each budget) trains every weight with `hf_projcomp.distill_pruned`: "
         "KL(base ‖ pruned) over the bundled calibration text, "
-        f"{TOKENS_PER_STEP:,} tokens/step in 256-token blocks, constant LR after 2 warm-up steps, the seed ordering "
-        "the blocks. Blocks are cut from **one stream** (one BOS at the text's start) or start with "
-        "**BOS each block** (`bos_each_block=True`). Bits per byte, 1024-token windows, in two regimes: "
+        f"{TOKENS_PER_STEP:,} tokens/step in 256-token blocks, constant LR after 2 warm-up steps (`--decay`: "
+        "cosine decay from twice the LR, named in the blocks column), the seed ordering the blocks. Blocks are "
+        "cut from **one stream** (one BOS at the text's start) or start with **BOS each block** "
+        "(`bos_each_block=True`). Bits per byte, 1024-token windows, in two regimes: "
         "**plain** (the protocol's: one BOS-prefixed stream cut into windows, so most windows start "
         "without BOS) and **BOS** (every window starts with BOS, as a served model sees text). "
         f"**dev**: WikiText-2 validation after the calibration text (first {BUDGET_CHARS:,} characters along the "
@@ -201,23 +209,31 @@ def dev_pick(candidates: list[Candidate]) -> Candidate:
 
 
 def dev_candidates(results: dict) -> dict[str, list[Candidate]]:
-    """Per target: the training-free model and the chosen recipe at each split and budget with runs
+    """Per target: the training-free model and the chosen recipe at each split, budget and schedule with runs
     scored on dev (every seed's)."""
-    chosen = results.get("chosen_bos_each_block")
     out: dict[str, list] = {}
     for target in SPLITS:
         free = results["training_free"].get(target, {})
         if not all(k in free for k in ("dev", "dev_bos", "test")):
             continue
         out[target] = [Candidate("training-free", [free], free["dev"] + free["dev_bos"], [])]
-        runs = [r for r in results["runs"] if r["target"] == target and r["lr"] == results.get("chosen_lr")
-                and r.get("bos_each_block", False) == chosen and "dev_bos" in r.get("final", {})]
-        for split, tokens in sorted({(tuple(r["split"]), r["tokens"]) for r in runs}, key=lambda k: (-k[0][1], k[1])):
-            group = [r for r in runs if (tuple(r["split"]), r["tokens"]) == (split, tokens)]
+        runs = [r for r in results["runs"] if r["target"] == target and is_chosen_recipe(r, results)
+                and "dev_bos" in r.get("final", {})]
+        for key in sorted({(tuple(r["split"]), r["tokens"], r["schedule"]) for r in runs},
+                          key=lambda k: (-k[0][1], k[1], k[2] != CONSTANT)):
+            group = [r for r in runs if (tuple(r["split"]), r["tokens"], r["schedule"]) == key]
             finals = [r["final"] for r in group]
-            out[target].append(Candidate(f"{recipe(group[0])}, {tokens:,} tokens", finals,
+            out[target].append(Candidate(f"{recipe(group[0])}, {key[1]:,} tokens", finals,
                                          statistics.mean(f["dev"] + f["dev_bos"] for f in finals), group))
     return out
+
+
+def is_chosen_recipe(run: dict, results: dict) -> bool:
+    """The chosen LR and blocks, with the constant schedule or ``--decay``'s (whatever the split and budget)."""
+    lr = results.get("chosen_lr")
+    schedule = (run["lr"], run["schedule"])
+    return (run.get("bos_each_block", False) == results.get("chosen_bos_each_block")
+            and schedule in {(lr, CONSTANT), (None if lr is None else lr * DECAY[1], DECAY[0])})
 
 
 # key: (text, BOS at each window, characters scored; None: all of ``texts[text]``)
@@ -246,6 +262,9 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     parser.add_argument("--other-splits", action="store_true", help="also distil OTHER_SPLITS (the search's "
                         "neighbours of its choice), scored on dev; test only for dev's pick")
+    parser.add_argument("--decay", type=int, nargs="+", default=[], metavar="TOKENS", help="budgets to run the "
+                        "chosen recipe at with a cosine decay from twice the chosen LR, scored on dev; test only for "
+                        "dev's pick")
     parser.add_argument("--resume", action="store_true", help="keep runs already in heal_gemma.json")
     args = parser.parse_args()
     model, tokenizer = load_demo_model(dtype=torch.float32)
@@ -260,6 +279,7 @@ def main() -> None:
     for entry in results["runs"]:  # runs of earlier versions: one stream, seed 0 unless said
         entry.setdefault("seed", 0)
         entry.setdefault("bos_each_block", False)
+        entry.setdefault("schedule", CONSTANT)
     # COMPACT's own model, the row every run starts from; its plain scores are compact_gemma.md's.
     compact = {r["row"]: r for r in json.loads((OUT / "compact_gemma.json").read_text())["rows"]}
     results["training_free"] = {k: v for k, v in results.get("training_free", {}).items() if isinstance(v, dict)}
@@ -272,9 +292,9 @@ def main() -> None:
             write(results)
 
     def run(target: str, lr: float, seed: int, bos_each_block: bool, tokens: int = CHOICE_TOKENS,
-            split: tuple[int, int] | None = None) -> dict:
+            split: tuple[int, int] | None = None, schedule: str = CONSTANT) -> dict:
         wanted = {"target": target, "lr": lr, "seed": seed, "tokens": tokens, "bos_each_block": bos_each_block,
-                  "split": list(split or SPLITS[target])}
+                  "split": list(split or SPLITS[target]), "schedule": schedule}
         done = next((r for r in results["runs"] if all(r.get(k, False) == v for k, v in wanted.items())), None)
         if done:
             return done
@@ -324,24 +344,28 @@ def main() -> None:
         for tokens in args.tokens:
             for seed in args.seeds:
                 final(run(target, lr, seed, chosen, tokens))
-    # 6. The split under distillation: OTHER_SPLITS with the chosen recipe, every seed, scored on dev (and
-    # out of domain); test is scored for dev's pick at the target only.
-    if args.other_splits:
-        for target in args.targets:
-            for split in OTHER_SPLITS.get(target, ()):
-                for seed in args.seeds:
-                    final(run(target, lr, seed, chosen, split=split), ("dev", "dev_bos", "ood", "ood_bos"))
-            candidates = dev_candidates(results).get(target)
-            for entry in dev_pick(candidates).runs if candidates else []:
-                final(entry)
+    # 6. The split under distillation: OTHER_SPLITS with the chosen recipe, every seed. 7. A decaying LR at
+    # each longer budget. Both scored on dev (and out of domain); test only for dev's pick at the target.
+    unreported = ("dev", "dev_bos", "ood", "ood_bos")
+    for target in args.targets:
+        for split in OTHER_SPLITS.get(target, ()) if args.other_splits else ():
+            for seed in args.seeds:
+                final(run(target, lr, seed, chosen, split=split), unreported)
+        for tokens in args.decay:
+            for seed in args.seeds:
+                final(run(target, lr * DECAY[1], seed, chosen, tokens, schedule=DECAY[0]), unreported)
+        candidates = dev_candidates(results).get(target)
+        for entry in dev_pick(candidates).runs if candidates else []:
+            final(entry)
 
 
 def trained(run: dict) -> Path:
     suffix = f"-seed{run['seed']}" if run["seed"] else ""  # seed 0's runs predate --seeds
     bos = "-bos" if run.get("bos_each_block") else ""
     tokens = f"-{run['tokens']}" if run["tokens"] != CHOICE_TOKENS else ""  # longer runs keep their own copy
+    schedule = "" if run["schedule"] == CONSTANT else f"-{run['schedule']}"
     split = split_suffix(run["target"], run["split"])
-    return RUNS / f"heal-{run['target'].rstrip('%')}{split}-lr{run['lr']:g}{suffix}{bos}{tokens}-trained"
+    return RUNS / f"heal-{run['target'].rstrip('%')}{split}-lr{run['lr']:g}{suffix}{bos}{tokens}{schedule}-trained"
 
 
 if __name__ == "__main__":

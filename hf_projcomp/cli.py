@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
   projcomp compress --model Qwen/Qwen2.5-0.5B --calibration data.txt --target-params 0.6 --output qwen-small
   projcomp compress --target-params 0.4 --distill-tokens 32768  # then distil from the base (minutes on a CPU)
+  projcomp compress --target-params 0.4 --distill-tokens 65536 --distill-lr 2e-5 --distill-schedule cosine
   projcomp eval compressed-model --text test.txt --json
   projcomp train --train_file data.txt --hidden_size 512 --intermediate_size 1024 --output_dir out --max_steps 100
   projcomp merge out --output merged
@@ -35,8 +36,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # minute on 2 CPU cores (16 took 66 s). More sequences rank the vocabulary better on dev text, and
 # any of them beats the self-sampled calibration this replaced (benchmarks/results/cli_default.md).
 COMPRESS_SEQUENCES = 8
-# DistillConfig's defaults (chosen on dev text), repeated so that --help and argument checks need no torch.
+# DistillConfig's defaults (chosen on dev text) and schedules, repeated so that --help and argument checks
+# need no torch.
 DISTILL_LR, DISTILL_STEP_TOKENS = 1e-5, 2048
+DISTILL_SCHEDULES = ("constant_with_warmup", "linear", "cosine")
 logger = logging.getLogger("hf_projcomp.cli")
 
 
@@ -169,7 +172,8 @@ def compress(args: argparse.Namespace) -> None:
 def _distill_config(args: argparse.Namespace) -> Any:
     from .training import DistillConfig
 
-    return DistillConfig(max_tokens=args.distill_tokens, learning_rate=args.distill_lr, seed=args.seed)
+    return DistillConfig(max_tokens=args.distill_tokens, learning_rate=args.distill_lr,
+                         lr_scheduler_type=args.distill_schedule, seed=args.seed)
 
 
 def _budget(target: float | int) -> str:
@@ -350,7 +354,10 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
                    help="after pruning, train every weight on KL(base || pruned) over this many tokens of the "
                         "calibration text (e.g. 32768: minutes on a CPU; default: 0, training-free)")
     p.add_argument("--distill-lr", type=_positive_float, default=DISTILL_LR,
-                   help="learning rate of --distill-tokens (default: %(default)s)")
+                   help="(peak) learning rate of --distill-tokens (default: %(default)s)")
+    p.add_argument("--distill-schedule", choices=DISTILL_SCHEDULES, default=DISTILL_SCHEDULES[0],
+                   help="learning-rate schedule after 2 warm-up steps (default: %(default)s; at 65,536 tokens "
+                        "dev text preferred cosine from 2e-5)")
     p.add_argument("--seed", type=int, default=0,
                    help="sampling seed (with --samples) and block order (with --distill-tokens)")
     p.set_defaults(func=compress, check=_check_output)

@@ -80,7 +80,8 @@ def test_compress_without_calibration_samples_the_base(tiny_base_dir, tmp_path):
 @pytest.mark.usefixtures("one_thread")  # the subprocess runs with OMP_NUM_THREADS=1: same sums
 def test_compress_then_distil_is_the_library_recipe(tmp_path):
     """`--distill-tokens` = compact_prune then distill_pruned on the calibration text (same weights,
-    to float tolerance, from another process), and the card names the training."""
+    to float tolerance, from another process), and the card names the training. Four steps: the two
+    after the warm-up tell a cosine schedule from the default constant one."""
     from hf_projcomp import DistillConfig, compact_prune, distill_pruned, load_model
     from tests.test_compact import model_for
     from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
@@ -94,20 +95,21 @@ def test_compress_then_distil_is_the_library_recipe(tmp_path):
     text.write_text("\n".join(TRAIN * 20), encoding="utf-8")
     settings = dict(target_params=0.8, num_sequences=4, sequence_length=64)
     ok(projcomp("compress", "--model", base_dir, "--calibration", text, "--output", tmp_path / "out",
-                "--distill-tokens", "4096", "--distill-lr", "1e-4", "--seed", "1", "-q",
+                "--distill-tokens", "8192", "--distill-lr", "1e-4", "--distill-schedule", "cosine", "--seed", "1",
+                "-q",
                 *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())))
     base, tokenizer = load_model(str(base_dir))  # as the CLI loads it (the reloaded tokenizer is Qwen2's own)
     small, small_tok, selection = compact_prune(base, tokenizer, str(text), progress=False, **settings)
     distill_pruned(small, base, small_tok, str(text), vocab_indices=selection.kept_token_ids, progress=False,
-                   config=DistillConfig(max_tokens=4096, learning_rate=1e-4, seed=1))
+                   config=DistillConfig(max_tokens=8192, learning_rate=1e-4, lr_scheduler_type="cosine", seed=1))
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     untrained = compact_prune(base, tokenizer, str(text), progress=False, **settings).model
     for name, value in small.state_dict().items():
         torch.testing.assert_close(saved.state_dict()[name], value, rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(v, untrained.state_dict()[k]) for k, v in small.state_dict().items())
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "Training: train.txt, distilled from the base (4,096 tokens)" in card
-    assert "`distill_learning_rate`: 0.0001" in card
+    assert "Training: train.txt, distilled from the base (8,192 tokens)" in card
+    assert "`distill_learning_rate`: 0.0001" in card and "`distill_lr_scheduler_type`: cosine" in card
 
 
 def test_eval_json_reports_the_library_numbers(compressed, tiny_base_dir):
@@ -189,6 +191,7 @@ except SystemExit as stop:
     (["compress", "--model", "./relative-missing"], "model path ./relative-missing does not exist"),
     (["compress", "--distill-tokens", "-1"], "argument --distill-tokens: expected a whole number >= 0, got '-1'"),
     (["compress", "--distill-lr", "0"], "argument --distill-lr: expected a number > 0, got '0'"),
+    (["compress", "--distill-schedule", "step"], "argument --distill-schedule: invalid choice: 'step' (choose from"),
     (["compress", "--distill-tokens", "100", "--output", "new"],
      "--distill-tokens must be 0 or at least one training step (2,048 tokens), got 100"),
     (["eval"], "the following arguments are required: model"),
@@ -212,9 +215,11 @@ def test_bad_arguments_fail_before_any_work(args, message, tmp_path):
 
 def test_distillation_defaults_match_the_library():
     from hf_projcomp import DistillConfig
-    from hf_projcomp.cli import DISTILL_LR, DISTILL_STEP_TOKENS
+    from hf_projcomp.cli import DISTILL_LR, DISTILL_SCHEDULES, DISTILL_STEP_TOKENS
+    from hf_projcomp.training.recovery import SCHEDULERS
 
     assert (DISTILL_LR, DISTILL_STEP_TOKENS) == (DistillConfig().learning_rate, DistillConfig().tokens_per_step)
+    assert DISTILL_SCHEDULES == SCHEDULERS and DISTILL_SCHEDULES[0] == DistillConfig().lr_scheduler_type
 
 
 def test_help_does_not_import_torch():
