@@ -411,7 +411,8 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
 
 def configure_logging(args: argparse.Namespace) -> None:
     """hf_projcomp's info messages are shown by default (the one-time demo conversion says so, the
-    steps say what they do); -q shows warnings only, -v adds debug and transformers' info."""
+    steps say what they do); -q shows warnings only and no progress bars, -v adds debug and
+    transformers' info."""
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -420,10 +421,13 @@ def configure_logging(args: argparse.Namespace) -> None:
     package.handlers[:] = [handler]
     package.setLevel(level)
     package.propagate = False
-    if verbose:
+    if verbose or quiet:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_info()
+        if verbose:
+            hf_logging.set_verbosity_info()
+        else:  # transformers' own bars too ("Loading weights"), and the Hub's downloads
+            hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> None:

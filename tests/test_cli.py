@@ -94,10 +94,10 @@ def test_compress_then_distil_is_the_library_recipe(tmp_path):
     tokenizer.save_pretrained(base_dir)
     text.write_text("\n".join(TRAIN * 20), encoding="utf-8")
     settings = dict(target_params=0.8, num_sequences=4, sequence_length=64)
-    ok(projcomp("compress", "--model", base_dir, "--calibration", text, "--output", tmp_path / "out",
-                "--distill-tokens", "8192", "--distill-lr", "1e-4", "--distill-schedule", "cosine", "--seed", "1",
-                "-q",
-                *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())))
+    run = ok(projcomp("compress", "--model", base_dir, "--calibration", text, "--output", tmp_path / "out",
+                      "--distill-tokens", "8192", "--distill-lr", "1e-4", "--distill-schedule", "cosine",
+                      "--seed", "1", "-q", *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())))
+    assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr  # -q: no progress bars
     base, tokenizer = load_model(str(base_dir))  # as the CLI loads it (the reloaded tokenizer is Qwen2's own)
     small, small_tok, selection = compact_prune(base, tokenizer, str(text), progress=False, **settings)
     distill_pruned(small, base, small_tok, str(text), vocab_indices=selection.kept_token_ids, progress=False,
