@@ -356,8 +356,8 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     p.add_argument("--distill-lr", type=_positive_float, default=DISTILL_LR,
                    help="(peak) learning rate of --distill-tokens (default: %(default)s)")
     p.add_argument("--distill-schedule", choices=DISTILL_SCHEDULES, default=DISTILL_SCHEDULES[0],
-                   help="learning-rate schedule after 2 warm-up steps (default: %(default)s; at 65,536 tokens "
-                        "dev text preferred cosine from 2e-5)")
+                   help="learning-rate schedule after 2 warm-up steps (default: %(default)s; from 65,536 tokens "
+                        "on, dev text preferred cosine from 2e-5)")
     p.add_argument("--seed", type=int, default=0,
                    help="sampling seed (with --samples) and block order (with --distill-tokens)")
     p.set_defaults(func=compress, check=_check_output)

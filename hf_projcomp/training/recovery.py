@@ -3,7 +3,8 @@
 COMPACT (or :func:`~hf_projcomp.hard_prune`) gives a vanilla model at once; a few tens of thousands
 of tokens of distillation from the base recover part of what pruning lost (Gemma-3-270M at 40% of its
 parameters, bits per byte over the base on WikiText-2 test: +0.210 → +0.160, and +0.189 → +0.164 with
-BOS at each window; ``benchmarks/results/heal_gemma.md``).
+BOS at each window; +0.132 and +0.152 with 131,072 tokens and a cosine decay;
+``benchmarks/results/heal_gemma.md``).
 :func:`distill_pruned` runs it with a plain ``transformers.Trainer``: every weight of the pruned
 model trains on ``KL(base ‖ pruned)`` (:class:`~hf_projcomp.training.Teacher`: the base's next-token
 distribution renormalised over the kept vocabulary), so it learns what the base predicts on the text,
@@ -46,7 +47,8 @@ class DistillConfig:
     ``lr_scheduler_type`` stays constant: a cosine decay from twice the rate (the same mean rate)
     scored worse at 32,768 tokens (2.844 vs 2.817, each of 3 seeds worse) and better at 65,536
     (2.787 vs 2.803, each seed better, all of it in windows without BOS: with BOS 1.2929 vs 1.2916),
-    so for 65,536 tokens pass ``learning_rate=2e-5, lr_scheduler_type="cosine"``.
+    so for 65,536 tokens or more pass ``learning_rate=2e-5, lr_scheduler_type="cosine"`` (131,072
+    tokens so: 2.764, better with BOS too).
 
     Args:
         max_tokens: tokens trained on (whole optimizer steps of ``batch_size × block_size`` tokens).
