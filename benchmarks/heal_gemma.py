@@ -99,12 +99,17 @@ def heal(run: dict, model, tokenizer) -> tuple:
 
 
 def recipe(run: dict) -> str:
-    name = "BOS each block" if run.get("bos_each_block") else "one stream"
-    if "split" in run and tuple(run["split"]) != SPLITS[run["target"]]:
+    name = "BOS each block" if run["bos_each_block"] else "one stream"
+    if split_suffix(run["target"], run["split"]):
         name += f", {run['split'][0]:,} × {run['split'][1]}"
-    if run.get("schedule", CONSTANT) != CONSTANT:
+    if run["schedule"] != CONSTANT:
         name += f", {run['schedule']} decay"
     return name
+
+
+def decayed(lr: float) -> tuple[float, str]:
+    """``--decay``'s peak learning rate and schedule for the chosen constant ``lr``."""
+    return lr * DECAY[1], DECAY[0]
 
 
 def write(results: dict) -> None:
@@ -231,9 +236,8 @@ def dev_candidates(results: dict) -> dict[str, list[Candidate]]:
 def is_chosen_recipe(run: dict, results: dict) -> bool:
     """The chosen LR and blocks, with the constant schedule or ``--decay``'s (whatever the split and budget)."""
     lr = results.get("chosen_lr")
-    schedule = (run["lr"], run["schedule"])
-    return (run.get("bos_each_block", False) == results.get("chosen_bos_each_block")
-            and schedule in {(lr, CONSTANT), (None if lr is None else lr * DECAY[1], DECAY[0])})
+    return (lr is not None and run["bos_each_block"] == results.get("chosen_bos_each_block")
+            and (run["lr"], run["schedule"]) in {(lr, CONSTANT), decayed(lr)})
 
 
 # key: (text, BOS at each window, characters scored; None: all of ``texts[text]``)
@@ -353,7 +357,8 @@ def main() -> None:
                 final(run(target, lr, seed, chosen, split=split), unreported)
         for tokens in args.decay:
             for seed in args.seeds:
-                final(run(target, lr * DECAY[1], seed, chosen, tokens, schedule=DECAY[0]), unreported)
+                peak, schedule = decayed(lr)
+                final(run(target, peak, seed, chosen, tokens, schedule=schedule), unreported)
         candidates = dev_candidates(results).get(target)
         for entry in dev_pick(candidates).runs if candidates else []:
             final(entry)

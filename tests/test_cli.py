@@ -213,6 +213,20 @@ def test_bad_arguments_fail_before_any_work(args, message, tmp_path):
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_silences_plain_tqdm(quiet):
+    """transformers' GGUF reader (the demo model's one-time conversion) draws a plain tqdm bar, outside
+    transformers' progress-bar switch: -q must silence it too, and only -q."""
+    code = ("import argparse; from hf_projcomp.cli import configure_logging\n"
+            f"configure_logging(argparse.Namespace(quiet={quiet}, verbose=False))\n"
+            "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='converting', mininterval=0): pass")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TQDM_DISABLE")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**env, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    assert ("converting" in run.stderr) is not quiet, run.stderr
+
+
 def test_distillation_defaults_match_the_library():
     from hf_projcomp import DistillConfig
     from hf_projcomp.cli import DISTILL_LR, DISTILL_SCHEDULES, DISTILL_STEP_TOKENS
