@@ -3,8 +3,8 @@
 COMPACT (or :func:`~hf_projcomp.hard_prune`) gives a vanilla model at once; a few tens of thousands
 of tokens of distillation from the base recover part of what pruning lost (Gemma-3-270M at 40% of its
 parameters, bits per byte over the base on WikiText-2 test: +0.210 → +0.160, and +0.189 → +0.164 with
-BOS at each window; +0.132 and +0.152 with 131,072 tokens and a cosine decay;
-``benchmarks/results/heal_gemma.md``).
+BOS at each window; +0.132 and +0.152 with 131,072 tokens and a cosine decay, which at 50% takes
++0.055 to +0.037; ``benchmarks/results/heal_gemma.md``).
 :func:`distill_pruned` runs it with a plain ``transformers.Trainer``: every weight of the pruned
 model trains on ``KL(base ‖ pruned)`` (:class:`~hf_projcomp.training.Teacher`: the base's next-token
 distribution renormalised over the kept vocabulary), so it learns what the base predicts on the text,
@@ -48,7 +48,7 @@ class DistillConfig:
     scored worse at 32,768 tokens (2.844 vs 2.817, each of 3 seeds worse) and better at 65,536
     (2.787 vs 2.803, each seed better, all of it in windows without BOS: with BOS 1.2929 vs 1.2916),
     so for 65,536 tokens or more pass ``learning_rate=2e-5, lr_scheduler_type="cosine"`` (131,072
-    tokens so: 2.764, better with BOS too).
+    tokens so: 2.764, better with BOS too; dev's pick at 50% as well, 2.646 against 2.696 untrained).
 
     Args:
         max_tokens: tokens trained on (whole optimizer steps of ``batch_size × block_size`` tokens).
