@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
   projcomp compress --model Qwen/Qwen2.5-0.5B --calibration data.txt --target-params 0.6 --output qwen-small
   projcomp compress --target-params 0.4 --distill-tokens 32768  # then distil from the base (minutes on a CPU)
-  projcomp compress --target-params 0.4 --distill-tokens 131072 --distill-lr 2e-5 --distill-schedule cosine
+  projcomp compress --target-params 0.4 --num-sequences 64 --distill-tokens 131072 --distill-lr 2e-5 --distill-schedule cosine
   projcomp eval compressed-model --text test.txt --json
   projcomp train --train_file data.txt --hidden_size 512 --intermediate_size 1024 --output_dir out --max_steps 100
   projcomp merge out --output merged
