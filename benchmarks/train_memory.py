@@ -102,10 +102,10 @@ def measure(base_dtype: str, step: str, implementation: str, layers: int, tokens
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM, the peak resident set
     one_step()
     peak = memory_kib("VmHWM")
-    base_bytes = sum(p.numel() * p.element_size() for p in unwrap(pc).source_model.parameters())
+    base_bytes = sum(p.numel() * p.element_size() for p in unwrap(pc).model.parameters())
     return {"base_dtype": base_dtype, "step": step, "implementation": implementation,
             "base_gib": base_bytes / 2**30, "steady_rss_gib": steady / 2**20, "peak_rss_gib": peak / 2**20,
-            "base_parameters": base.num_parameters(), "target_parameters": unwrap(pc).model.num_parameters()}
+            "base_parameters": base.num_parameters(), "target_parameters": unwrap(pc).compressed.num_parameters()}
 
 
 def write(results: dict) -> None:

@@ -56,15 +56,15 @@ class Runner:
         self.method, self.pc = method, pc
         if method == "vanilla":
             kept = unwrap(pc).selection()
-            self.model = hard_prune(unwrap(pc).source_model, kept.hidden, kept.ffn).train()
+            self.model = hard_prune(unwrap(pc).model, kept.hidden, kept.ffn).train()
             self.model.requires_grad_(True)
             self.params = list(self.model.parameters())
             self.small_parameters = self.model.num_parameters()
         else:
             pc.set_amortized(method == "pc_amortized")
             self.model, self.params = pc.train(), pc.trainable_parameters()
-            self.small_parameters = unwrap(pc).model.num_parameters()
-        self.base_parameters = unwrap(pc).source_model.num_parameters()
+            self.small_parameters = unwrap(pc).compressed.num_parameters()
+        self.base_parameters = unwrap(pc).model.num_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
         self.batch = torch.randint(0, 8192, MICRO_BATCH, generator=torch.Generator().manual_seed(0))
 

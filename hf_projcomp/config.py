@@ -14,9 +14,10 @@ from typing import Any
 
 from peft import PeftConfig
 
+from .peft_integration import PEFT_TYPE, require_registered
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_TYPE = "PROJCOMP"
 
 IMPORTANCE_METHODS = ("magnitude", "activation", "compact")
 BASE_DTYPES = ("float32", "bfloat16", "float16")
@@ -103,6 +104,7 @@ class ProjCompConfig(PeftConfig):
     vocab_indices: list[int] | None = field(default=None, metadata={"help": "Legacy: kept token ids."})
 
     def __post_init__(self) -> None:
+        require_registered()
         self.peft_type = PEFT_TYPE
         self.task_type = self.task_type or "CAUSAL_LM"
         super().__post_init__()

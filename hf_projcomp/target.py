@@ -172,18 +172,23 @@ def build_target_model(
     selection: Selection,
     tensors: dict[str, torch.Tensor],
     dtype: torch.dtype | None = None,
+    empty: bool = False,
 ) -> PreTrainedModel:
     """A vanilla model of ``type(model)`` for ``selection``; ``tensors`` overrides, the rest is copied.
 
     Tensors not given keep the base's values (they don't shrink); every parameter must end up with the
     target shape, which ``load_state_dict`` checks. Parameters are created on the base's device, in
-    ``dtype`` (default: the base's dtype).
+    ``dtype`` (default: the base's dtype). ``empty``: the structure only, nothing copied (for a caller
+    under a meta-device init, which fills it later).
     """
     dtype = dtype or model.dtype
     target_config = make_target_config(
         model.config, selection.hidden_size, selection.intermediate_size, selection.vocab, dtype=dtype
     )
-    small = instantiate(type(model), target_config, ChainMap(tensors, model.state_dict()), dtype, model.device)
+    if empty:
+        small = type(model)(target_config)
+    else:
+        small = instantiate(type(model), target_config, ChainMap(tensors, model.state_dict()), dtype, model.device)
     small.generation_config = remap_generation_config(model.generation_config, selection.vocab)
     return small
 

@@ -51,7 +51,7 @@ def test_selection_and_step0_equals_hard_pruned(gemma, projected, sample_ids):
 def test_gradients_reach_only_projections_and_norms(projected, sample_ids):
     projected.train()
     projected(input_ids=sample_ids, labels=sample_ids).loss.backward()
-    assert all(p.grad is None for p in projected.source_model.parameters())
+    assert all(p.grad is None for p in projected.model.parameters())
     adapter = projected.trainable_parameters()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter)
     with torch.no_grad():  # one SGD step stands in for training before the merge test
@@ -69,7 +69,7 @@ def test_merged_matches_and_reloads_with_plain_transformers(gemma, projected, sa
         got = merged(input_ids=sample_ids).logits
     assert ((expected - got).abs().max() / got.abs().max()).item() <= 1e-4
     assert merged.lm_head.weight is merged.model.embed_tokens.weight
-    assert merged.num_parameters() < 0.8 * projected.source_model.num_parameters()
+    assert merged.num_parameters() < 0.8 * projected.model.num_parameters()
 
     merged.save_pretrained(tmp_path / "small")
     tokenizer.save_pretrained(tmp_path / "small")

@@ -1,4 +1,4 @@
-"""Projected compression as a PEFT method: PEFT's entry points, the Hub route, TRL's SFTTrainer."""
+"""Projected compression as a PEFT method: PEFT's entry points, the Hub route, TRL's SFT and DPO trainers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainerMixin, get_projcomp_model
-from hf_projcomp import peft_integration
 from hf_projcomp.projection import unwrap
 from hf_projcomp.architectures import ARCHITECTURES
 
@@ -86,7 +85,7 @@ def test_save_then_peft_loaders_reproduce_the_model_exactly(model_type, input_id
     assert len(text) < 3000 and "indices" not in text and json.loads(text)["hidden_size"] == target["hidden_size"]
     with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
         assert f.get_tensor("base_model.selection_hidden").dtype == torch.int64
-        experts = ARCHITECTURES[model_type].ffn_groups(pc.base_model.source_model.config)
+        experts = ARCHITECTURES[model_type].ffn_groups(pc.base_model.model.config)
         assert f.get_tensor("base_model.selection_ffn").shape == (2, *experts, 64)
 
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter)
@@ -129,7 +128,7 @@ def test_adapters_written_by_version_0_1_still_load(tmp_path):
     state = pc.state_dict()
     legacy = load_file(LEGACY / "adapter_model.safetensors")
     for name, tensor in legacy.items():
-        new = "base_model." + name if name.startswith("projections.") else "base_model.model." + name.removeprefix("target.")
+        new = "base_model." + name if name.startswith("projections.") else "base_model.compressed." + name.removeprefix("target.")
         assert torch.equal(state[new], tensor), name
     assert unwrap(pc).tokenizer.get_vocab() == AutoTokenizer.from_pretrained(LEGACY).get_vocab()
 
@@ -138,27 +137,6 @@ def test_adapters_written_by_version_0_1_still_load(tmp_path):
     assert "indices" not in (tmp_path / "current" / "adapter_config.json").read_text()
     again = PeftModel.from_pretrained(model_for("gemma3_text", tokenizer), tmp_path / "current")
     assert torch.equal(logits(again, ids), logits(pc, ids))
-
-
-def test_a_peft_outside_the_tested_range_fails_at_registration_with_the_fix(monkeypatch):
-    monkeypatch.setattr(peft_integration, "version", lambda name: "0.23.0")
-    with pytest.raises(ImportError, match=r"peft 0\.23\.0 is installed: pip install 'peft>=0\.21\.0,<0\.22\.0'"):
-        peft_integration.register(ProjCompConfig, ProjCompModel, "PROJCOMP")
-    monkeypatch.setattr(peft_integration, "version", lambda name: "0.21.2")
-    monkeypatch.delattr("peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING")
-    with pytest.raises(ImportError, match="lacks.*PEFT_TYPE_TO_PREFIX_MAPPING"):
-        peft_integration.register(ProjCompConfig, ProjCompModel, "PROJCOMP")
-
-
-@pytest.mark.parametrize("order", ["hf_projcomp, peft", "peft, hf_projcomp"])
-def test_importing_hf_projcomp_registers_the_method_either_way(order, tmp_path):
-    pc = get_peft_model(saved_base("qwen2", tmp_path / "base"), ProjCompConfig(**TARGET))
-    pc.save_pretrained(tmp_path / "adapter")
-    code = (f"import {order.split(', ')[0]}, {order.split(', ')[1]}\n"
-            "from peft import PeftConfig\n"
-            f"config = PeftConfig.from_pretrained({str(tmp_path / 'adapter')!r})\n"
-            "assert type(config).__name__ == 'ProjCompConfig', type(config)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, env=fresh_env(), cwd=tmp_path, timeout=120)
 
 
 # -- the Hub ------------------------------------------------------------------------------------
@@ -277,3 +255,25 @@ def test_plain_trainer_save_model_and_checkpoints_reload(input_ids, tmp_path):
     for folder in (tmp_path / "final", tmp_path / "run" / "checkpoint-2"):
         reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder)
         assert torch.equal(logits(reloaded, input_ids), expected), folder.name
+
+
+def test_dpo_trainer_with_our_config_uses_the_base_as_reference(sft_setup, tmp_path):
+    """TRL's DPOTrainer takes its reference from the model with the adapter disabled, which runs the
+    base model's own forward; two steps run, and the saved adapter reloads and merges."""
+    tokenizer, _ = sft_setup
+    data = Dataset.from_dict({"prompt": [t[:20] for t in TRAIN[:4]], "chosen": [t[20:40] for t in TRAIN[:4]],
+                              "rejected": [t[40:60] for t in TRAIN[:4]]})
+    args = trl.DPOConfig(str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3,
+                         report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no", max_length=64, bf16=False)
+    trainer = trl.DPOTrainer(model=model_for("qwen2", tokenizer), args=args, train_dataset=data,
+                             processing_class=trainer_tokenizer(tokenizer), peft_config=ProjCompConfig(**TARGET))
+    base, ids = model_for("qwen2", tokenizer), tokenizer(TRAIN[1], return_tensors="pt").input_ids
+    with trainer.model.disable_adapter():
+        assert torch.equal(logits(trainer.model, ids), logits(base, ids))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    trainer.save_model(tmp_path / "saved")
+    reloaded = PeftModel.from_pretrained(model_for("qwen2", tokenizer), tmp_path / "saved")
+    assert torch.equal(logits(reloaded.merge_and_unload(), ids), logits(trainer.model.merge_and_unload(), ids))

@@ -117,7 +117,7 @@ def test_adapter_round_trip_is_bit_exact(model_type, input_ids, tmp_path):
         "README.md", "adapter_config.json", "adapter_model.safetensors"]
     with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
-    norms = {f"base_model.model.{n}" for n, p in pc.model.named_parameters() if p.requires_grad}
+    norms = {f"base_model.compressed.{n}" for n, p in pc.compressed.named_parameters() if p.requires_grad}
     assert keys and all(k.startswith(("base_model.projections.", "base_model.selection_")) or k in norms
                         for k in keys), "base weights leaked into adapter"
 
@@ -135,7 +135,7 @@ def test_gradients_reach_only_projections_and_norms(model_type, input_ids):
     pc = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"))
     pc.train()
     pc(input_ids=input_ids, labels=input_ids).loss.backward()
-    assert all(p.grad is None for p in pc.source_model.parameters())
+    assert all(p.grad is None for p in pc.model.parameters())
     adapter = {n: p for n, p in pc.adapter_state_dict().items() if p.is_floating_point()}
     assert all(p.grad is not None for p in adapter.values())
     # At init the A's already receive the full dL/dW_c.
@@ -145,7 +145,7 @@ def test_gradients_reach_only_projections_and_norms(model_type, input_ids):
 
 def test_base_dtype_bfloat16_keeps_projections_fp32(input_ids):
     pc = get_projcomp_model(tiny_model("llama"), ProjCompConfig(**TARGET, base_dtype="bfloat16"))
-    assert all(p.dtype == torch.bfloat16 for p in pc.source_model.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in pc.model.parameters())
     assert all(p.dtype == torch.float32 for p in pc.trainable_parameters())
     pc(input_ids=input_ids, labels=input_ids).loss.backward()
     assert pc.merge_and_unload().dtype == torch.float32
@@ -202,7 +202,7 @@ def test_projections_live_on_the_base_device_and_the_base_is_not_copied():
     before = {name: p for name, p in base.named_parameters()}
     pc = ProjCompModel(base, recorded)
     assert {p.device.type for p in pc.parameters()} == {"meta"} and {b.device.type for b in pc.buffers()} == {"meta"}
-    assert pc.source_model is base and all(p is before[n] for n, p in base.named_parameters())
+    assert pc.model is base and all(p is before[n] for n, p in base.named_parameters())
     projections = list(pc.projections.values())
     assert all(t.device.type == "meta" for m in projections for t in (m.a, m.p_in, m.p_out) if t is not None)
 

@@ -126,7 +126,7 @@ def test_plain_trainer_checkpoints_hold_the_adapter_only(tmp_path):
 
 def test_bf16_base_weights_train(tmp_path):
     pc = projected(base_dtype="bfloat16")
-    assert pc.source_model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert pc.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     before = {k: v.clone() for k, v in pc.state_dict().items()}
     trainer = ProjCompTrainer(model=pc, args=training_args(tmp_path, max_steps=2), train_dataset=tiny_data())
     trainer.train()
@@ -154,7 +154,7 @@ def test_distillation_loss_is_the_documented_mix(tmp_path):
     loss = trainer.compute_loss(pc, dict(batch))
     with torch.no_grad():
         student = pc(**batch).logits[:, :-1] / 2
-        teacher = pc.source_model(input_ids=batch["input_ids"]).logits[:, :-1] / 2
+        teacher = pc.model(input_ids=batch["input_ids"]).logits[:, :-1] / 2
     kl = (teacher.softmax(-1) * (teacher.log_softmax(-1) - student.log_softmax(-1))).sum(-1).mean()
     assert torch.allclose(loss, 4 * kl, rtol=1e-5)
     assert trainer.teacher_seconds > 0

@@ -92,7 +92,7 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
         path = entry.name.rsplit(".", 1)[0]
         key = path if entry.layer is None else entry.layer
         groups.setdefault(key, {})[entry.name] = proj
-        module = pc.source_model.get_submodule(path)
+        module = pc.model.get_submodule(path)
         owners.setdefault(key, {})[id(module)] = module
     units = [_Unit(owners[layer].values(), groups[layer]) for layer in groups]
     for unit in units:

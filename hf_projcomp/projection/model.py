@@ -1,11 +1,12 @@
 """``ProjCompModel``: projected compression as a PEFT tuner (what ``LoraModel`` is to LoRA).
 
-A frozen base model (``source_model``) plus trainable projections, running at the compressed width.
-The compressed network is an ordinary transformers model of the base class built from the smaller
-config (``model``: what ``PeftModel.get_base_model()`` returns, the network that runs). Its d_model
-norms (and q/k norms) are its own trainable parameters; every other shrinking weight is supplied at
-call time as ``W_c = P_out · W · P_in + A`` through ``torch.func.functional_call``, so the forward
-pass is exactly the vanilla model's and ``merge_and_unload`` only has to write each ``W_c`` once.
+A frozen base model (``model``, PEFT's name: what ``PeftModel.get_base_model()`` returns) plus
+trainable projections, running at the compressed width. The compressed network (``compressed``) is an
+ordinary transformers model of the base class built from the smaller config. Its d_model norms (and
+q/k norms) are its own trainable parameters; every other shrinking weight is supplied at call time as
+``W_c = P_out · W · P_in + A`` through ``torch.func.functional_call``, so the forward pass is exactly
+the vanilla model's and ``merge_and_unload`` only has to write each ``W_c`` once. Inside
+``PeftModel.disable_adapter()`` the base model's own forward runs instead.
 
 PEFT wraps it: ``peft.get_peft_model(model, ProjCompConfig(...))`` and
 :func:`hf_projcomp.get_projcomp_model` both return a ``PeftModelForCausalLM`` whose ``base_model`` is
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,15 +30,17 @@ from torch.nn.modules.module import _IncompatibleKeys
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..architectures import VOCAB, ffn_size, get_arch_spec
-from ..config import LEGACY_FIELDS, PEFT_TYPE, ProjCompConfig
+from ..config import LEGACY_FIELDS, ProjCompConfig
 from ..distributed import on_rank0_then_broadcast
 from ..export import CompressionSummary, save_compressed
 from ..hard_pruning import pruned_tensors
 from ..loading import hub_id_of
-from ..peft_integration import register
+from ..peft_integration import register, require_registered
 from ..plan import Selection, build_plan
 from ..target import build_target_model, instantiate
+from .contract import AdapterState, SingleAdapterTuner
 from .layer import Projection
+from .patches import mirror_forward_patch
 
 
 def _key(param_name: str) -> str:
@@ -54,14 +58,13 @@ def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower()
 
 
-class ProjCompModel(nn.Module):
+class ProjCompModel(SingleAdapterTuner):
     """The projected-compression tuner; users get it inside a ``PeftModel`` from
     :func:`~hf_projcomp.get_projcomp_model`, ``peft.get_peft_model`` or :meth:`from_pretrained`.
 
     Trainable: every P_in/P_out/A (``projections``) and the compressed model's norms. Frozen: the whole
-    base model. Called like the base model (``input_ids``, ``labels``, ...). Attributes it lacks are
-    read from the compressed model (``generation_config``, ``gradient_checkpointing_enable``...), as
-    PEFT's tuners do with theirs.
+    base model (``model``). Called like the base model (``input_ids``, ``labels``, ...). PEFT's tuner
+    methods either work or say what to call instead (:class:`~hf_projcomp.projection.contract.SingleAdapterTuner`).
 
     Args:
         model: the base model (frozen in place).
@@ -81,7 +84,10 @@ class ProjCompModel(nn.Module):
         adapter_name: str = "default",
         **kwargs: Any,
     ) -> None:
-        super().__init__()
+        # BaseTuner.__init__ would inject adapter layers into the base in place; this tuner runs a separate
+        # network, so only nn.Module's is run.
+        nn.Module.__init__(self)
+        require_registered()
         if not isinstance(peft_config, dict) and "_selection" not in peft_config.__dict__:
             # PEFT's inject_adapter_in_model (transformers' load_adapter, AutoModelForCausalLM.from_pretrained
             # on an adapter folder) passes a bare config and expects the model changed in place.
@@ -103,24 +109,57 @@ class ProjCompModel(nn.Module):
         _record_base(config)
         self.peft_config = configs
         self.active_adapter = adapter_name
+        self.adapter_state = AdapterState(adapter_name)
         # What merge_and_unload returns: the base's own precision, not base_dtype's memory saving.
         self.output_dtype = model.dtype
         model.requires_grad_(False)
         if config.base_dtype is not None:
             model.to(getattr(torch, config.base_dtype))
-        self.source_model = model
+        self.model = model
 
         device = next(model.parameters()).device
         self.register_buffer("selection_hidden", selection.hidden.to(device, copy=True))
         self.register_buffer("selection_ffn", torch.stack(selection.ffn).to(device))
         self.register_buffer("selection_vocab", None if selection.vocab is None else selection.vocab.to(device, copy=True))
         self.plan = build_plan(model, spec, selection.hidden_size)
-        self.projections = nn.ModuleDict()
+        self._projected_names = [entry.name for entry in self.plan.weights]
+        self._amortized = False
+        self._push_after_backward = False
+        # This step's (projection, placeholder, VJP) per W_c; under FSDP2 (name, placeholder, W_c with its graph).
+        self._step_vjps: list = []
+        self.projections = self._build_projections(model, selection)
+        if _meta_init():  # PeftModel.from_pretrained(..., low_cpu_mem_usage=True): built once loaded
+            with torch.no_grad():
+                self.compressed = build_target_model(model, selection, {}, dtype=torch.float32, empty=True)
+        else:
+            self._set_compressed(selection)
+
+    def _set_compressed(self, selection: Selection, loaded: dict[str, torch.Tensor] | None = None) -> None:
+        """The compressed network, as the hard-pruned model at ``selection`` (its planned weights are only
+        placeholders for W_c), in float32 whatever the base holds, like P and A; ``loaded``: norms to keep."""
+        with torch.no_grad():
+            small = build_target_model(self.model, selection, pruned_tensors(self.model, self.plan, selection),
+                                       dtype=torch.float32)
+            if loaded:
+                small.load_state_dict(loaded, strict=False)
+        small.name_or_path = getattr(self.model, "name_or_path", "")
+        self.compressed = small
+        self._adopt_placeholders()
+        small.requires_grad_(False)
+        for module in small.modules():
+            if _is_norm(module):
+                module.requires_grad_(True)
+        if self.projcomp_config.inference_mode:  # PeftModel.from_pretrained(..., is_trainable=False)
+            self.set_requires_grad(self.active_adapter, requires_grad=False)
+        small.train(self.model.training)
+
+    def _build_projections(self, model: PreTrainedModel, selection: Selection) -> nn.ModuleDict:
+        projections = nn.ModuleDict()
         for entry in self.plan.weights:
             rows = selection.index(entry.out_dim, entry.layer)
             gathered = entry.out_dim == VOCAB
             module_path, tensor = entry.name.rsplit(".", 1)
-            self.projections[_key(entry.name)] = Projection(
+            projections[_key(entry.name)] = Projection(
                 model.get_submodule(module_path),
                 in_index=selection.index(entry.in_dim, entry.layer),
                 out_index=None if gathered else rows,
@@ -130,40 +169,36 @@ class ProjCompModel(nn.Module):
                 tensor=tensor,
                 transposed=entry.transposed,
             )
-        with torch.no_grad():
-            # Starts as the hard-pruned model; the planned weights there are only placeholders. It
-            # trains in float32 whatever the base holds, like P and A.
-            self.model = build_target_model(
-                model, selection, pruned_tensors(model, self.plan, selection), dtype=torch.float32
-            )
-        self.model.name_or_path = getattr(model, "name_or_path", "")
-        self._projected_names = [entry.name for entry in self.plan.weights]
-        target_params = dict(self.model.named_parameters(remove_duplicate=False))
+        return projections
+
+    def _adopt_placeholders(self) -> None:
+        """Index the compressed network's placeholders for W_c, each with the hook of the gradient-
+        checkpointing path (again after they were replaced, see :meth:`_move_adapter_to_device_of_base_layer`)."""
+        target_params = dict(self.compressed.named_parameters(remove_duplicate=False))
         self._target_params = {name: target_params[name] for name in self._projected_names}
-        self._amortized = False
-        self._push_after_backward = False
-        # This step's (projection, placeholder, VJP) per W_c; under FSDP2 (name, placeholder, W_c with its graph).
-        self._step_vjps: list = []
         for param in {id(p): p for p in self._target_params.values()}.values():
             param.register_post_accumulate_grad_hook(self._pushed_after_backward)
-        self.model.requires_grad_(False)
-        for module in self.model.modules():
-            if _is_norm(module):
-                module.requires_grad_(True)
-        self.model.train(model.training)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name in ("model", "source_model", "_modules"):
-                raise
-            return getattr(self.model, name)
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Called by PEFT after a ``low_cpu_mem_usage=True`` load, which builds the tuner on the meta device
+        and assigns the loaded tensors: the compressed network is built now, from the base and the loaded
+        selection, keeping the loaded norms."""
+        if not any(p.is_meta for p in self.compressed.parameters()):
+            return
+        loaded = {n: p for n, p in self.compressed.state_dict(keep_vars=True).items() if not p.is_meta}
+        self._set_compressed(self.selection(), loaded)
+
+    @property
+    def source_model(self) -> PreTrainedModel:
+        """Deprecated name of :attr:`model` (the frozen base), kept for one release."""
+        warnings.warn("ProjCompModel.source_model is deprecated: use .model (PEFT's name for the base)",
+                      FutureWarning, stacklevel=2)
+        return self.model
 
     @property
     def target(self) -> PreTrainedModel:
-        """The compressed model (``self.model``)."""
-        return self.model
+        """The compressed network (``self.compressed``)."""
+        return self.compressed
 
     @property
     def projcomp_config(self) -> ProjCompConfig:
@@ -174,10 +209,6 @@ class ProjCompModel(nn.Module):
         """The pruned tokenizer when the vocabulary shrinks (importance="compact"), else None."""
         return self.projcomp_config.__dict__.get("_tokenizer")
 
-    @property
-    def active_adapters(self) -> list[str]:
-        return [self.active_adapter]
-
     def selection(self) -> Selection:
         """The kept indices (as saved with the adapter)."""
         return Selection(self.selection_hidden, tuple(self.selection_ffn), self.selection_vocab)
@@ -186,7 +217,7 @@ class ProjCompModel(nn.Module):
     @property
     def config(self) -> PretrainedConfig:
         """The compressed model's config (what transformers tooling reads)."""
-        return self.model.config
+        return self.compressed.config
 
     @property
     def sharded_projections(self) -> nn.Module | None:
@@ -196,7 +227,7 @@ class ProjCompModel(nn.Module):
         return self.__dict__.get("_sharded")
 
     def projected_weights(self) -> dict[str, torch.Tensor]:
-        """Every ``W_c`` by its parameter name in the target model (with autograd unless disabled)."""
+        """Every ``W_c`` by its parameter name in the compressed model (with autograd unless disabled)."""
         if self.sharded_projections is not None:  # FSDP2 units gather their shards
             return self.sharded_projections()
         return {name: proj() for name, proj in zip(self._projected_names, self.projections.values())}
@@ -208,32 +239,73 @@ class ProjCompModel(nn.Module):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        """The compressed model's forward (arguments as the base class's ``forward``)."""
+        """The compressed model's forward (arguments as the base class's ``forward``); the base model's
+        own while the adapter is disabled (:meth:`base_forward`)."""
         kwargs.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        if self.adapters_disabled:
+            return self.base_forward(**kwargs)
+        mirror_forward_patch(self.model, self.compressed)
         if self._amortized:
             self._materialize_once_per_step()
-            return self.model(**kwargs)
-        if _checkpointing(self.model) and self.training and torch.is_grad_enabled():
+            return self.compressed(**kwargs)
+        if _checkpointing(self.compressed) and self.training and torch.is_grad_enabled():
+            _refuse_unsynchronised_ranks()
             # Checkpointed layers recompute in backward, after functional_call would have put the placeholders
             # back. So W_c goes into the weights themselves, as in the amortised step, and every backward
             # sends its ∂L/∂W_c straight on into P and A (_push_after_backward): per micro-batch, as autograd
             # through the products would.
             self.materialize(push_after_backward=True)
-            return self.model(**kwargs)
+            return self.compressed(**kwargs)
         # Tied head and embedding share one projected tensor: functional_call writes it to both.
-        return functional_call(self.model, self.projected_weights(), (), kwargs, tie_weights=True, strict=False)
+        return functional_call(self.compressed, self.projected_weights(), (), kwargs, tie_weights=True, strict=False)
+
+    def base_forward(self, **kwargs: Any) -> Any:
+        """The base model's own forward, on this adapter's token ids.
+
+        With a pruned vocabulary, ``input_ids`` and ``labels`` (ids of the pruned tokenizer) are mapped to
+        the base's ids first, the loss is the base's own, and the logits are the base's restricted to the
+        kept tokens, so that they index like the adapter's (TRL reads reference log-probabilities so)."""
+        vocab = self.selection_vocab
+        if vocab is None:
+            return self.model(**kwargs)
+        for name in ("input_ids", "labels", "shift_labels"):
+            ids = kwargs.get(name)
+            if ids is not None:
+                kwargs[name] = torch.where(ids >= 0, vocab[ids.clamp(min=0)], ids)
+        out = self.model(**kwargs)
+        if getattr(out, "logits", None) is not None:
+            out.logits = out.logits.index_select(-1, vocab)
+        return out
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """The compressed model's ``generate``, with every ``W_c`` computed once for the whole call."""
+        """The compressed model's ``generate``, with every ``W_c`` computed once for the whole call (the
+        base's while the adapter is disabled, when the vocabulary is the base's)."""
+        if self.adapters_disabled:
+            if self.selection_vocab is not None:
+                raise NotImplementedError(
+                    "generate() with the adapter disabled: this adapter prunes the vocabulary, so the base would "
+                    "generate ids its pruned tokenizer cannot decode; generate with the base model itself "
+                    "(get_base_model()) and the base's tokenizer"
+                )
+            return self.model.generate(*args, **kwargs)
         if self._amortized:
             self._materialize_once_per_step()
-            return self.model.generate(*args, **kwargs)
+            return self.compressed.generate(*args, **kwargs)
         for name, weight in self.projected_weights().items():  # the placeholders take this call's W_c
             self._target_params[name].copy_(weight)
-        return self.model.generate(*args, **kwargs)
+        return self.compressed.generate(*args, **kwargs)
 
     # -- amortised optimizer step ------------------------------------------------------------------
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Read by DDP when it wraps the ``PeftModel`` (this tuner is its ``base_model``): in the amortised
+        step P and A get their gradients from the all-reduced ∂L/∂W_c (:meth:`push_gradients`), never
+        from autograd, so DDP must not wait for them (``find_unused_parameters=False``)."""
+        if not self._amortized:
+            return []
+        return [f"base_model.projections.{name}" for name, _ in self.projections.named_parameters()]
+
     def set_amortized(self, enabled: bool = True) -> None:
         """Switch to computing every ``W_c`` once per optimizer step (see :meth:`materialize`).
 
@@ -322,7 +394,7 @@ class ProjCompModel(nn.Module):
             param.grad = None
         self._step_vjps = []
         world = torch.distributed.get_world_size()
-        for _, norm in self._adapter_parameters():
+        for _, norm in self.adapter_parameters():
             if norm.requires_grad and norm.grad is not None and not hasattr(norm.grad, "to_local"):
                 torch.distributed.all_reduce(norm.grad)
                 norm.grad.div_(world)
@@ -331,42 +403,40 @@ class ProjCompModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """What an adapter checkpoint holds: P, A, the compressed model's norms and the selected indices
         (never base weights)."""
-        out: dict[str, torch.Tensor] = {name: p for name, p in self._adapter_parameters()}
+        out: dict[str, torch.Tensor] = {name: p for name, p in self.adapter_parameters()}
         out.update((f"projections.{n}", b) for n, b in self.projections.named_buffers())
         out.update((n, b) for n, b in self.named_buffers(recurse=False) if b is not None)
         return out
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates: every P, A and norm weight."""
-        return [p for _, p in self._adapter_parameters() if p.requires_grad]
+        return [p for _, p in self.adapter_parameters() if p.requires_grad]
 
-    def _adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(state-dict name, parameter) of every P, A and norm weight, trainable or frozen."""
         yield from (("projections." + n, p) for n, p in self.projections.named_parameters())
-        for name, module in self.model.named_modules():
+        for name, module in self.compressed.named_modules():
             if _is_norm(module):
-                yield from ((f"model.{name}.{n}", p) for n, p in module.named_parameters())
-
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, all) parameter counts; ``all`` = base + adapter, as PEFT reports it."""
-        adapter = sum(p.numel() for _, p in self._adapter_parameters())
-        trainable = sum(p.numel() for _, p in self._adapter_parameters() if p.requires_grad)
-        base = sum(p.numel() for p in self.source_model.parameters())
-        return trainable, base + adapter
-
-    def print_trainable_parameters(self) -> None:
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+                yield from ((f"compressed.{name}.{n}", p) for n, p in module.named_parameters())
 
     # -- merge -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def merge_and_unload(self, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    def merge_and_unload(
+        self, dtype: torch.dtype | None = None, *, progressbar: bool = False, safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> PreTrainedModel:
         """Compute every ``W_c`` once and return a vanilla model of the base class with the smaller config,
-        in ``dtype`` (default: the dtype the base model had when it was wrapped)."""
-        state = {**self.model.state_dict(), **self.projected_weights()}
-        device = next(self.model.parameters()).device
-        merged = instantiate(type(self.model), copy.deepcopy(self.model.config), state, dtype or self.output_dtype, device)
-        merged.generation_config = copy.deepcopy(self.model.generation_config)
-        merged.name_or_path = self.model.name_or_path
+        in ``dtype`` (default: the dtype the base model had when it was wrapped). PEFT's ``progressbar``
+        and ``safe_merge`` change nothing here (one short pass, no in-place merge to check);
+        ``adapter_names`` can only name this model's adapter."""
+        if adapter_names is not None:
+            self._check_own(list(adapter_names), "merge_and_unload")
+        small = self.compressed
+        state = {**small.state_dict(), **self.projected_weights()}
+        device = next(small.parameters()).device
+        merged = instantiate(type(small), copy.deepcopy(small.config), state, dtype or self.output_dtype, device)
+        merged.generation_config = copy.deepcopy(small.generation_config)
+        merged.name_or_path = small.name_or_path
         return merged.requires_grad_(True)
 
     def card_settings(self) -> dict[str, Any]:
@@ -393,7 +463,7 @@ class ProjCompModel(nn.Module):
         fields = {"base_model": config.base_model_name_or_path, "settings": self.card_settings(),
                   "training_data": config.training_data, "training_tokens": config.training_tokens, **kwargs}
         return CompressionSummary.from_configs(
-            "projected-compression", self.source_model.config, merged.config, self.source_model.num_parameters(),
+            "projected-compression", self.model.config, merged.config, self.model.num_parameters(),
             merged.num_parameters(), **fields,
         )
 
@@ -471,13 +541,36 @@ def unwrap(model: nn.Module) -> ProjCompModel:
 
 
 def _current_key(key: str) -> str:
-    """A checkpoint key as this version names it (adapters before 0.2 saved ``projections.*`` and
-    ``target.*`` without PEFT's ``base_model.`` prefix)."""
+    """A checkpoint key as this version names it: adapters of 0.1 saved ``projections.*`` and ``target.*``
+    without PEFT's ``base_model.`` prefix, those of 0.2 the norms under ``base_model.model.*`` (the
+    compressed network was then the tuner's ``model``)."""
     if key.startswith("target."):
-        return "base_model.model." + key.removeprefix("target.")
+        return "base_model.compressed." + key.removeprefix("target.")
     if key.startswith("projections."):
         return "base_model." + key
+    if key.startswith("base_model.model."):
+        return "base_model.compressed." + key.removeprefix("base_model.model.")
     return key
+
+
+def _meta_init() -> bool:
+    """Whether parameters are being created on the meta device (accelerate's ``init_empty_weights``)."""
+    probe = nn.Module()
+    probe.register_parameter("p", nn.Parameter(torch.empty(0)))
+    return probe.p.is_meta
+
+
+def _refuse_unsynchronised_ranks() -> None:
+    """The gradient-checkpointing path pushes ∂L/∂W_c into P and A outside autograd, so DDP would never
+    all-reduce them: refuse under several processes instead of training a different adapter on each."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError(
+            f"gradient checkpointing with {dist.get_world_size()} processes needs the amortised step, or the "
+            "ranks would train different adapters: train with hf_projcomp.ProjCompTrainer, or mix "
+            "hf_projcomp.ProjCompTrainerMixin into your Trainer class (class MySFT(ProjCompTrainerMixin, "
+            "SFTTrainer)), or turn gradient_checkpointing off"
+        )
 
 
 def _resolve_selection(model: PreTrainedModel, config: ProjCompConfig) -> Selection:
@@ -562,4 +655,4 @@ def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) ->
         raise ValueError(f"the adapter was built for a base model with different shapes ({detail})")
 
 
-register(ProjCompConfig, ProjCompModel, PEFT_TYPE)
+register(ProjCompConfig, ProjCompModel)

@@ -229,7 +229,7 @@ class ProjCompTrainer(ProjCompTrainerMixin, DistillationMixin, Trainer):
     ) -> None:
         pc = unwrap(model)
         vocab = None if pc.selection_vocab is None else pc.selection_vocab.tolist()
-        self.init_distillation(Teacher(pc.source_model, vocab) if distill_alpha > 0 else None,
+        self.init_distillation(Teacher(pc.model, vocab) if distill_alpha > 0 else None,
                                distill_alpha, distill_temperature)
         super().__init__(model, *args, **kwargs)
 

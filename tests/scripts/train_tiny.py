@@ -3,6 +3,8 @@
     python tests/scripts/train_tiny.py OUT_DIR [--steps N] [--resume CHECKPOINT] [--save-steps K]
     accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT_DIR
     torchrun --nproc_per_node 2 tests/scripts/train_tiny.py OUT_DIR --fsdp   # FSDP2, no distillation
+    torchrun --nproc_per_node 2 tests/scripts/train_tiny.py OUT_DIR --trainer plain --checkpointing \
+        --find-unused false   # transformers.Trainer, gradient checkpointing, ddp_find_unused_parameters=False
 
 Every run sees the same 8 sequences per optimizer step (one epoch per step), split over however
 many processes there are, so runs with different world sizes take identical steps.
@@ -17,7 +19,7 @@ import sys
 import torch
 from datasets import Dataset
 from safetensors.torch import save_file
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model  # noqa: E402
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--model-type", default="llama")
     parser.add_argument("--distill", type=float, default=0.3, help="distill_alpha")
     parser.add_argument("--fsdp", action="store_true", help="TrainingArguments(fsdp=True, fsdp_config={'version': 2})")
+    parser.add_argument("--trainer", choices=("projcomp", "plain"), default="projcomp",
+                        help="ProjCompTrainer, or a plain transformers.Trainer (no distillation)")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient_checkpointing=True")
+    parser.add_argument("--find-unused", choices=("true", "false"), default=None, help="ddp_find_unused_parameters")
     args = parser.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ids = torch.randint(3, 96, (GLOBAL_BATCH, 16), generator=torch.Generator().manual_seed(0))
@@ -60,9 +66,14 @@ def main(argv: list[str] | None = None):
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
+        gradient_checkpointing=args.checkpointing,
+        ddp_find_unused_parameters=None if args.find_unused is None else args.find_unused == "true",
         **({"fsdp": True, "fsdp_config": {"version": 2}} if args.fsdp else {}),
     )
-    trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, distill_alpha=args.distill)
+    if args.trainer == "plain":
+        trainer = Trainer(model=pc, args=training, train_dataset=data)
+    else:
+        trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, distill_alpha=args.distill)
     trainer.train(resume_from_checkpoint=args.resume)
     rank = int(os.environ.get("RANK", "0"))
     # Sharded, each rank holds its shards: the full tensors are gathered (every rank takes part).
