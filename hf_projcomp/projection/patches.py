@@ -24,7 +24,8 @@ def mirror_forward_patch(base: nn.Module, compressed: nn.Module) -> None:
     if getattr(mirrored, "_mirrors", None) is patched.__func__:
         return
     func = patched.__func__
-    cells = tuple(_rebound_cell(cell, base, compressed) for cell in func.__closure__ or ())
+    paths = {id(module): name for name, module in base.named_modules()}
+    cells = tuple(_rebound_cell(cell, compressed, paths) for cell in func.__closure__ or ())
     clone = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, cells)
     clone.__kwdefaults__ = func.__kwdefaults__
     clone.__dict__.update(func.__dict__)
@@ -32,16 +33,17 @@ def mirror_forward_patch(base: nn.Module, compressed: nn.Module) -> None:
     compressed.forward = types.MethodType(clone, compressed)
 
 
-def _rebound_cell(cell: types.CellType, base: nn.Module, compressed: nn.Module) -> types.CellType:
-    """A closure cell with the compressed network's counterpart of a value bound to the base model."""
+def _rebound_cell(cell: types.CellType, compressed: nn.Module, paths: dict[int, str]) -> types.CellType:
+    """A closure cell with the compressed network's counterpart of a value bound to the base model:
+    the base itself or one of its modules (``paths``: module id -> name in the base), or a method of one."""
     try:
         value = cell.cell_contents
     except ValueError:  # an empty cell
         return types.CellType()
-    if inspect.ismethod(value) and value.__self__ is base:
-        value = types.MethodType(value.__func__, compressed)
-    elif value is base:
-        value = compressed
+    if inspect.ismethod(value) and id(value.__self__) in paths:
+        value = types.MethodType(value.__func__, compressed.get_submodule(paths[id(value.__self__)]))
+    elif isinstance(value, nn.Module) and id(value) in paths:
+        value = compressed.get_submodule(paths[id(value)])
     return types.CellType(value)
 
 
