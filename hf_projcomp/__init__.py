@@ -12,8 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._peft_hook import install as _install_peft_hook
-
-__version__ = "0.2.0"
+from ._version import __version__
 
 _EXPORTS = {
     "ARCHITECTURES": ".architectures",

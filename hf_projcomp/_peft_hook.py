@@ -6,6 +6,11 @@ was imported in between. So: if PEFT is already imported, register now; otherwis
 waits for PEFT's module to *execute* and registers right after. The finder stays until then: a mere
 ``importlib.util.find_spec("peft")`` (transformers' ``is_peft_available()``, hence ``import trl``)
 consults it without executing anything, and must not use it up.
+
+Registering imports :mod:`hf_projcomp.projection.model` (which registers itself and
+:class:`~hf_projcomp.ProjCompConfig`), by name: this module is a leaf of the package. When PEFT is
+first imported by ``hf_projcomp.config`` itself, that module is still executing, so registering waits
+for it to finish (the finder watches it too).
 """
 
 from __future__ import annotations
@@ -17,27 +22,39 @@ import sys
 import threading
 from typing import Any
 
+_PEFT, _CONFIG = "peft", "hf_projcomp.config"
+_REGISTRATION = "hf_projcomp.projection.model"
 
-def _register() -> None:
-    if "hf_projcomp.config" in sys.modules:  # that import is done or under way, and registers itself
+
+def _executing(name: str) -> bool:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _register(executed: str = "") -> None:
+    """Register once PEFT is imported and no module registering depends on is half-way through its
+    import (``executed`` has just finished executing: importlib clears its flag only afterwards)."""
+    if _PEFT not in sys.modules or any(_executing(n) for n in (_PEFT, _CONFIG, _REGISTRATION) if n != executed):
         return
+    for finder in [f for f in sys.meta_path if isinstance(f, _AfterImport)]:
+        sys.meta_path.remove(finder)
     try:
-        importlib.import_module("hf_projcomp.config")
+        importlib.import_module(_REGISTRATION)
     except Exception as error:  # noqa: BLE001 - never break the import of PEFT: keep it for the first use
         from .peft_integration import failed
 
         failed(error)
 
 
-class _AfterPeftImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of the ``peft`` spec the other finders find, so that
-    executing the module registers projected compression (then the finder removes itself)."""
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of the ``peft`` (and ``hf_projcomp.config``) spec that the
+    other finders find, so that executing the module tries to register."""
 
     def __init__(self) -> None:
         self._local = threading.local()  # re-entry guard: find_spec below asks the meta path again
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "peft" or getattr(self._local, "busy", False):
+        if name not in (_PEFT, _CONFIG) or getattr(self._local, "busy", False):
             return None
         self._local.busy = True
         try:
@@ -50,9 +67,7 @@ class _AfterPeftImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module: Any) -> None:
             exec_module(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            _register()
+            _register(executed=name)
 
         spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
@@ -60,7 +75,7 @@ class _AfterPeftImport(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Register now if PEFT is imported, else when it is (no-op without PEFT installed)."""
-    if "peft" in sys.modules:
+    if _PEFT in sys.modules:
         _register()
-    elif not any(isinstance(finder, _AfterPeftImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterPeftImport())
+    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())

@@ -19,6 +19,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .model_ids import DTYPES
+
 EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
   projcomp compress --model Qwen/Qwen2.5-0.5B --calibration data.txt --target-params 0.6 --output qwen-small
@@ -32,7 +34,6 @@ EXAMPLES = """examples:
 # Errors that describe the user's input (a bad value, a missing or existing path): one line. Anything
 # else (TypeError, other OSErrors...) is a bug or an environment failure and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Activation sequences of `projcomp compress` by default: the most that keep the default job within a
 # minute on 2 CPU cores (16 took 66 s). More sequences rank the vocabulary better on dev text, and
 # any of them beats the self-sampled calibration this replaced (benchmarks/results/cli_default.md).

@@ -26,7 +26,7 @@ from transformers import (
 
 from .export.verify import verify_checkpoint
 from .io import atomic_directory
-from .loading import DEMO_MARKER
+from .model_ids import DEMO_MARKER
 from .vocab.files import PROBE_TEXTS, save_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -9,42 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .io import looks_like_path
-
-# What the demo extra's GGUF (Q4_K_M, dequantized) was made from, and the file marking its cache.
-DEMO_BASE = "google/gemma-3-270m"
-DEMO_MARKER = "hf_projcomp_demo.json"
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from .model_ids import DEMO_BASE, DTYPES, hub_id_of, resolve_dtype
 
 
 class ModelLoadError(OSError):
     """The model or tokenizer named by the user could not be loaded (missing path, unknown repo...)."""
-
-
-def hub_id_of(name_or_path: str | os.PathLike[str] | None) -> str | None:
-    """The Hub id a model was loaded from: the name itself when it is not a local directory, the repo of
-    a Hugging Face cache snapshot (``.../models--org--name/snapshots/<rev>``), the demo's
-    ``google/gemma-3-270m``; None for another local directory."""
-    if not name_or_path:
-        return None
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        return os.fspath(name_or_path)
-    if (path / DEMO_MARKER).is_file():
-        return DEMO_BASE
-    parts = path.resolve().parts
-    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
-        return parts[-3].removeprefix("models--").replace("--", "/")
-    return None
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
-    """``torch.dtype`` or ``"auto"`` (the checkpoint's own dtype) from a name; ``ValueError`` otherwise."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype or "auto"
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} or a torch.dtype, got {dtype!r}")
-    return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
 def load_model(

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 
 from .architectures import get_arch_spec
 from .config import ProjCompConfig
-from .distributed import on_rank0_then_broadcast
+from .ranks import on_rank0_then_broadcast
 from .selection import select
 
 

@@ -31,6 +31,8 @@ FIRST = {
     "find_spec": "import hf_projcomp\nimport importlib.util\nimportlib.util.find_spec('peft')",
     "Trainer": "import hf_projcomp\nfrom transformers import Trainer",
     "trl, then hf_projcomp": "import trl\nimport hf_projcomp",
+    # PEFT first imported by hf_projcomp.config itself, half-way through its own import
+    "ProjCompConfig": "from hf_projcomp import ProjCompConfig",
 }
 
 

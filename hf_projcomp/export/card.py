@@ -11,6 +11,9 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import PretrainedConfig
 
+from .._version import __version__
+from ..model_ids import hub_id_of  # a local cache path is no base_model for the Hub
+
 TEMPLATE_NAME = "compressed_model.md"
 METHODS = {
     "compact": (
@@ -58,8 +61,6 @@ class CompressionSummary:
         cls, method: str, base_config: PretrainedConfig, config: PretrainedConfig, base_parameters: int,
         parameters: int, **kwargs: Any,
     ) -> CompressionSummary:
-        from ..loading import hub_id_of  # a local cache path is no base_model for the Hub
-
         return cls(method=method, base_model=kwargs.pop("base_model", None) or hub_id_of(base_config.name_or_path),
                    parameters_before=base_parameters, parameters_after=parameters,
                    base_config=base_config.to_dict(), config=config.to_dict(), **kwargs)
@@ -127,6 +128,4 @@ def render_model_card(summary: CompressionSummary, repo_id: str | None = None, l
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__

@@ -9,10 +9,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig, PreTrainedModel
 
+from ..target import SPECIAL_TOKEN_FIELDS
 from ..vocab.files import PROBE_TEXTS, side_file_mismatches
 
-# Config fields that name the tokenizer's special tokens.
-_SPECIAL_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 # What to do about a special_token_mismatches finding (told by the verifier and, earlier, by COMPACT).
 SPECIAL_TOKEN_FIX = ("make them agree before saving, e.g. model.config.pad_token_id = "
                      "model.generation_config.pad_token_id = tokenizer.pad_token_id")
@@ -31,7 +30,7 @@ def special_token_mismatches(config: PretrainedConfig, generation_config: Any, t
     """
     problems = []
     for source, values in (("config", config), ("generation_config", generation_config)):
-        for field in _SPECIAL_FIELDS:
+        for field in SPECIAL_TOKEN_FIELDS:  # those the tokenizer names (it has no decoder_start_token)
             token = getattr(tokenizer, field.removesuffix("_id"), None)
             value = getattr(values, field, None) if values is not None else None
             if token is None or value is None:

@@ -27,20 +27,20 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.module import _IncompatibleKeys
-from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
-from ..architectures import VOCAB, ffn_size, get_arch_spec
-from ..config import LEGACY_FIELDS, ProjCompConfig
-from ..distributed import on_rank0_then_broadcast
+from ..architectures import VOCAB, get_arch_spec
+from ..config import ProjCompConfig
 from ..export import CompressionSummary, save_compressed
 from ..hard_pruning import pruned_tensors
-from ..loading import hub_id_of
 from ..peft_integration import register, require_registered
 from ..plan import Selection, build_plan
 from ..target import build_target_model, instantiate
 from .contract import AdapterState, SingleAdapterTuner
 from .layer import Projection
 from .patches import mirror_forward_patch
+from .step import AmortizedStep, refuse_unsynchronised_ranks
+from .adapter_files import check_base_matches, current_key, record_base, resolve_selection
 
 
 def _key(param_name: str) -> str:
@@ -104,9 +104,9 @@ class ProjCompModel(SingleAdapterTuner):
         if not isinstance(config, ProjCompConfig):
             raise TypeError(f"peft_config must be a ProjCompConfig, got {type(config).__name__}")
         spec = get_arch_spec(model.config)
-        selection = _resolve_selection(model, config)
+        selection = resolve_selection(model, config)
         check_base_matches(model.config, config)
-        _record_base(config)
+        record_base(config)
         self.peft_config = configs
         self.active_adapter = adapter_name
         self.adapter_state = AdapterState(adapter_name)
@@ -122,12 +122,9 @@ class ProjCompModel(SingleAdapterTuner):
         self.register_buffer("selection_ffn", torch.stack(selection.ffn).to(device))
         self.register_buffer("selection_vocab", None if selection.vocab is None else selection.vocab.to(device, copy=True))
         self.plan = build_plan(model, spec, selection.hidden_size)
-        self._projected_names = [entry.name for entry in self.plan.weights]
-        self._amortized = False
-        self._push_after_backward = False
-        # This step's (projection, placeholder, VJP) per W_c; under FSDP2 (name, placeholder, W_c with its graph).
-        self._step_vjps: list = []
         self.projections = self._build_projections(model, selection)
+        self.step = AmortizedStep(self.projections.values(), [entry.name for entry in self.plan.weights],
+                                  lambda: self.sharded_projections, lambda: (p for _, p in self.adapter_parameters()))
         if _meta_init():  # PeftModel.from_pretrained(..., low_cpu_mem_usage=True): built once loaded
             with torch.no_grad():
                 self.compressed = build_target_model(model, selection, {}, dtype=torch.float32, empty=True)
@@ -144,7 +141,7 @@ class ProjCompModel(SingleAdapterTuner):
                 small.load_state_dict(loaded, strict=False)
         small.name_or_path = getattr(self.model, "name_or_path", "")
         self.compressed = small
-        self._adopt_placeholders()
+        self.step.adopt(dict(small.named_parameters(remove_duplicate=False)))
         small.requires_grad_(False)
         for module in small.modules():
             if _is_norm(module):
@@ -170,14 +167,6 @@ class ProjCompModel(SingleAdapterTuner):
                 transposed=entry.transposed,
             )
         return projections
-
-    def _adopt_placeholders(self) -> None:
-        """Index the compressed network's placeholders for W_c, each with the hook of the gradient-
-        checkpointing path (again after they were replaced, see :meth:`_move_adapter_to_device_of_base_layer`)."""
-        target_params = dict(self.compressed.named_parameters(remove_duplicate=False))
-        self._target_params = {name: target_params[name] for name in self._projected_names}
-        for param in {id(p): p for p in self._target_params.values()}.values():
-            param.register_post_accumulate_grad_hook(self._pushed_after_backward)
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         """Called by PEFT after a ``low_cpu_mem_usage=True`` load, which builds the tuner on the meta device
@@ -230,7 +219,7 @@ class ProjCompModel(SingleAdapterTuner):
         """Every ``W_c`` by its parameter name in the compressed model (with autograd unless disabled)."""
         if self.sharded_projections is not None:  # FSDP2 units gather their shards
             return self.sharded_projections()
-        return {name: proj() for name, proj in zip(self._projected_names, self.projections.values())}
+        return {name: proj() for name, proj in zip(self.step.names, self.projections.values(), strict=True)}
 
     def forward(
         self,
@@ -249,10 +238,10 @@ class ProjCompModel(SingleAdapterTuner):
             self._materialize_once_per_step()
             return self.compressed(**kwargs)
         if _checkpointing(self.compressed) and self.training and torch.is_grad_enabled():
-            _refuse_unsynchronised_ranks()
+            refuse_unsynchronised_ranks()
             # Checkpointed layers recompute in backward, after functional_call would have put the placeholders
             # back. So W_c goes into the weights themselves, as in the amortised step, and every backward
-            # sends its ∂L/∂W_c straight on into P and A (_push_after_backward): per micro-batch, as autograd
+            # sends its ∂L/∂W_c straight on into P and A (AmortizedStep.push_after_backward): per micro-batch, as autograd
             # through the products would.
             self.materialize(push_after_backward=True)
             return self.compressed(**kwargs)
@@ -293,10 +282,14 @@ class ProjCompModel(SingleAdapterTuner):
             self._materialize_once_per_step()
             return self.compressed.generate(*args, **kwargs)
         for name, weight in self.projected_weights().items():  # the placeholders take this call's W_c
-            self._target_params[name].copy_(weight)
+            self.step.placeholders[name].copy_(weight)
         return self.compressed.generate(*args, **kwargs)
 
-    # -- amortised optimizer step ------------------------------------------------------------------
+    # -- amortised optimizer step (projection/step.py) ---------------------------------------------
+    @property
+    def _amortized(self) -> bool:
+        return self.step.enabled
+
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
         """Read by DDP when it wraps the ``PeftModel`` (this tuner is its ``base_model``): in the amortised
@@ -307,97 +300,26 @@ class ProjCompModel(SingleAdapterTuner):
         return [f"base_model.projections.{name}" for name, _ in self.projections.named_parameters()]
 
     def set_amortized(self, enabled: bool = True) -> None:
-        """Switch to computing every ``W_c`` once per optimizer step (see :meth:`materialize`).
-
-        While enabled, the projected weights live in the target model as ordinary parameters that
-        collect ∂L/∂W_c over all micro-batches (and that DDP all-reduces like any weight);
-        :meth:`push_gradients` then moves them into P and A once. :class:`ProjCompTrainer` drives it.
-        """
-        if not enabled and self.sharded_projections is not None:
-            raise ValueError("a sharded model trains with the amortised step only")
-        self._amortized = enabled
-        self._push_after_backward = False
-        self._step_vjps = []
-        for name in self._projected_names:
-            param = self._target_params[name]
-            param.requires_grad_(enabled)
-            param.grad = None
+        """Switch to computing every ``W_c`` once per optimizer step (:class:`~hf_projcomp.projection.step.
+        AmortizedStep`); :class:`ProjCompTrainer` drives it."""
+        self.step.set_enabled(enabled)
 
     def materialize(self, push_after_backward: bool = False) -> None:
-        """Compute every ``W_c`` once into the target's weights, keeping each product's VJP.
-
-        ``push_after_backward``: the gradient-checkpointing path outside the amortised step, where each
-        backward's ∂L/∂W_c goes on into P and A as soon as it has accumulated (see :meth:`forward`).
-        """
-        self._step_vjps = []
-        self._push_after_backward = push_after_backward
-        if self.sharded_projections is not None:
-            # The units' outputs keep their graph until push_gradients (their shards are freed meanwhile).
-            for name, weight in self.sharded_projections().items():
-                param = self._target_params[name]
-                with torch.no_grad():
-                    param.copy_(weight)
-                self._step_vjps.append((name, param, weight))
-            return
-        for name, proj in zip(self._projected_names, self.projections.values()):
-            # Reentrant checkpointing runs one backward per checkpointed layer: the VJP is then used again.
-            weight, vjp = proj.forward_with_vjp(reusable=push_after_backward)
-            param = self._target_params[name]
-            with torch.no_grad():
-                param.copy_(weight)
-            if push_after_backward:
-                param.requires_grad_(True)
-            self._step_vjps.append((proj, param, vjp))
+        """Compute every ``W_c`` once into the compressed network's weights, keeping each product's VJP
+        (``push_after_backward``: the gradient-checkpointing path, see :meth:`forward`)."""
+        self.step.materialize(push_after_backward)
 
     def _materialize_once_per_step(self) -> None:
-        # The step's first call computes W_c; push_gradients (or a loaded checkpoint) clears them.
-        if not self._step_vjps:
+        if not self.step.vjps:  # the step's first forward; push_gradients (or a loaded checkpoint) clears them
             self.materialize()
-
-    def _pushed_after_backward(self, param: torch.Tensor) -> None:
-        # A post-accumulate-grad hook on every placeholder; acts only on the checkpointing path.
-        if not self._push_after_backward or param.grad is None:
-            return
-        for proj, materialized, vjp in self._step_vjps:
-            if materialized is param:
-                proj.accumulate_grad(vjp(param.grad))
-        param.grad = None
 
     def forget_materialized(self) -> None:
         """Drop ``W_c`` materialised from P and A that have changed since (a checkpoint was loaded)."""
-        self._step_vjps = []
+        self.step.forget()
 
     def push_gradients(self) -> None:
-        """Send the accumulated ∂L/∂W_c through the products into P and A (once per optimizer step);
-        the next forward computes fresh ``W_c`` from the updated projections."""
-        if self.sharded_projections is not None:
-            self._push_sharded()
-            return
-        for proj, param, vjp in self._step_vjps:
-            if param.grad is not None:
-                proj.accumulate_grad(vjp(param.grad))
-                param.grad = None
-        self._step_vjps = []
-
-    def _push_sharded(self) -> None:
-        # A backward through each FSDP unit: it gathers its shards again and FSDP reduce-scatters the mean
-        # gradient over ranks into P and A. The replicated norms are averaged here.
-        pending = {name: (weight, param.grad) for name, param, weight in self._step_vjps
-                   if param.grad is not None and weight.requires_grad}
-        # Unit by unit, last first as a backward pass runs: one backward for all of them would gather every
-        # unit's shards at once (autograd starts from all the roots together).
-        for unit in reversed(self.sharded_projections.units):
-            pairs = [pending[name] for name in unit.names if name in pending]
-            if pairs:
-                torch.autograd.backward([w for w, _ in pairs], [g.to(w.dtype) for w, g in pairs])
-        for _, param, _ in self._step_vjps:
-            param.grad = None
-        self._step_vjps = []
-        world = torch.distributed.get_world_size()
-        for _, norm in self.adapter_parameters():
-            if norm.requires_grad and norm.grad is not None and not hasattr(norm.grad, "to_local"):
-                torch.distributed.all_reduce(norm.grad)
-                norm.grad.div_(world)
+        """Send the accumulated ∂L/∂W_c through the products into P and A (once per optimizer step)."""
+        self.step.push()
 
     # -- parameters ------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
@@ -492,7 +414,7 @@ class ProjCompModel(SingleAdapterTuner):
                         f"the model expects {tuple(own[name].shape)}"
                     )
                 own[name].copy_(state_dict[name])
-        self._step_vjps = []  # W_c materialised from the old values are stale
+        self.step.forget()  # W_c materialised from the old values are stale
         return _IncompatibleKeys(missing, unexpected)
 
     @classmethod
@@ -519,7 +441,7 @@ class ProjCompModel(SingleAdapterTuner):
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: ProjCompConfig, adapter_name: str,
                                            state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {_current_key(k): v for k, v in state_dict.items()}
+        return {current_key(k): v for k, v in state_dict.items()}
 
 
 def unwrap(model: nn.Module) -> ProjCompModel:
@@ -540,119 +462,11 @@ def unwrap(model: nn.Module) -> ProjCompModel:
     return inner
 
 
-def _current_key(key: str) -> str:
-    """A checkpoint key as this version names it: adapters of 0.1 saved ``projections.*`` and ``target.*``
-    without PEFT's ``base_model.`` prefix, those of 0.2 the norms under ``base_model.model.*`` (the
-    compressed network was then the tuner's ``model``)."""
-    if key.startswith("target."):
-        return "base_model.compressed." + key.removeprefix("target.")
-    if key.startswith("projections."):
-        return "base_model." + key
-    if key.startswith("base_model.model."):
-        return "base_model.compressed." + key.removeprefix("base_model.model.")
-    return key
-
-
 def _meta_init() -> bool:
     """Whether parameters are being created on the meta device (accelerate's ``init_empty_weights``)."""
     probe = nn.Module()
     probe.register_parameter("p", nn.Parameter(torch.empty(0)))
     return probe.p.is_meta
-
-
-def _refuse_unsynchronised_ranks() -> None:
-    """The gradient-checkpointing path pushes ∂L/∂W_c into P and A outside autograd, so DDP would never
-    all-reduce them: refuse under several processes instead of training a different adapter on each."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise RuntimeError(
-            f"gradient checkpointing with {dist.get_world_size()} processes needs the amortised step, or the "
-            "ranks would train different adapters: train with hf_projcomp.ProjCompTrainer, or mix "
-            "hf_projcomp.ProjCompTrainerMixin into your Trainer class (class MySFT(ProjCompTrainerMixin, "
-            "SFTTrainer)), or turn gradient_checkpointing off"
-        )
-
-
-def _resolve_selection(model: PreTrainedModel, config: ProjCompConfig) -> Selection:
-    """The selection an adapter is built with, and the pruned tokenizer attached to its config:
-
-    * given by :func:`~hf_projcomp.get_projcomp_model` (computed there, with its arguments);
-    * recorded in a legacy ``adapter_config.json`` (lists of indices);
-    * coming with the adapter's weights (a config read by :meth:`ProjCompConfig.from_pretrained`): a
-      placeholder of the recorded sizes, overwritten when PEFT loads the weights;
-    * otherwise computed here from the config alone (``peft.get_peft_model``, TRL's ``peft_config``).
-    """
-    given = config.__dict__.pop("_selection", None)
-    if given is not None:
-        return given
-    if config.hidden_indices is not None:
-        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices, config.vocab_indices)
-        for name in LEGACY_FIELDS:  # saved again, the adapter takes the current format
-            setattr(config, name, None)
-        _attach_saved_tokenizer(config, selection.vocab is not None)
-        return selection
-    if "_adapter_source" in config.__dict__:
-        if config.hidden_size is None or config.intermediate_size is None:
-            raise ValueError("this adapter_config.json records no sizes: it was not written by hf_projcomp")
-        layers = config.num_hidden_layers or model.config.num_hidden_layers
-        vocab = None if config.vocab_size is None else torch.arange(config.vocab_size)
-        _attach_saved_tokenizer(config, vocab is not None)
-        groups = get_arch_spec(model.config).ffn_groups(model.config)  # (experts,) in a mixture
-        ffn = torch.arange(config.intermediate_size).expand(*groups, config.intermediate_size)
-        return Selection(torch.arange(config.hidden_size), (ffn,) * layers, vocab)
-    from ..selection import select
-
-    recorded, selection, tokenizer = on_rank0_then_broadcast(lambda: select(model, config, None, None, progress=True))
-    for field in recorded.__dataclass_fields__:
-        setattr(config, field, getattr(recorded, field))
-    config.__dict__["_tokenizer"] = tokenizer
-    return selection
-
-
-def _record_base(config: ProjCompConfig) -> None:
-    """PEFT records the base as the path it was loaded from; a Hub id travels with the adapter instead
-    (a cache snapshot's repo, the demo's google/gemma-3-270m), the path only as the local hint, and a
-    snapshot's commit as PEFT's ``revision`` (what ``AutoPeftModelForCausalLM`` loads). A model loaded
-    by Hub id keeps the revision given in the config (transformers does not record the one it loaded)."""
-    name = config.base_model_name_or_path
-    if name and Path(name).expanduser().is_dir():
-        local = Path(name).expanduser().resolve()
-        hub_id = hub_id_of(local)
-        config.base_model_local_path = os.fspath(local)
-        config.base_model_name_or_path = hub_id or os.fspath(local)
-        if config.revision is None and hub_id and local.parent.name == "snapshots":
-            config.revision = local.name
-
-
-def _attach_saved_tokenizer(config: ProjCompConfig, prunes_vocabulary: bool) -> None:
-    """A vocabulary-pruning adapter's tokenizer, read from where its config was read."""
-    if not prunes_vocabulary or config.__dict__.get("_tokenizer") is not None:
-        return
-    source = config.__dict__.get("_adapter_source")
-    if source is None:
-        raise ValueError("this adapter prunes the vocabulary: load it with ProjCompConfig.from_pretrained or "
-                         "PeftModel.from_pretrained, so its tokenizer is read with it")
-    path, subfolder, kwargs = source
-    options = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
-    config.__dict__["_tokenizer"] = AutoTokenizer.from_pretrained(path, subfolder=subfolder or "", **options)
-
-
-def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) -> None:
-    """``ValueError`` when an adapter recorded for one base is put on a base of other shapes."""
-    recorded = {
-        "model_type": config.model_type,
-        "hidden_size": config.base_hidden_size,
-        "intermediate_size": config.base_intermediate_size,
-        "vocab_size": config.base_vocab_size,
-        "num_hidden_layers": config.num_hidden_layers,
-    }
-    actual = {name: getattr(base_config, name, None) for name in recorded}
-    if config.model_type in (None, base_config.model_type):  # d_ff from the family's own field
-        actual["intermediate_size"] = ffn_size(base_config)
-    diff = {k: (v, actual[k]) for k, v in recorded.items() if v is not None and v != actual[k]}
-    if diff:
-        detail = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"the adapter was built for a base model with different shapes ({detail})")
 
 
 register(ProjCompConfig, ProjCompModel)

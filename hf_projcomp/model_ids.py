@@ -1,0 +1,51 @@
+"""What names a model: its Hub id (from a local directory too), the demo model's marker, dtype names.
+
+The bottom of the package: the model card, the adapter config, the loaders and the CLI read these.
+It imports nothing heavy (the ``projcomp`` CLI reads ``DTYPES`` for ``--help`` without torch).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+# What the demo extra's GGUF (Q4_K_M, dequantized) was made from, and the file marking its cache.
+DEMO_BASE = "google/gemma-3-270m"
+DEMO_MARKER = "hf_projcomp_demo.json"
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def hub_id_of(name_or_path: str | os.PathLike[str] | None) -> str | None:
+    """The Hub id a model was loaded from: the name itself when it is not a local directory, the repo of
+    a Hugging Face cache snapshot (``.../models--org--name/snapshots/<rev>``), the demo's
+    ``google/gemma-3-270m``; None for another local directory."""
+    if not name_or_path:
+        return None
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return os.fspath(name_or_path)
+    if (path / DEMO_MARKER).is_file():
+        return DEMO_BASE
+    parts = path.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
+    """``torch.dtype`` or ``"auto"`` (the checkpoint's own dtype) from a name; ``ValueError`` otherwise."""
+    import torch  # not at import: the CLI reads DTYPES for --help without torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or "auto"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} or a torch.dtype, got {dtype!r}")
+    return dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+__all__ = ["DEMO_BASE", "DEMO_MARKER", "DTYPES", "hub_id_of", "resolve_dtype"]
