@@ -1,13 +1,12 @@
 """``ProjCompConfig``: what to compress to and how, a ``peft.PeftConfig`` (``peft_type="PROJCOMP"``).
 
-Importing this module registers projected compression with PEFT (see :mod:`hf_projcomp.peft_integration`),
+Once it and PEFT are imported, projected compression is registered with PEFT (:mod:`hf_projcomp._peft_hook`),
 so ``peft.get_peft_model``, ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` know it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +51,7 @@ class ProjCompConfig(PeftConfig):
             "counts all parameters and COMPACT's solver splits it between vocabulary and d_ff."
         },
     )
-    # Default chosen on dev text (tail of WikiText-2 validation, never in the bundled calibration):
-    # Gemma-3-270M's step-0 model scores 2.95 bits/byte with "activation" vs 4.95 with "magnitude" at
-    # target_params=0.75 (3.52 vs 5.05 at 0.5; base 1.46). README "Use" has the figures.
+    # Default chosen on dev text: docs/decisions.md#importance
     importance: str = field(
         default="activation",
         metadata={
@@ -178,7 +175,3 @@ class ProjCompConfig(PeftConfig):
         config.__dict__["_adapter_source"] = (os.fspath(pretrained_model_name_or_path), subfolder, kwargs)
         return config
 
-
-# Registering needs the model class, whose module imports this one: imported last, it finds
-# ProjCompConfig defined (and registers itself and this class with PEFT when it is done).
-importlib.import_module("hf_projcomp.projection.model")

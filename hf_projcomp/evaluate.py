@@ -13,15 +13,15 @@ Protocol:
    Every forward pass holds at most ``window`` tokens and predicts its tokens 1..n-1.
 3. BOS at window boundaries (``bos_each_window``, tokenizers with a BOS token only):
 
-   * ``False`` (default, the protocol of DESIGN.md §4 and of every reference number: 1.167 / 1.245
-     bpb for Gemma-3-270M on the first 20,000 / 60,000 characters of WikiText-2 test): the
-     BOS-prefixed stream is cut into plain ``window``-token chunks; the first token of every chunk
-     after the first is context only (its loss is never counted) and those chunks start without BOS.
+   * ``False`` (default; the protocol of ``benchmarks/README.md``, which every figure in
+     ``benchmarks/results/`` follows unless it says "BOS each window"): the BOS-prefixed stream is
+     cut into plain ``window``-token chunks; the first token of every chunk after the first is
+     context only (its loss is never counted) and those chunks start without BOS.
    * ``True``: every pass is ``[BOS] + the next window - 1 text tokens``, so every text token is
      predicted exactly once, each window's first text token from BOS alone. Models trained to always
-     see BOS at position 0 (Gemma) stay in distribution: Gemma-3-270M scores 0.985 instead of 1.167
-     on the first 20,000 characters (1.034 vs 1.244 on 60,000), the gap being BOS-dependence rather
-     than language modelling. Compare models only under one setting.
+     see BOS at position 0 (Gemma) stay in distribution and score markedly fewer bits per byte,
+     the gap being BOS-dependence rather than language modelling (figures:
+     ``docs/decisions.md#bos-each-window``). Compare models only under one setting.
 
    Tokenizers without BOS always use plain chunks (there is no neutral token to prefix).
 4. NLL is summed in nats over all predicted tokens, converted to bits and divided by the UTF-8

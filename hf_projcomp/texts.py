@@ -6,7 +6,7 @@
   default calibration text of ``projcomp compress``; the rest of the split is the dev text the
   benchmarks choose defaults on, so the default never calibrates on it.
 * :data:`EVALUATION`: the first 20,000 characters of the raw test split, the default text of
-  ``projcomp eval`` (Gemma-3-270M: 1.167 bits per byte).
+  ``projcomp eval`` (the base's score on it: ``docs/decisions.md#reference-figures``).
 """
 
 from __future__ import annotations

@@ -13,9 +13,8 @@ than the weights. Only the values of the kept columns
 change, so the pruned model stays a vanilla one of the base's class (no bias, no new module).
 
 Each layer is refitted to the base layer's own input, not to the pruned predecessors' output (one
-pass of calibration, like the importance scores). A second refit on the pruned model's own
-activations was measured on dev text and left out: it traded out-of-domain quality for in-domain
-quality (``benchmarks/ffn_refit_gemma.py``, results ``ffn_refit_gemma.md``).
+pass of calibration, like the importance scores); why there is no second refit on the pruned
+model's own activations: ``docs/decisions.md#no-second-refit``.
 """
 
 from __future__ import annotations
@@ -27,10 +26,7 @@ from transformers import PreTrainedModel
 
 from ..architectures import ArchSpec
 
-# λ / mean(diag G[S, S]). Chosen on dev text: Gemma-3-270M at 40% of parameters (24,625 × 1792),
-# bits per byte against the base on WikiText-2 dev (first 60,000 characters) / Python dev text:
-# no refit +0.158 / +0.493; λ = 0.001: +0.118 / +0.487; λ = 0.1: +0.117 / +0.472
-# (benchmarks/results/ffn_refit_gemma.md). Equal in domain, and more damping held up better out of it.
+# λ / mean(diag G[S, S]). Chosen on dev text: docs/decisions.md#refit-ridge
 REFIT_RIDGE = 0.1
 
 

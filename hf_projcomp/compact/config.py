@@ -1,7 +1,6 @@
 """``CompactConfig``: every setting of COMPACT's selection, one JSON-serialisable dataclass.
 
-The defaults' dev evidence sits beside the constants they come from (``VOCAB_PRIOR_WEIGHT`` here,
-``RARE_NEXT_COUNT`` in ``ranking.py``, ``REFIT_RIDGE`` in ``compensation.py``).
+The measurements behind the defaults (dev figures and result files) are in ``docs/decisions.md``.
 """
 
 from __future__ import annotations
@@ -10,17 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 DEFAULT_FFN_FRACTIONS = (1.0, 0.9375, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
-# Weight of the tokenizer's own frequency order in the vocabulary ranking (ranking.rank_prior), chosen
-# on dev text: Gemma-3 at 50%, vocabulary ranked with weight 0, 0.3, 1 and 3 under three calibration
-# regimes (the bundled text, 128 and 16 of its paragraphs). Bits per byte against the base, in domain
-# (the first 30,000 characters of the dev articles) / out of domain (Python source):
-#   weight 0:   -0.041 / +0.271,  +0.005 / +0.477,  +0.047 / +0.493
-#   weight 0.3: -0.035 / +0.072,  -0.028 / +0.078,  +0.004 / +0.057
-#   weight 1:   -0.038 / +0.050,  -0.013 / +0.045,  +0.021 / +0.038
-#   weight 3:   -0.001 / +0.041,  +0.020 / +0.043
-# The rule: the best in-domain score among the weights that keep the out-of-domain loss under 0.1
-# in every regime; 0 fails that, 0.3 beats 1 and 3 in domain. (End to end on the first 60,000 dev
-# characters, weight 1 cost 0.015 in domain against weight 0: benchmarks/results/compact_gemma.md.)
+# Weight of the tokenizer's own frequency order in the vocabulary ranking (ranking.rank_prior).
+# Chosen on dev text: docs/decisions.md#vocab-prior-weight
 VOCAB_PRIOR_WEIGHT = 0.3
 
 
@@ -34,10 +24,8 @@ class CompactConfig:
         split: ``(vocab_size, intermediate_size)`` to skip the search of the budget's split.
         num_sequences, sequence_length: the activation pass (the expensive part: on 2 CPU cores about
             1.8 s per 512-token sequence of Gemma-3-270M). Its rare-token positions rank the unseen
-            vocabulary, so more sequences keep more of it. Chosen on dev text (WikiText-2 validation
-            after the bundled calibration text): Gemma-3 at 50% of parameters calibrated on that text
-            scored 1.4583 bits per byte with 32 sequences and 1.4526 with 64
-            (``benchmarks/results/cli_default.md``; ``projcomp compress`` uses fewer, for time).
+            vocabulary, so more sequences keep more of it. The default 64 was chosen on dev text
+            (``docs/decisions.md#num-sequences``); ``projcomp compress`` uses fewer, for time.
         frequency_tokens: how many calibration tokens to count for token frequencies.
         heldout_tokens: tokens at the end of the calibration text scoring the candidate splits (never
             counted for frequencies, the activation pass or the calibration alphabet).
@@ -55,12 +43,12 @@ class CompactConfig:
             back to byte tokens (see :func:`~hf_projcomp.compact.ranking.script_letters`).
         keep_characters: how many of the tokenizer's most frequent single-character tokens, of any
             script, also rank as if seen once; for served text in scripts the calibration text
-            lacks (see :func:`~hf_projcomp.compact.ranking.frequent_characters`). 0 (default): none.
+            lacks (see :func:`~hf_projcomp.compact.ranking.frequent_characters`). 0 (default): none
+            (``docs/decisions.md#keep-characters``).
         refit_ffn: refit each pruned layer's down_proj by least squares on the calibration
             activations to what the removed channels contributed (:mod:`~hf_projcomp.compact.compensation`;
-            dense FFNs only). The config stays vanilla. Chosen on dev text: at 40% of Gemma-3-270M,
-            +0.158 → +0.117 bits per byte over the base in domain, +0.493 → +0.472 on Python source
-            (``benchmarks/results/ffn_refit_gemma.md``).
+            dense FFNs only). The config stays vanilla. On by default, chosen on dev text
+            (``docs/decisions.md#refit-ffn``).
         prune_vocabulary: False keeps the vocabulary and prunes FFN channels only.
         text_column: the text column of a ``datasets`` calibration set.
     """

@@ -19,17 +19,12 @@ from transformers import PreTrainedTokenizerBase
 # The prediction ranks unseen tokens only from positions where the text's next token is this rare
 # in calibration: there the model spreads its mass over rare alternatives (other forms, names),
 # which served text also uses, while common positions mostly add to tokens the counts rank anyway.
-# Chosen on dev text: Gemma-3 at 52,692 ids, calibrated on wikitext-2 valid's first 80%, the pruned
-# tokenizer needed +0.81% extra tokens on valid's held-out last 20% (the dev articles) instead of
-# +1.37% when every position counts (32 activation sequences; with 64: +0.35% against +0.71%).
-# Thresholds 1 to 30 measured within 0.1% of one another there.
+# Chosen on dev text: docs/decisions.md#rare-next-count
 RARE_NEXT_COUNT = 10
 
 # A script's letters rank as if seen once only when it writes this share of the calibration
 # text's letters: a stray foreign name must not pull in a whole script (Gemma-3 holds thousands
-# of single-ideograph tokens). Set by that reasoning, not by a score: our dev texts are Latin-only
-# (the bundled calibration text writes 2 Greek letters among 656,499, the dev articles 15 among
-# 163,392), so no dev measurement can tell thresholds apart.
+# of single-ideograph tokens). Set by that reasoning, not by a score: docs/decisions.md#script-min-share
 SCRIPT_MIN_SHARE = 1e-3
 
 # The rank prior gives the token of rank r among those allowed 1 / (r + RANK_PRIOR_OFFSET) (Zipf's
@@ -51,12 +46,9 @@ def token_ranking(
     as other forms of its words); ties by id (BPE ids roughly follow corpus frequency).
 
     ``in_alphabet`` (bool per id) limits the prediction to tokens written in the calibration text's
-    characters: a multilingual model spreads mass over scripts the target text never uses. On dev
-    text (``benchmarks/results/compact_gemma.md``, Gemma-3 at 50% calibrated on the bundled text)
-    the mask gains 0.0044 bits per byte in domain (0.0035 chunked) and loses 0.028 on the
-    out-of-domain dev text (Python source, whose characters such as ``_`` and ``{`` the calibration
-    text hardly writes). It stays on for text like the calibration text, which is what COMPACT
-    serves; out-of-domain vocabulary is an open item of issue 19.
+    characters: a multilingual model spreads mass over scripts the target text never uses. COMPACT
+    passes it whenever it prunes the vocabulary, for text like the calibration text; the trade-off
+    it makes in and out of domain is in ``docs/decisions.md#alphabet-mask``.
 
     ``seen_once`` (ids) score at least as a token counted once (see :func:`script_letters`).
 
@@ -112,7 +104,7 @@ def rank_prior(pieces: list[str], chars: Counter[str], vocab_size: int, offset: 
     calibration text's scripts (``chars``: its character counts; tokens without letters included),
     the token of rank r gets 1 / (r + offset); the others 0. Normalised to sum 1.
 
-    Its weight, and the dev evidence for it, is ``VOCAB_PRIOR_WEIGHT`` in :mod:`hf_projcomp.compact.config`.
+    Its weight is ``VOCAB_PRIOR_WEIGHT`` in :mod:`hf_projcomp.compact.config`.
     """
     scripts = calibration_scripts(chars)
     allowed = torch.zeros(vocab_size, dtype=torch.bool)
@@ -131,13 +123,9 @@ def script_letters(pieces: list[str], chars: Counter[str], min_share: float = SC
 
     Calibration text never holds every letter of its own script that served text will (names
     such as Hyūga or Encyclopædia), and a letter the pruned vocabulary lacks falls back to
-    byte tokens that the model hardly trained: on Gemma-3 the first byte token of such a letter
-    cost 25-56 bits. Gemma-3 has 603 single Latin-letter tokens (Greek, 0.0003% of the bundled
-    calibration text's letters, falls below ``min_share``). On dev text
-    (``benchmarks/results/compact_gemma.md``, Gemma-3 at 50% calibrated on the bundled text) it
-    costs nothing measurable: 0.0010 bits per byte in domain (0.0006 chunked, the size of window
-    noise) and 0.0000 out of domain, the dev texts holding no letter the calibration text lacks. It
-    is kept for served text that does (names such as the above), by the mechanism, not by a score.
+    byte tokens that the model hardly trained. Returns a 1-D ``long`` tensor of ids. On by default
+    (``CompactConfig.keep_script_letters``) by that mechanism, not by a score:
+    ``docs/decisions.md#keep-script-letters``.
     """
     scripts = calibration_scripts(chars, min_share)
     ids = [i for i, piece in enumerate(pieces) if len(piece) == 1 and piece.isalpha() and _script(piece) in scripts]
@@ -150,10 +138,8 @@ def frequent_characters(tokenizer: PreTrainedTokenizerBase, n: int) -> torch.Ten
     æ at 801, ū at 1,435), whatever their script.
 
     For served text with characters outside the calibration text's scripts (see
-    :func:`script_letters`); each takes the slot of a ranked token. On dev text (held-out WikiText-2
-    validation, cut at line breaks into chunks scored alone), Gemma-3 calibrated on the rest of
-    validation at 24,625 ids lost 0.010 bits per byte with 1,000 characters against none. Hence off
-    by default.
+    :func:`script_letters`); each takes the slot of a ranked token, so ``CompactConfig`` asks for
+    none by default (``docs/decisions.md#keep-characters``). Returns a 1-D ``long`` tensor of ids.
     """
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     singles = [i for i, piece in enumerate(pieces) if piece is not None and len(piece) == 1]

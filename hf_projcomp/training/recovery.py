@@ -1,10 +1,8 @@
 """Recovery after hard pruning: a short distillation of the pruned model from its base.
 
 COMPACT (or :func:`~hf_projcomp.hard_prune`) gives a vanilla model at once; a few tens of thousands
-of tokens of distillation from the base recover part of what pruning lost (Gemma-3-270M at 40% of its
-parameters, bits per byte over the base on WikiText-2 test: +0.210 → +0.160, and +0.189 → +0.164 with
-BOS at each window; +0.132 and +0.152 with 131,072 tokens and a cosine decay, which at 50% takes
-+0.055 to +0.037; ``benchmarks/results/heal_gemma.md``).
+of tokens of distillation from the base recover part of what pruning lost (reported figures:
+``docs/decisions.md#recovery-results``).
 :func:`distill_pruned` runs it with a plain ``transformers.Trainer``: every weight of the pruned
 model trains on ``KL(base ‖ pruned)`` (:class:`~hf_projcomp.training.Teacher`: the base's next-token
 distribution renormalised over the kept vocabulary), so it learns what the base predicts on the text,
@@ -36,19 +34,10 @@ SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 class DistillConfig:
     """How :func:`distill_pruned` trains (serialisable with :meth:`to_dict`).
 
-    The defaults were chosen by ``benchmarks/heal_gemma.py`` on dev text, never on test (Gemma-3-270M
-    at 40% of its parameters after COMPACT, the bundled WikiText-2 calibration text, 32,768 tokens;
-    ``heal_gemma.md``): ``learning_rate`` 1e-5 against 3e-5 (dev bits per byte 1.4180 vs 1.4226);
-    ``bos_each_block=True`` against blocks cut from one stream, on the mean over 3 seeds of dev scored
-    plain plus dev with BOS at each window (2.817 vs 2.840): with BOS at each window, as a served
-    model sees text, 1.299 ± 0.002 vs 1.330 ± 0.007; plain, where all windows but the first lack
-    BOS, 1.518 ± 0.004 vs 1.510 ± 0.013. ``max_tokens`` trades time for quality and was not chosen:
-    twice as many tokens (65,536) scored 2.803 on the same dev measure, and took twice as long.
-    ``lr_scheduler_type`` stays constant: a cosine decay from twice the rate (the same mean rate)
-    scored worse at 32,768 tokens (2.844 vs 2.817, each of 3 seeds worse) and better at 65,536
-    (2.787 vs 2.803, each seed better, all of it in windows without BOS: with BOS 1.2929 vs 1.2916),
-    so for 65,536 tokens or more pass ``learning_rate=2e-5, lr_scheduler_type="cosine"`` (131,072
-    tokens so: 2.764, better with BOS too; dev's pick at 50% as well, 2.646 against 2.696 untrained).
+    The defaults (``learning_rate``, ``bos_each_block``, ``lr_scheduler_type``) were chosen on dev
+    text by ``benchmarks/heal_gemma.py``: ``docs/decisions.md#distill-config``. ``max_tokens`` trades
+    time for quality and was not chosen. For 65,536 tokens or more, pass ``learning_rate=2e-5,
+    lr_scheduler_type="cosine"`` (dev's pick at those budgets, same place).
 
     Args:
         max_tokens: tokens trained on (whole optimizer steps of ``batch_size × block_size`` tokens).

@@ -3,7 +3,7 @@
 What ``projcomp train`` and ``examples/train_projected_compression.py`` run:
 
     projcomp train \
-        --train_file ../shared/data/wikitext-2/valid.txt --target_params 0.5 --importance activation \
+        --train_file hf_projcomp/data/wikitext2_calibration.txt --target_params 0.5 --importance activation \
         --output_dir out/pc --max_steps 200 --per_device_train_batch_size 4 --gradient_accumulation_steps 8
 
 Every ``TrainingArguments`` flag works (``--learning_rate``, ``--save_steps``, ``--resume_from_checkpoint``,

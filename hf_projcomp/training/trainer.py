@@ -40,9 +40,7 @@ from .sharded import ShardedModule, inner_optimizer, requested_fsdp_version, wit
 TRAINING_ARGS_NAME = "training_args.bin"
 OPTIMIZER_NAME = "optimizer.pt"  # the Trainer's checkpoint file names
 SCHEDULER_NAME = "scheduler.pt"
-# Chosen on dev text (benchmarks/results/train_quality.md: Gemma-3-270M -> 512/1024, 32,768 tokens, A's
-# LR 1e-4, WikiText-2 dev bits per byte): P at 0.01 × A's LR 1.834, at 0.1 × 1.870; retraining the
-# same hard-pruned model (P frozen, in effect) 1.850. It was 0.1, from a probe scored on test text.
+# P's learning rate as a fraction of A's. Chosen on dev text: docs/decisions.md#projection-lr-ratio
 DEFAULT_PROJECTION_LR_RATIO = 0.01
 
 
@@ -55,7 +53,7 @@ class ProjCompTrainerMixin:
             ``args.learning_rate``: with P frozen, A's update is exactly that of retraining the small
             weight. One element of P moves a whole row or column of ``W_c``, so P wants a much smaller
             step; the default is ``args.learning_rate * DEFAULT_PROJECTION_LR_RATIO`` (0.01, chosen
-            on dev text: ``benchmarks/results/train_quality.md``).
+            on dev text: ``docs/decisions.md#projection-lr-ratio``).
         amortize: compute ``W_c`` once per optimizer step (True) or per micro-batch with autograd
             (False, what a plain ``Trainer`` does). A sharded model trains with the amortised step only.
     """

@@ -81,11 +81,10 @@ class VocabularyPruner:
     ) -> tuple[Any, torch.Tensor]:
         """See :func:`prune_tokenizer`."""
         # Why reparent defaults to False: once ancestors are the pieces the original BPE really forms
-        # (MergeGraph.ancestors), they are almost all needed to build the kept tokens anyway. Measured:
-        # Gemma-3, 13,402 tokens seen in wikitext-2 valid -> 19,753 ids with ancestors, 19,744 with
-        # re-parenting; a 16k byte-level BPE, 8,453 -> 9,983 vs 9,973. Re-parenting is 2-3x slower and
-        # has no exactness guarantee (a re-parented token builds through other pieces, which may merge
-        # with a neighbour first), while the ancestor closure provably keeps covered text canonical.
+        # (MergeGraph.ancestors), they are almost all needed to build the kept tokens anyway, and
+        # re-parenting has no exactness guarantee (a re-parented token builds through other pieces,
+        # which may merge with a neighbour first), while the ancestor closure provably keeps covered
+        # text canonical. Measurements: docs/decisions.md#reparent
         doc, graph = self.doc, self.graph
         ranked = _ranked_tokens(doc, keep_ids)
         if reparent:
