@@ -326,6 +326,7 @@ def test_sigkill_during_a_save_over_an_existing_output(tmp_path, mode, one_threa
                 slices = KILLS // 2
                 result = runner.save(new, end * (trials // 2 % slices + rng.random()) / slices)
             trials += 1
+            assert not result["hung"], f"trial {trials}: the save stopped making progress and was killed"
             assert target.is_dir(), f"no output after a kill at trial {trials}: {siblings(target)}"
             assert mode != "adapter" or own.is_file(), "a file the save does not write was dropped"
             loaded = weights(target, mode)

@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # forked children must not inheri
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch
+import tqdm
 from peft import PeftModel, get_peft_model
 
 from hf_projcomp import ProjCompConfig, cli, export, io
@@ -42,10 +43,14 @@ from tests.tiny import tiny_model
 from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
 
 torch.set_num_threads(1)
+# tqdm's monitor thread takes tqdm's lock every few seconds: a child forked while it held it waited for
+# ever at its first progress bar (a save's "Writing model shards"). No monitor thread, no such lock.
+tqdm.tqdm.monitor_interval = 0
 
 SAVE_SIZE = {"hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 16,
              "num_key_value_heads": 8, "head_dim": 64}  # ~39M parameters, ~150 MB of fp32 weights
 CLI_TARGETS = {"A": "0.8", "B": "0.6"}
+HANG_S = 120  # a save takes about a second: one silent this long is stuck
 
 
 def _token_ids(tokenizer) -> dict:
@@ -159,14 +164,20 @@ def run_once(write: Callable[[Path, bool], None], target: Path, delay: float, an
             else:
                 os.kill(pid, signal.SIGKILL)
             break
-    while os.read(pipe, 1):  # until the child is gone
-        pass
+    # Until the child is gone; one that stops writing for HANG_S is killed, so a hang fails instead of blocking.
+    while select.select([pipe], [], [], HANG_S)[0]:
+        if not os.read(pipe, 1):
+            break
+    else:
+        os.kill(pid, signal.SIGKILL)
+        times["hung"] = HANG_S
     os.close(pipe)
     if status is None:
         # Reaped here: the pid is dead now, as after a crash (a zombie would count as a live writer).
         _, status = os.waitpid(pid, 0)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    return {"killed": killed, "status": status, "publish": times.get("p"), "end": times.get("e")}
+    return {"killed": killed, "status": status, "publish": times.get("p"), "end": times.get("e"),
+            "hung": "hung" in times}
 
 
 def main(argv: list[str]) -> None:
