@@ -95,10 +95,6 @@ class SingleAdapterTuner(BaseTuner):
         for _, param in self.adapter_parameters():
             param.requires_grad_(requires_grad)
 
-    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
-        model.requires_grad_(False)
-        self.set_requires_grad(self.active_adapter, not self.peft_config[self.active_adapter].inference_mode)
-
     def _check_own(self, names: list[str], method: str) -> None:
         other = [n for n in names if n != self.active_adapter]
         if other:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..ranks import world_size
+
 
 class AmortizedStep:
     """The state of one optimizer step's ``W_c`` for a :class:`~hf_projcomp.ProjCompModel`.
@@ -129,10 +131,10 @@ class AmortizedStep:
 def refuse_unsynchronised_ranks() -> None:
     """The gradient-checkpointing path pushes ∂L/∂W_c into P and A outside autograd, so DDP would never
     all-reduce them: refuse under several processes instead of training a different adapter on each."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    processes = world_size()
+    if processes > 1:
         raise RuntimeError(
-            f"gradient checkpointing with {dist.get_world_size()} processes needs the amortised step, or the "
+            f"gradient checkpointing with {processes} processes needs the amortised step, or the "
             "ranks would train different adapters: train with hf_projcomp.ProjCompTrainer, or mix "
             "hf_projcomp.ProjCompTrainerMixin into your Trainer class (class MySFT(ProjCompTrainerMixin, "
             "SFTTrainer)), or turn gradient_checkpointing off"
