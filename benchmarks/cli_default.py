@@ -19,13 +19,13 @@ import time
 from datetime import date
 from pathlib import Path
 
+from data import TEST, data_file, dev_text  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 from hf_projcomp.compact import compact_prune, generate_calibration_texts
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.texts import CALIBRATION, bundled_text
-from data import TEST, data_file, dev_text  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -42,21 +42,34 @@ def main() -> None:
         score_on_test(model, tokenizer, args.chosen, args.test_chars)
         return
     dev = dev_text(args.dev_chars)
-    results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "target_params": 0.5,
-               "dev": f"WikiText-2 validation after the bundled calibration text, first {len(dev):,} characters",
-               "machine": describe(),
-               "date": date.today().isoformat(), "base_dev_bpb": bits_per_byte(model, tokenizer, dev), "rows": []}
+    results = {
+        "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)",
+        "target_params": 0.5,
+        "dev": f"WikiText-2 validation after the bundled calibration text, first {len(dev):,} characters",
+        "machine": describe(),
+        "date": date.today().isoformat(),
+        "base_dev_bpb": bits_per_byte(model, tokenizer, dev),
+        "rows": [],
+    }
     sources = {f"bundled, {n} sequences": (CALIBRATION, n) for n in args.sequences}
     sources["16 samples from the model (previous default), 64 sequences"] = (None, 64)
     for label, (name, sequences) in sources.items():
         start = time.perf_counter()
-        calibration = (str(bundled_text(name, path=True)) if name else
-                       generate_calibration_texts(model, tokenizer, 16, 256, seed=0))
+        calibration = (
+            str(bundled_text(name, path=True))
+            if name
+            else generate_calibration_texts(model, tokenizer, 16, 256, seed=0)
+        )
         small, small_tok, _ = compact_prune(model, tokenizer, calibration, target_params=0.5, num_sequences=sequences)
         seconds = time.perf_counter() - start
-        row = {"calibration": label, "num_sequences": sequences, "seconds": round(seconds, 1),
-               "vocab_size": small.config.vocab_size, "intermediate_size": small.config.intermediate_size,
-               "dev_bpb": bits_per_byte(small, small_tok, dev)}
+        row = {
+            "calibration": label,
+            "num_sequences": sequences,
+            "seconds": round(seconds, 1),
+            "vocab_size": small.config.vocab_size,
+            "intermediate_size": small.config.intermediate_size,
+            "dev_bpb": bits_per_byte(small, small_tok, dev),
+        }
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
         write(results)
@@ -66,8 +79,9 @@ def score_on_test(model, tokenizer, sequences: int, chars: int) -> None:
     """The chosen setting, scored once on the WikiText-2 test prefix (added to its row)."""
     results = json.loads((OUT / "cli_default.json").read_text())
     row = next(r for r in results["rows"] if r["calibration"] == f"bundled, {sequences} sequences")
-    small, small_tok, _ = compact_prune(model, tokenizer, str(bundled_text(CALIBRATION, path=True)), target_params=0.5,
-                                        num_sequences=sequences)
+    small, small_tok, _ = compact_prune(
+        model, tokenizer, str(bundled_text(CALIBRATION, path=True)), target_params=0.5, num_sequences=sequences
+    )
     test = load_text(data_file(TEST), max_chars=chars)
     row["test_bpb"], row["base_test_bpb"] = bits_per_byte(small, small_tok, test), bits_per_byte(model, tokenizer, test)
     results["test"] = f"WikiText-2 test, first {len(test):,} characters"
@@ -91,8 +105,10 @@ def write(results: dict) -> None:
     ]
     for r in results["rows"]:
         test = f"{r['test_bpb']:.4f} ({r['test_bpb'] - r['base_test_bpb']:+.4f})" if "test_bpb" in r else ""
-        lines.append(f"| {r['calibration']} | {r['num_sequences']} | {r['vocab_size']:,} × {r['intermediate_size']} | "
-                     f"{r['dev_bpb']:.4f} | {r['dev_bpb'] - results['base_dev_bpb']:+.4f} | {test} | {r['seconds']} |")
+        lines.append(
+            f"| {r['calibration']} | {r['num_sequences']} | {r['vocab_size']:,} × {r['intermediate_size']} | "
+            f"{r['dev_bpb']:.4f} | {r['dev_bpb'] - results['base_dev_bpb']:+.4f} | {test} | {r['seconds']} |"
+        )
     (OUT / "cli_default.md").write_text("\n".join(lines) + "\n")
 
 

@@ -34,6 +34,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from data import TEST, data_file, dev_text, ood_dev_text  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 import hf_projcomp.compact.select as compact_module
 from hf_projcomp.cli import COMPRESS_SEQUENCES
@@ -41,9 +43,6 @@ from hf_projcomp.compact import compact_prune
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.texts import CALIBRATION, bundled_text
-
-from data import TEST, data_file, dev_text, ood_dev_text  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 DEV_CHARS = TEST_CHARS = 60_000
@@ -62,7 +61,12 @@ ROWS: dict[str, tuple[float, str, dict, str | None]] = {
     # The previous default, and two ablations of it (measured before vocab_prior existed).
     "50% full, vocab_prior=0 (previous default)": (0.5, "full", {"vocab_prior": 0.0}, None),
     "50% full, vocab_prior=0, no alphabet mask": (0.5, "full", {"vocab_prior": 0.0}, "no_alphabet_mask"),
-    "50% full, vocab_prior=0, keep_script_letters=False": (0.5, "full", {"vocab_prior": 0.0, "keep_script_letters": False}, None),
+    "50% full, vocab_prior=0, keep_script_letters=False": (
+        0.5,
+        "full",
+        {"vocab_prior": 0.0, "keep_script_letters": False},
+        None,
+    ),
 }
 GOALS = {"50% full": 0.05, "50% docs128": 0.07, "50% docs16": 0.10, "50% cli": 0.08, "40% full": 0.15, "30% full": 0.35}
 
@@ -111,35 +115,60 @@ def chunked_bits_per_byte(model, tokenizer, text: str, size: int = 3000) -> floa
 
 
 def scores(model, tokenizer, texts: dict[str, str]) -> dict[str, float]:
-    return {"dev": bits_per_byte(model, tokenizer, texts["dev"], progress=False),
-            "dev_chunked": chunked_bits_per_byte(model, tokenizer, texts["dev"]),
-            "ood": bits_per_byte(model, tokenizer, texts["ood"], progress=False),
-            "test": bits_per_byte(model, tokenizer, texts["test"], progress=False)}
+    return {
+        "dev": bits_per_byte(model, tokenizer, texts["dev"], progress=False),
+        "dev_chunked": chunked_bits_per_byte(model, tokenizer, texts["dev"]),
+        "ood": bits_per_byte(model, tokenizer, texts["ood"], progress=False),
+        "test": bits_per_byte(model, tokenizer, texts["test"], progress=False),
+    }
 
 
 def run(only: list[str], append: bool) -> dict:
     model, tokenizer = load_demo_model(dtype=torch.float32)
-    texts = {"dev": dev_text(DEV_CHARS), "ood": ood_dev_text(), "test": load_text(data_file(TEST), max_chars=TEST_CHARS)}
-    previous = json.loads((OUT / "compact_gemma.json").read_text()) if append and (OUT / "compact_gemma.json").is_file() else None
-    results = previous if previous and "base" in previous else {
-        "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)", "machine": describe(),
-        "date": date.today().isoformat(), "base": scores(model, tokenizer, texts), "rows": [],
+    texts = {
+        "dev": dev_text(DEV_CHARS),
+        "ood": ood_dev_text(),
+        "test": load_text(data_file(TEST), max_chars=TEST_CHARS),
     }
+    previous = (
+        json.loads((OUT / "compact_gemma.json").read_text())
+        if append and (OUT / "compact_gemma.json").is_file()
+        else None
+    )
+    results = (
+        previous
+        if previous and "base" in previous
+        else {
+            "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)",
+            "machine": describe(),
+            "date": date.today().isoformat(),
+            "base": scores(model, tokenizer, texts),
+            "rows": [],
+        }
+    )
     results["rows"] = [r for r in results["rows"] if r["row"] not in only]
     for name in only:
         target, regime, kwargs, ablated = ROWS[name]
         for seed, calibration in calibration_sets(regime):
             start = time.perf_counter()
             with ablation(ablated):
-                small, small_tok, result = compact_prune(model, tokenizer, calibration, target_params=target,
-                                                         progress=False, **kwargs)
+                small, small_tok, result = compact_prune(
+                    model, tokenizer, calibration, target_params=target, progress=False, **kwargs
+                )
             seconds = time.perf_counter() - start
-            results["rows"].append({
-                "row": name, "seed": seed, "parameters": small.num_parameters(), "vocab_size": small.config.vocab_size,
-                "intermediate_size": small.config.intermediate_size, "calibration_tokens": result.frequency_tokens,
-                "activation_tokens": result.activation_tokens, "prune_seconds": round(seconds, 1),
-                **scores(small, small_tok, texts),
-            })
+            results["rows"].append(
+                {
+                    "row": name,
+                    "seed": seed,
+                    "parameters": small.num_parameters(),
+                    "vocab_size": small.config.vocab_size,
+                    "intermediate_size": small.config.intermediate_size,
+                    "calibration_tokens": result.frequency_tokens,
+                    "activation_tokens": result.activation_tokens,
+                    "prune_seconds": round(seconds, 1),
+                    **scores(small, small_tok, texts),
+                }
+            )
             print(json.dumps(results["rows"][-1]), flush=True)
             write(results)
     return results
@@ -152,7 +181,8 @@ def write(results: dict) -> None:
     base = results["base"]
     columns = ("dev", "dev_chunked", "ood", "test")
     lines = [
-        f"# COMPACT on {results['model']}: the goal table under the dev/test protocol", "",
+        f"# COMPACT on {results['model']}: the goal table under the dev/test protocol",
+        "",
         f"{results['machine']}, {results['date']}. `python benchmarks/compact_gemma.py`. Bits per byte, 1024-token "
         "windows. **dev**: WikiText-2 validation after the bundled calibration text, first 60,000 characters "
         "(chunked: cut at line breaks into ~3,000-character chunks scored alone; its gap to the windowed score "
@@ -161,10 +191,13 @@ def write(results: dict) -> None:
         "bundled text (the first 47 validation articles, i.e. valid minus the dev tail); `docsN` = N paragraphs "
         "of it sampled with seeds 0, 1, 2 (mean, with min–max); `cli` = `projcomp compress` with no arguments "
         f"(bundled text, {COMPRESS_SEQUENCES} activation sequences). Prune time: `compact_prune` alone, one "
-        "process on the machine, and as a ratio to the `50% full` row of the same run.", "",
+        "process on the machine, and as a ratio to the `50% full` row of the same run.",
+        "",
         f"Base: dev {base['dev']:.4f} (chunked {base['dev_chunked']:.4f}), OOD dev {base['ood']:.4f}, "
-        f"test {base['test']:.4f}.", "",
-        "| row | vocab × d_ff | Δ dev | Δ dev chunked | Δ OOD dev | Δ OOD / Δ test | Δ test | goal (Δ test) | prune time (s, ratio) |",
+        f"test {base['test']:.4f}.",
+        "",
+        "| row | vocab × d_ff | Δ dev | Δ dev chunked | Δ OOD dev | Δ OOD / Δ test | Δ test | goal (Δ test) "
+        "| prune time (s, ratio) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     reference = next((r["prune_seconds"] for r in results["rows"] if r["row"] == "50% full"), None)
@@ -174,7 +207,7 @@ def write(results: dict) -> None:
             continue
         delta = {c: [r[c] - base[c] for r in group] for c in columns}
 
-        def cell(c: str) -> str:
+        def cell(c: str, delta: dict = delta) -> str:
             values = delta[c]
             mean = sum(values) / len(values)
             return f"{mean:+.4f}" if len(values) == 1 else f"{mean:+.4f} ({min(values):+.4f}…{max(values):+.4f})"
@@ -186,18 +219,31 @@ def write(results: dict) -> None:
         goal = f"≤ +{GOALS[name]:.2f}" if name in GOALS else ""
         seconds = sum(r["prune_seconds"] for r in group) / len(group)
         # A row timed while other work shared the cores (marked by hand in the JSON) gets no ratio.
-        timing = (" (cores shared) |" if any(r.get("cores_shared") for r in group)
-                  else f" ({seconds / reference:.2f}×) |" if reference else " |")
-        lines.append(f"| {name} | {' / '.join(sizes)} | {cell('dev')} | {cell('dev_chunked')} | {cell('ood')} | "
-                     f"{ratio:.1f} | {cell('test')} | {goal} | {seconds:.0f}" + timing)
+        timing = (
+            " (cores shared) |"
+            if any(r.get("cores_shared") for r in group)
+            else f" ({seconds / reference:.2f}×) |"
+            if reference
+            else " |"
+        )
+        lines.append(
+            f"| {name} | {' / '.join(sizes)} | {cell('dev')} | {cell('dev_chunked')} | {cell('ood')} | "
+            f"{ratio:.1f} | {cell('test')} | {goal} | {seconds:.0f}" + timing
+        )
     lines += [""] + [f"- {note}" for note in results.get("notes", [])]
     (OUT / "compact_gemma.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
-                        help=f"rows to (re)run, of: {', '.join(ROWS)}")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(ROWS),
+        default=list(ROWS),
+        metavar="ROW",
+        help=f"rows to (re)run, of: {', '.join(ROWS)}",
+    )
     parser.add_argument("--append", action="store_true", help="keep the committed rows not rerun (and the base)")
     args = parser.parse_args()
     write(run(args.only, args.append))

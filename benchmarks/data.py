@@ -18,7 +18,7 @@ VALID = "wikitext-2/valid.txt"
 TEST = "wikitext-2-raw/wiki.test.raw"
 _SOURCES = {
     VALID: "the WikiText-2 validation split, tokenized release (datasets: wikitext, 'wikitext-2-v1', split "
-           "'validation', lines joined)",
+    "'validation', lines joined)",
     TEST: "the WikiText-2 raw test split (datasets: wikitext, 'wikitext-2-raw-v1', split 'test', lines joined)",
 }
 
@@ -44,7 +44,7 @@ def dev_text(chars: int | None = None) -> str:
     calibration = bundled_text(CALIBRATION)
     if not valid.startswith(calibration):
         raise SystemExit("the bundled calibration text is not a prefix of wikitext-2/valid.txt")
-    return valid[len(calibration):][:chars]
+    return valid[len(calibration) :][:chars]
 
 
 def ood_dev_text() -> str:

@@ -88,8 +88,15 @@ def tensor_sha(tensor: Any) -> str:
 
 
 def tensor_entry(tensor: Any, file: str, key: str, policy: str = "exact") -> dict[str, Any]:
-    return {"kind": "tensor", "sha256": tensor_sha(tensor), "shape": list(tensor.shape),
-            "dtype": str(tensor.dtype).replace("torch.", ""), "file": file, "key": key, "policy": policy}
+    return {
+        "kind": "tensor",
+        "sha256": tensor_sha(tensor),
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype).replace("torch.", ""),
+        "file": file,
+        "key": key,
+        "policy": policy,
+    }
 
 
 class Recorder:
@@ -116,8 +123,13 @@ class Recorder:
             rel = Path("files") / self.slug / name.replace("/", "__")
             (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, self.out / rel)
-        self.artifacts[name] = {"kind": "file", "sha256": sha256_file(path), "size": path.stat().st_size,
-                                "file": str(rel), "policy": policy}
+        self.artifacts[name] = {
+            "kind": "file",
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+            "file": str(rel),
+            "policy": policy,
+        }
 
     def finish(self) -> None:
         from safetensors.torch import save_file
@@ -165,8 +177,11 @@ def base_model(model_type: str, tokenizer: Any) -> Any:
     """``tiny_model(model_type)`` with its vocabulary (and special ids) fitted to ``tokenizer`` for GGUF."""
     from tests.tiny import TINY, tiny_model
 
-    ids = {f"{n}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{n}_token"))
-           for n in ("bos", "eos", "pad") if getattr(tokenizer, f"{n}_token")}
+    ids = {
+        f"{n}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{n}_token"))
+        for n in ("bos", "eos", "pad")
+        if getattr(tokenizer, f"{n}_token")
+    }
     extra = {"query_pre_attn_scalar": TINY["head_dim"]} if model_type in ("gemma3_text", "gemma2") else {}
     return tiny_model(model_type, **{"vocab_size": len(tokenizer), "pad_token_id": None, **ids, **extra})
 
@@ -255,7 +270,7 @@ def record_saved_folder(rec: Recorder, directory: Path, prefix: str = "saved") -
         if path.suffix == ".safetensors":
             file = rec.artifacts[f"{prefix}/{rel}"]["file"]
             with safe_open(str(path), "pt") as f:
-                for key in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                for key in f.keys():
                     rec.artifacts[f"{prefix}/{rel}:{key}"] = tensor_entry(f.get_tensor(key), file, key)
 
 
@@ -279,11 +294,15 @@ def compact_case(rec: Recorder, model_type: str, kind: str) -> None:
 
 def run_cli(root: Path, *args: str) -> float:
     """``python -m hf_projcomp.cli ARGS`` on this checkout; its runtime."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "hf_projcomp.cli", *args], cwd=root, env=env,
-                         capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "hf_projcomp.cli", *args], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
     if run.returncode != 0:
         raise RuntimeError(f"projcomp {' '.join(args)} exited {run.returncode}:\n{run.stderr[-4000:]}")
     return time.perf_counter() - start
@@ -325,7 +344,7 @@ def run_case(out: Path, name: str, fn: Callable[[Recorder], None]) -> dict[str, 
     start = time.perf_counter()
     try:
         fn(rec)
-    except Exception as err:  # noqa: BLE001 - recorded so that the comparison shows it
+    except Exception as err:
         traceback.print_exc()
         rec.value("error", f"{type(err).__name__}: {err}")
     rec.finish()
@@ -345,10 +364,19 @@ def environment(root: Path) -> dict[str, Any]:
         run = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
         return run.stdout.strip()
 
-    return {"root": str(root), "hf_projcomp_file": hf_projcomp.__file__, "hf_projcomp": hf_projcomp.__version__,
-            "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads()}
+    return {
+        "root": str(root),
+        "hf_projcomp_file": hf_projcomp.__file__,
+        "hf_projcomp": hf_projcomp.__version__,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def record(out: Path, demo: bool, only: list[str]) -> None:
@@ -361,8 +389,9 @@ def record(out: Path, demo: bool, only: list[str]) -> None:
     import hf_projcomp
 
     if not Path(hf_projcomp.__file__).resolve().is_relative_to(root):
-        sys.exit(f"hf_projcomp imports from {hf_projcomp.__file__}, not from the checkout {root}: "
-                 f"run with PYTHONPATH={root}")
+        sys.exit(
+            f"hf_projcomp imports from {hf_projcomp.__file__}, not from the checkout {root}: run with PYTHONPATH={root}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("tensors", "files"):
         shutil.rmtree(out / stale, ignore_errors=True)
@@ -384,7 +413,7 @@ def load_tensor(manifest: Path, entry: dict[str, Any]) -> Any:
     if not entry.get("file") or not (manifest.parent / entry["file"]).is_file():
         return None
     with safe_open(str(manifest.parent / entry["file"]), "pt") as f:
-        return f.get_tensor(entry["key"]) if entry["key"] in f.keys() else None  # noqa: SIM118
+        return f.get_tensor(entry["key"]) if entry["key"] in f.keys() else None
 
 
 def max_abs(a: Any, b: Any) -> str:
@@ -435,7 +464,7 @@ def describe(paths: tuple[Path, Path], a: dict[str, Any], b: dict[str, Any]) -> 
         ta, tb = load_tensor(paths[0], a), load_tensor(paths[1], b)
         return "tensor data unavailable" if ta is None or tb is None else max_abs(ta, tb)
     if a["kind"] == "file":
-        fa, fb = (p.parent / e["file"] if e.get("file") else None for p, e in zip(paths, (a, b)))
+        fa, fb = (p.parent / e["file"] if e.get("file") else None for p, e in zip(paths, (a, b), strict=True))
         if fa and fb and fa.is_file() and fb.is_file() and is_gguf(fa) and is_gguf(fb):
             return "bytes differ; " + gguf_difference(fa, fb)
         return f"bytes differ ({a['size']} vs {b['size']} bytes)"
@@ -445,15 +474,17 @@ def describe(paths: tuple[Path, Path], a: dict[str, Any], b: dict[str, Any]) -> 
 Row = tuple[str, str, str, bool]  # case, artifact, result, fails
 
 
-def compare_artifact(paths: tuple[Path, Path], name: str, a: dict | None, b: dict | None,
-                     renamed_ok: bool) -> tuple[str, bool]:
+def compare_artifact(
+    paths: tuple[Path, Path], name: str, a: dict | None, b: dict | None, renamed_ok: bool
+) -> tuple[str, bool]:
     """(result, fails) for one artifact present in at least one manifest."""
     entry = a or b
     lenient = entry["policy"] == INFO or (entry["policy"] == RENAMABLE and renamed_ok)
     if a is None or b is None:
         where = "only in A" if b is None else "only in B"
-        return (f"{where} (renamed; fingerprint identical)" if renamed_ok and entry["policy"] == RENAMABLE
-                else where), entry["policy"] != INFO and not lenient
+        return (
+            f"{where} (renamed; fingerprint identical)" if renamed_ok and entry["policy"] == RENAMABLE else where
+        ), entry["policy"] != INFO and not lenient
     if a["sha256"] == b["sha256"]:
         return "identical", False
     result = describe(paths, a, b)
@@ -467,8 +498,9 @@ def compare_case(paths: tuple[Path, Path], name: str, a: dict | None, b: dict | 
     renamed_ok = bool(fa and fb and fa["sha256"] == fb["sha256"])
     rows = []
     for artifact in sorted(a["artifacts"].keys() | b["artifacts"].keys()):
-        result, fails = compare_artifact(paths, artifact, a["artifacts"].get(artifact), b["artifacts"].get(artifact),
-                                         renamed_ok)
+        result, fails = compare_artifact(
+            paths, artifact, a["artifacts"].get(artifact), b["artifacts"].get(artifact), renamed_ok
+        )
         rows.append((name, artifact, result, fails))
     return rows
 
@@ -491,21 +523,26 @@ def print_table(rows: list[Row], cases: dict[str, tuple[Any, Any]], show_all: bo
 def compare(path_a: Path, path_b: Path, show_all: bool, only: list[str]) -> int:
     """Print the comparison table; 1 if anything differs beyond what may (informational, renamed keys)."""
     manifests = [json.loads(p.read_text()) for p in (path_a, path_b)]
-    for label, m in zip("AB", manifests):
+    for label, m in zip("AB", manifests, strict=True):
         env = m["environment"]
-        print(f"{label}: {env['hf_projcomp_file']} commit {env['commit'][:10]}{' (dirty)' if env['dirty'] else ''}, "
-              f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}")
+        print(
+            f"{label}: {env['hf_projcomp_file']} commit {env['commit'][:10]}{' (dirty)' if env['dirty'] else ''}, "
+            f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}"
+        )
     for key in ("torch", "transformers", "peft", "machine"):
         if manifests[0]["environment"][key] != manifests[1]["environment"][key]:
             print(f"warning: {key} differs between the runs; differences may come from it")
-    names = sorted(n for n in manifests[0]["cases"].keys() | manifests[1]["cases"].keys()
-                   if not only or any(s in n for s in only))
+    names = sorted(
+        n for n in manifests[0]["cases"].keys() | manifests[1]["cases"].keys() if not only or any(s in n for s in only)
+    )
     cases = {n: (manifests[0]["cases"].get(n), manifests[1]["cases"].get(n)) for n in names}
     rows = [row for n in names for row in compare_case((path_a, path_b), n, *cases[n])]
     print_table(rows, cases, show_all)
     failing = [r for r in rows if r[3]]
-    print(f"\n{len(rows) - len(failing)} of {len(rows)} artifacts pass in {len(names)} cases; "
-          f"{len(failing)} differ" + (" -> NOT equivalent" if failing else " -> equivalent (bit-identical)"))
+    print(
+        f"\n{len(rows) - len(failing)} of {len(rows)} artifacts pass in {len(names)} cases; "
+        f"{len(failing)} differ" + (" -> NOT equivalent" if failing else " -> equivalent (bit-identical)")
+    )
     return 1 if failing else 0
 
 
@@ -513,7 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", nargs="?", type=Path, help="record: where manifest.json and its data go")
     parser.add_argument("--demo", action="store_true", help="also the demo Gemma-3-270M through the CLI (minutes)")
-    parser.add_argument("--only", nargs="+", default=[], metavar="SUBSTRING", help="record / compare only the cases whose name contains one of these")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="SUBSTRING",
+        help="record / compare only the cases whose name contains one of these",
+    )
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="compare two manifest.json files")
     parser.add_argument("--all", action="store_true", help="with --compare: print identical artifacts too")
     args = parser.parse_args(argv)

@@ -28,19 +28,18 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from data import VALID, data_file  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 from hf_projcomp import hard_prune
+from hf_projcomp.architectures import get_arch_spec
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
-from hf_projcomp.architectures import get_arch_spec
 from hf_projcomp.importance import activation_importance, calibration_batches, magnitude_importance
 from hf_projcomp.importance.calibration import iter_calibration_texts, read_tokens, token_sequences
 from hf_projcomp.importance.scores import top_k
 from hf_projcomp.plan import build_plan
 from hf_projcomp.texts import CALIBRATION, bundled_text
-
-from data import VALID, data_file  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 DEV_CHARS = 20_000
@@ -60,10 +59,16 @@ def magnitude_parts(model) -> dict[str, torch.Tensor]:
         gate, up, down = (m.weight.double() for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         parts["in"].append(gate.pow(2).sum(1) + up.pow(2).sum(1))
         parts["out"].append(down.pow(2).sum(0))
-        parts["folded"].append((gate * pre).pow(2).sum(1) + (up * pre).pow(2).sum(1) + (down * post[:, None]).pow(2).sum(0))
+        parts["folded"].append(
+            (gate * pre).pow(2).sum(1) + (up * pre).pow(2).sum(1) + (down * post[:, None]).pow(2).sum(0)
+        )
     inputs, outputs, folded = (torch.stack(parts[k]) for k in ("in", "out", "folded"))
-    return {"magnitude": (inputs + outputs).sqrt(), "magnitude_in": inputs.sqrt(), "magnitude_out": outputs.sqrt(),
-            "magnitude_norm_folded": folded.sqrt()}
+    return {
+        "magnitude": (inputs + outputs).sqrt(),
+        "magnitude_in": inputs.sqrt(),
+        "magnitude_out": outputs.sqrt(),
+        "magnitude_norm_folded": folded.sqrt(),
+    }
 
 
 def relation(magnitude: torch.Tensor, act2: torch.Tensor) -> dict:
@@ -84,8 +89,12 @@ def relation(magnitude: torch.Tensor, act2: torch.Tensor) -> dict:
 def act2(model, tokenizer, num_sequences: int = 32, sequence_length: int = 512) -> torch.Tensor:
     """Per-layer ``Σ_t h_{t,j}²`` over every position of the first 32 × 512 calibration tokens (the
     sequences COMPACT's activation pass cuts from the same text; no common-token weighting)."""
-    _, stream = read_tokens(tokenizer, iter_calibration_texts(str(bundled_text(CALIBRATION, path=True)), "text"),
-                            num_sequences * sequence_length, progress=False)
+    _, stream = read_tokens(
+        tokenizer,
+        iter_calibration_texts(str(bundled_text(CALIBRATION, path=True)), "text"),
+        num_sequences * sequence_length,
+        progress=False,
+    )
     sequences = token_sequences(stream, tokenizer.bos_token_id, num_sequences, sequence_length)
     spec = get_arch_spec(model.config)
     return activation_importance(model, spec, calibration_batches(sequences), power=2, progress=False).ffn
@@ -110,15 +119,23 @@ def main() -> None:
         kept = {name: [top_k(scores[layer], k) for layer in range(layers)] for name, scores in rankings.items()}
         for name, ffn in kept.items():
             small = hard_prune(model, hidden, ffn)
-            row = {"ranking": name, "keep": keep, "intermediate_size": k,
-                   "dev_bpb": bits_per_byte(small, tokenizer, dev, progress=False),
-                   "shared_with_act2": sum(len(set(a.tolist()) & set(b.tolist()))
-                                           for a, b in zip(ffn, kept["act2"])) / (k * layers)}
+            row = {
+                "ranking": name,
+                "keep": keep,
+                "intermediate_size": k,
+                "dev_bpb": bits_per_byte(small, tokenizer, dev, progress=False),
+                "shared_with_act2": sum(
+                    len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ffn, kept["act2"], strict=True)
+                )
+                / (k * layers),
+            }
             rows.append(row)
             print(row, flush=True)
     meta = {"date": str(date.today()), "machine": describe(), "dev": f"last {DEV_CHARS:,} characters of {VALID}"}
     OUT.mkdir(exist_ok=True)
-    (OUT / "ffn_ranking_gemma.json").write_text(json.dumps({"meta": meta, "rows": rows, "mechanism": mechanism}, indent=1))
+    (OUT / "ffn_ranking_gemma.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "mechanism": mechanism}, indent=1)
+    )
     base = rows[0]["dev_bpb"]
     lines = [
         "# FFN channel rankings on Gemma-3-270M: FFN-only pruning, vocabulary and d_model kept (dev text)",
@@ -132,20 +149,30 @@ def main() -> None:
     ]
     for keep in KEEP:
         for r in (r for r in rows if r["keep"] == keep):
-            lines.append(f"| {r['intermediate_size']} ({keep:.1%}) | {r['ranking']} | {r['dev_bpb']:.4f} | "
-                         f"{r['dev_bpb'] - base:+.4f} | {r['shared_with_act2']:.1%} |")
+            lines.append(
+                f"| {r['intermediate_size']} ({keep:.1%}) | {r['ranking']} | {r['dev_bpb']:.4f} | "
+                f"{r['dev_bpb'] - base:+.4f} | {r['shared_with_act2']:.1%} |"
+            )
     randoms = [[r["dev_bpb"] for r in rows if r["keep"] == keep and r["ranking"].startswith("random")] for keep in KEEP]
-    lines += ["", "Random: " + "; ".join(f"{keep:.1%} kept: mean {sum(v) / len(v):.4f}, range {min(v):.4f}–{max(v):.4f}"
-                                         for keep, v in zip(KEEP, randoms)),
-              "", "## Bug or weak baseline?", "",
-              "The library's `magnitude_importance` gives exactly the ranking computed by hand here (L2 norm of "
-              "each channel's gate and up rows and down column), so the numbers above are magnitude ranking "
-              f"itself. On this model it is anti-informative: the eighth of channels it ranks lowest carries "
-              f"{mechanism['act2_energy_in_magnitude_dropped_eighth']:.1%} of the act² energy (a random eighth "
-              "carries 12.5%), and its rank correlation with act² per layer is "
-              + ", ".join(f"{c:+.2f}" for c in mechanism["spearman_per_layer"])
-              + " (layers 0 to 17). Compare the magnitude rows with the random ones above; folding the norm "
-              "scales into the weights is the `magnitude_norm_folded` row."]
+    lines += [
+        "",
+        "Random: "
+        + "; ".join(
+            f"{keep:.1%} kept: mean {sum(v) / len(v):.4f}, range {min(v):.4f}–{max(v):.4f}"
+            for keep, v in zip(KEEP, randoms, strict=True)
+        ),
+        "",
+        "## Bug or weak baseline?",
+        "",
+        "The library's `magnitude_importance` gives exactly the ranking computed by hand here (L2 norm of "
+        "each channel's gate and up rows and down column), so the numbers above are magnitude ranking "
+        f"itself. On this model it is anti-informative: the eighth of channels it ranks lowest carries "
+        f"{mechanism['act2_energy_in_magnitude_dropped_eighth']:.1%} of the act² energy (a random eighth "
+        "carries 12.5%), and its rank correlation with act² per layer is "
+        + ", ".join(f"{c:+.2f}" for c in mechanism["spearman_per_layer"])
+        + " (layers 0 to 17). Compare the magnitude rows with the random ones above; folding the norm "
+        "scales into the weights is the `magnitude_norm_folded` row.",
+    ]
     (OUT / "ffn_ranking_gemma.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -35,6 +35,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from data import dev_text, ood_dev_text  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
@@ -42,14 +44,11 @@ import hf_projcomp.compact.select as select_module
 from hf_projcomp.architectures import ArchSpec, get_arch_spec
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.compact.compensation import load_down_proj, refit_down_proj
-from hf_projcomp.importance.calibration import Batch
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
 from hf_projcomp.hard_pruning import hard_prune
+from hf_projcomp.importance.calibration import Batch
 from hf_projcomp.texts import CALIBRATION, bundled_text
-
-from data import dev_text, ood_dev_text  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 # target: (split, activation sequences); the splits are compact_gemma.md's before the refit, 64 sequences
@@ -78,15 +77,22 @@ def main() -> None:
     saved = json.loads((OUT / "ffn_refit_gemma.json").read_text()) if (OUT / "ffn_refit_gemma.json").exists() else None
     done = {(r["target"], r["variant"]) for r in saved["rows"]} if saved else set()
     base = saved["base"] if saved else {k: bits_per_byte(model, tokenizer, t, progress=False) for k, t in texts.items()}
-    results = saved or {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)", "machine": describe(),
-                        "date": date.today().isoformat(), "base": base, "rows": []}
+    results = saved or {
+        "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)",
+        "machine": describe(),
+        "date": date.today().isoformat(),
+        "base": base,
+        "rows": [],
+    }
     grams, second = [], []
     # Keep compact_prune's Gram matrices, activation batches and position weights and skip its own
     # refit: every variant starts from the same pass.
     select_module.refit_down_proj = lambda base_model, spec, g, ffn, *a, **k: grams.append(g)
     importance = select_module.activation_importance
     select_module.activation_importance = lambda m, s, batches, **k: (
-        second.append((batches, k["token_weight"])), importance(m, s, batches, **k))[1]
+        second.append((batches, k["token_weight"])),
+        importance(m, s, batches, **k),
+    )[1]
     layers = model.get_submodule(spec.layers)
     for target, (split, sequences) in SETTINGS.items():
         todo = [n for n in ONLY.get(target, VARIANTS) if (target, n) not in done]
@@ -94,27 +100,41 @@ def main() -> None:
             continue
         grams.clear()
         second.clear()
-        small, small_tok, result = compact_prune(model, tokenizer, str(bundled_text(CALIBRATION, path=True)),
-                                                 split=split, num_sequences=sequences, progress=False)
+        small, small_tok, result = compact_prune(
+            model,
+            tokenizer,
+            str(bundled_text(CALIBRATION, path=True)),
+            split=split,
+            num_sequences=sequences,
+            progress=False,
+        )
         hidden = list(range(model.config.hidden_size))
         for name in todo:
             ranking, ridge, own_ridge = VARIANTS[name]
             start = time.perf_counter()
             ffn = result.intermediate_indices
             if ranking == "obs":
-                ffn = [obs_channels(layers[i].get_submodule(spec.ffn_down).weight, grams[0][i], len(c))
-                       for i, c in enumerate(ffn)]
+                ffn = [
+                    obs_channels(layers[i].get_submodule(spec.ffn_down).weight, grams[0][i], len(c))
+                    for i, c in enumerate(ffn)
+                ]
             candidate = hard_prune(model, hidden, ffn, result.kept_token_ids)
             if ridge is not None:
                 load_down_proj(candidate, spec, refit_down_proj(model, spec, grams[0], ffn, ridge=ridge))
             if own_ridge is not None:
                 batches, weight = second[0]
-                refit_down_proj_on_own_inputs(candidate, model, spec, batches, token_weight=weight, ridge=own_ridge,
-                                              progress=False)
-            row = {"target": target, "variant": name, "vocab_size": small.config.vocab_size,
-                   "intermediate_size": small.config.intermediate_size, "seconds": time.perf_counter() - start,
-                   "date": date.today().isoformat(),
-                   **{k: bits_per_byte(candidate, small_tok, t, progress=False) for k, t in texts.items()}}
+                refit_down_proj_on_own_inputs(
+                    candidate, model, spec, batches, token_weight=weight, ridge=own_ridge, progress=False
+                )
+            row = {
+                "target": target,
+                "variant": name,
+                "vocab_size": small.config.vocab_size,
+                "intermediate_size": small.config.intermediate_size,
+                "seconds": time.perf_counter() - start,
+                "date": date.today().isoformat(),
+                **{k: bits_per_byte(candidate, small_tok, t, progress=False) for k, t in texts.items()},
+            }
             print(json.dumps(row), flush=True)
             results["rows"].append(row)
             write(results)
@@ -125,7 +145,8 @@ def write(results: dict) -> None:
     (OUT / "ffn_refit_gemma.json").write_text(json.dumps(results, indent=2) + "\n")
     base = results["base"]
     lines = [
-        f"# FFN compensation in COMPACT on {results['model']}, dev text only", "",
+        f"# FFN compensation in COMPACT on {results['model']}, dev text only",
+        "",
         f"{results['machine']}, {results['date']}. `python benchmarks/ffn_refit_gemma.py`. COMPACT at the split it "
         "chose at 40% and 30% before the refit existed, calibrated on the bundled text (64 activation sequences of "
         "512 tokens unless the target says 8), one calibration pass per setting; "
@@ -138,17 +159,25 @@ def write(results: dict) -> None:
         "domain and loses 0.12 out of domain: it fits the calibration domain, so it stays here, not in the "
         "library. The second refit, on the pruned model's own activations, gains in domain only by losing out "
         "of domain at every ridge tried (and at 30% its in-domain gain fades as the ridge grows): it stays here "
-        "too. `8 sequences`: the activation pass of `projcomp compress`.", "",
-        "| target | vocab × d_ff | variant | Δ dev | Δ OOD dev | seconds |", "|---|---|---|---|---|---|",
+        "too. `8 sequences`: the activation pass of `projcomp compress`.",
+        "",
+        "| target | vocab × d_ff | variant | Δ dev | Δ OOD dev | seconds |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in sorted(results["rows"], key=lambda r: (list(SETTINGS).index(r["target"]), list(VARIANTS).index(r["variant"]))):
-        lines.append(f"| {r['target']} | {r['vocab_size']:,} × {r['intermediate_size']} | {r['variant']} | "
-                     f"{r['dev'] - base['dev']:+.4f} | {r['ood'] - base['ood']:+.4f} | {r['seconds']:.0f} |")
+    for r in sorted(
+        results["rows"], key=lambda r: (list(SETTINGS).index(r["target"]), list(VARIANTS).index(r["variant"]))
+    ):
+        lines.append(
+            f"| {r['target']} | {r['vocab_size']:,} × {r['intermediate_size']} | {r['variant']} | "
+            f"{r['dev'] - base['dev']:+.4f} | {r['ood'] - base['ood']:+.4f} | {r['seconds']:.0f} |"
+        )
     (OUT / "ffn_refit_gemma.md").write_text("\n".join(lines) + "\n")
 
 
 @torch.no_grad()
-def obs_channels(weight: torch.Tensor, gram: torch.Tensor, keep: int, damp: float = 1e-2, rounds: int = 8) -> torch.Tensor:
+def obs_channels(
+    weight: torch.Tensor, gram: torch.Tensor, keep: int, damp: float = 1e-2, rounds: int = 8
+) -> torch.Tensor:
     """The ``keep`` d_ff channels to keep when each removal is followed by the least-squares refit
     (greedy Optimal Brain Surgeon over columns, as in ZipLM): in ``rounds`` steps, drop the channels
     whose removal raises ``Σ_t w_t ‖W h_t − W' h_t‖²`` least, ``‖W_j‖² / [H⁻¹]_jj`` with ``H = G + damp``,
@@ -173,7 +202,6 @@ def obs_channels(weight: torch.Tensor, gram: torch.Tensor, keep: int, damp: floa
         inv = inv[stay][:, stay] - inv[stay][:, drop] @ torch.linalg.solve(inv_dd, inv[drop][:, stay])
         alive = alive[stay]
     return alive.sort().values
-
 
 
 @torch.no_grad()
@@ -209,8 +237,11 @@ def refit_down_proj_on_own_inputs(
     transposed = any(lin.transposed for lin in spec.linears if lin.path == spec.ffn_down)
     base_downs = [layer.get_submodule(spec.ffn_down) for layer in base.get_submodule(spec.layers)]
     small_downs = [layer.get_submodule(spec.ffn_down) for layer in small.get_submodule(spec.layers)]
-    layers = [i for i, (b, s) in enumerate(zip(base_downs, small_downs))
-              if _in_out(s.weight, transposed)[1] < _in_out(b.weight, transposed)[1]]
+    layers = [
+        i
+        for i, (b, s) in enumerate(zip(base_downs, small_downs, strict=True))
+        if _in_out(s.weight, transposed)[1] < _in_out(b.weight, transposed)[1]
+    ]
     if not layers:
         return
     device = next(small.parameters()).device

@@ -53,21 +53,42 @@ def main() -> None:
             times[name].append(timed(command, work))
             print(name, round(times[name][-1], 1), flush=True)
     if args.previous:
-        command = [projcomp, "compress", "--overwrite", "--samples", "16", "--num-sequences", "64", "--output", "previous"]
+        command = [
+            projcomp,
+            "compress",
+            "--overwrite",
+            "--samples",
+            "16",
+            "--num-sequences",
+            "64",
+            "--output",
+            "previous",
+        ]
         times["projcomp compress (previous default: 16 sampled texts, 64 sequences)"] = [timed(command, work)]
     shutil.rmtree(work, ignore_errors=True)
-    results = {"machine": f"{os.cpu_count()} CPU cores, no GPU, {platform.machine()}", "date": date.today().isoformat(),
-               "repeats": args.repeats, "seconds": times}
+    results = {
+        "machine": f"{os.cpu_count()} CPU cores, no GPU, {platform.machine()}",
+        "date": date.today().isoformat(),
+        "repeats": args.repeats,
+        "seconds": times,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "first_run.json").write_text(json.dumps(results, indent=2) + "\n")
     compress = statistics.median(times["projcomp compress"])
-    lines = ["# The README's main job, timed as a newcomer runs it", "",
-             f"{results['machine']}, {results['date']}; demo model already converted; median of "
-             f"{args.repeats} alternating runs, each a fresh process.", "",
-             "| command | median (s) | all runs (s) | / compress |", "|---|---|---|---|"]
+    lines = [
+        "# The README's main job, timed as a newcomer runs it",
+        "",
+        f"{results['machine']}, {results['date']}; demo model already converted; median of "
+        f"{args.repeats} alternating runs, each a fresh process.",
+        "",
+        "| command | median (s) | all runs (s) | / compress |",
+        "|---|---|---|---|",
+    ]
     for name, measured in times.items():
         median = statistics.median(measured)
-        lines.append(f"| `{name}` | {median:.2f} | {', '.join(f'{t:.2f}' for t in measured)} | {median / compress:.3f} |")
+        lines.append(
+            f"| `{name}` | {median:.2f} | {', '.join(f'{t:.2f}' for t in measured)} | {median / compress:.3f} |"
+        )
     (OUT / "first_run.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

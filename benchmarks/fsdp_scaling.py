@@ -28,18 +28,17 @@ import ctypes
 import json
 import os
 import statistics
-from contextlib import nullcontext
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from machine import describe  # benchmarks/machine.py
+from transformers import LlamaConfig, LlamaForCausalLM
 
 OUT = Path(__file__).resolve().parent / "results"
 MODES = ("one", "ddp", "fsdp2")
@@ -95,8 +94,15 @@ def worker(mode: str, layers: int, steps: int, device: str, out: Path) -> None:
     if device == "cuda":
         torch.cuda.set_device(rank)
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_key_value_heads=4,
-                         num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=512)
+    config = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        num_hidden_layers=layers,
+        vocab_size=32000,
+        max_position_embeddings=512,
+    )
     base = LlamaForCausalLM(config).to(device)
     base_params = sum(p.numel() for p in base.parameters())
     model = get_projcomp_model(base, ProjCompConfig(target_params=0.5, importance="magnitude"), progress=False)
@@ -133,8 +139,15 @@ def worker(mode: str, layers: int, steps: int, device: str, out: Path) -> None:
             torch.cuda.synchronize()
         if step >= 1:
             times.append(time.perf_counter() - start)
-    result = {"mode": mode, "rank": rank, "world": world, "peak_bytes": _peak_bytes(device),
-              "held_bytes": _held_bytes(pc, optimizer), "step_s": statistics.median(times), "base_params": base_params}
+    result = {
+        "mode": mode,
+        "rank": rank,
+        "world": world,
+        "peak_bytes": _peak_bytes(device),
+        "held_bytes": _held_bytes(pc, optimizer),
+        "step_s": statistics.median(times),
+        "base_params": base_params,
+    }
     (out / f"{mode}-rank{rank}.json").write_text(json.dumps(result))
     if distributed:
         close_process_group()
@@ -154,22 +167,43 @@ def main() -> None:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="fsdp_scaling_"))
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [str(Path(__file__).resolve()), "--layers", str(args.layers), "--steps", str(args.steps),
-              "--device", args.device, "--out", str(args.out)]
+    common = [
+        str(Path(__file__).resolve()),
+        "--layers",
+        str(args.layers),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+        "--out",
+        str(args.out),
+    ]
     for mode in MODES:
-        launcher = [sys.executable] if mode == "one" else [sys.executable, "-m", "torch.distributed.run",
-                                                           "--nproc_per_node", "2"]
+        launcher = (
+            [sys.executable]
+            if mode == "one"
+            else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        )
         print(f"running {mode}...", flush=True)
         subprocess.run([*launcher, *common, "--worker", mode], check=True, env=env)
-    rows = [json.loads((args.out / f"{mode}-rank{r}.json").read_text())
-            for mode in MODES for r in range(1 if mode == "one" else 2)]
+    rows = [
+        json.loads((args.out / f"{mode}-rank{r}.json").read_text())
+        for mode in MODES
+        for r in range(1 if mode == "one" else 2)
+    ]
     write_results(rows, args)
 
 
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     one = next(r for r in rows if r["mode"] == "one")
-    meta = {"date": str(date.today()), "machine": describe(args.device), "device": args.device, "layers": args.layers, "steps": args.steps,
-            "base_params": one["base_params"]}
+    meta = {
+        "date": str(date.today()),
+        "machine": describe(args.device),
+        "device": args.device,
+        "layers": args.layers,
+        "steps": args.steps,
+        "base_params": one["base_params"],
+    }
     (OUT / "fsdp_scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         "# Projected compression: memory per rank and step time, 1 vs 2 processes, DDP vs FSDP2",
@@ -184,8 +218,10 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['rank']} | {r['held_bytes'] / 2**20:,.0f} | {r['peak_bytes'] / 2**20:,.0f} "
-                     f"| {r['step_s'] / one['step_s']:.2f} |")
+        lines.append(
+            f"| {r['mode']} | {r['rank']} | {r['held_bytes'] / 2**20:,.0f} | {r['peak_bytes'] / 2**20:,.0f} "
+            f"| {r['step_s'] / one['step_s']:.2f} |"
+        )
     lines += [
         "",
         "Held tensors: parameters, gradients and AdamW state the rank keeps (a shard counts its local part). "

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from data import TEST, data_file, dev_text, ood_dev_text  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_projcomp.compact import compact_prune
@@ -51,8 +53,6 @@ from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
 from hf_projcomp.texts import CALIBRATION, bundled_text
 from hf_projcomp.training import DistillConfig, distill_pruned
-from data import TEST, data_file, dev_text, ood_dev_text  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 RUNS = OUT / ".runs"
@@ -78,23 +78,33 @@ def pruned(target: str, model, tokenizer, split=None):
     split = tuple(split or SPLITS[target])
     cache = RUNS / f"heal-{target.rstrip('%')}{split_suffix(target, split)}"
     if not (cache / "kept.pt").is_file():
-        small, small_tok, selection = compact_prune(model, tokenizer, str(bundled_text(CALIBRATION, path=True)),
-                                                    split=split, progress=False)
+        small, small_tok, selection = compact_prune(
+            model, tokenizer, str(bundled_text(CALIBRATION, path=True)), split=split, progress=False
+        )
         small.save_pretrained(cache)
         small_tok.save_pretrained(cache)
         torch.save(selection.kept_token_ids, cache / "kept.pt")
-    return (AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32), AutoTokenizer.from_pretrained(cache),
-            torch.load(cache / "kept.pt"))
+    return (
+        AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(cache),
+        torch.load(cache / "kept.pt"),
+    )
 
 
 def heal(run: dict, model, tokenizer) -> tuple:
     """Distil COMPACT's model at ``run["target"]`` as ``run`` says: the model, its tokenizer, seconds."""
     small, small_tok, kept = pruned(run["target"], model, tokenizer, run["split"])
-    config = DistillConfig(max_tokens=run["tokens"], learning_rate=run["lr"], seed=run["seed"],
-                           bos_each_block=run["bos_each_block"], lr_scheduler_type=run["schedule"])
+    config = DistillConfig(
+        max_tokens=run["tokens"],
+        learning_rate=run["lr"],
+        seed=run["seed"],
+        bos_each_block=run["bos_each_block"],
+        lr_scheduler_type=run["schedule"],
+    )
     start = time.perf_counter()
-    distill_pruned(small, model, small_tok, bundled_text(CALIBRATION, path=True), vocab_indices=kept, config=config,
-                   progress=False)
+    distill_pruned(
+        small, model, small_tok, bundled_text(CALIBRATION, path=True), vocab_indices=kept, config=config, progress=False
+    )
     return small.eval(), small_tok, time.perf_counter() - start
 
 
@@ -123,7 +133,8 @@ def write(results: dict) -> None:
 
     budget_cols = sorted({p["tokens"] for r in results["runs"] for p in r["points"]})  # runs before the BOS columns
     lines = [
-        f"# COMPACT + distillation from the base, {results['model']}", "",
+        f"# COMPACT + distillation from the base, {results['model']}",
+        "",
         f"{results['machine']}, {results['date']}. `python benchmarks/heal_gemma.py`. The pruned vanilla model "
         "(COMPACT's default split at each budget) trains every weight with `hf_projcomp.distill_pruned`: "
         "KL(base ‖ pruned) over the bundled calibration text, "
@@ -135,74 +146,120 @@ def write(results: dict) -> None:
         "without BOS) and **BOS** (every window starts with BOS, as a served model sees text). "
         f"**dev**: WikiText-2 validation after the calibration text (first {BUDGET_CHARS:,} characters along the "
         f"run, {FINAL_CHARS:,} at the end); **OOD dev**: Python source; **test**: WikiText-2 raw test, first "
-        f"{TEST_CHARS:,} characters, scored once per reported run, never used to choose. Δ: against the base.", "",
+        f"{TEST_CHARS:,} characters, scored once per reported run, never used to choose. Δ: against the base.",
+        "",
         f"Base, plain / BOS: dev {base['dev_budget']:.4f} / {base['dev_budget_bos']:.4f} ({BUDGET_CHARS:,} "
         f"characters), {base['dev']:.4f} / {base['dev_bos']:.4f} ({FINAL_CHARS:,}); OOD dev {base['ood']:.4f} / "
-        f"{base['ood_bos']:.4f}; test {base['test']:.4f} / {base['test_bos']:.4f}.", "",
-        "## Along each run: Δ dev plain / Δ dev BOS / Δ OOD dev plain", "",
+        f"{base['ood_bos']:.4f}; test {base['test']:.4f} / {base['test_bos']:.4f}.",
+        "",
+        "## Along each run: Δ dev plain / Δ dev BOS / Δ OOD dev plain",
+        "",
         "| target | vocab × d_ff | blocks | LR | seed | " + " | ".join(f"{t:,} tokens" for t in budget_cols) + " |",
         "|---|---|---|---|---|" + "---|" * len(budget_cols),
     ]
+
     def order(r: dict) -> tuple:
-        return (list(SPLITS).index(r["target"]), r.get("bos_each_block", False), tuple(r["split"]), r["lr"],
-                r["tokens"], r["seed"])
+        return (
+            list(SPLITS).index(r["target"]),
+            r.get("bos_each_block", False),
+            tuple(r["split"]),
+            r["lr"],
+            r["tokens"],
+            r["seed"],
+        )
 
     for run in sorted((r for r in results["runs"] if r["points"]), key=order):
         by_tokens = {p["tokens"]: p for p in run["points"]}
-        cells = [f"{delta(by_tokens[t], 'dev', 'dev_budget')} / {delta(by_tokens[t], 'dev_bos', 'dev_budget_bos')} / "
-                 f"{delta(by_tokens[t], 'ood')}" if t in by_tokens else "" for t in budget_cols]
-        lines.append(f"| {run['target']} | {run['split'][0]:,} × {run['split'][1]} | {recipe(run)} | {run['lr']:g} | "
-                     f"{run['seed']} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{delta(by_tokens[t], 'dev', 'dev_budget')} / {delta(by_tokens[t], 'dev_bos', 'dev_budget_bos')} / "
+            f"{delta(by_tokens[t], 'ood')}"
+            if t in by_tokens
+            else ""
+            for t in budget_cols
+        ]
+        lines.append(
+            f"| {run['target']} | {run['split'][0]:,} × {run['split'][1]} | {recipe(run)} | {run['lr']:g} | "
+            f"{run['seed']} | " + " | ".join(cells) + " |"
+        )
     keys = ("dev", "dev_bos", "ood", "ood_bos", "test", "test_bos")
-    lines += ["", "## At the end of each reported run (dev and OOD: 60,000 characters)", "",
-              "| target | blocks | LR | seed | tokens | Δ dev | Δ dev BOS | Δ OOD | Δ OOD BOS | Δ test | Δ test BOS | "
-              "goal (Δ test) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## At the end of each reported run (dev and OOD: 60,000 characters)",
+        "",
+        "| target | blocks | LR | seed | tokens | Δ dev | Δ dev BOS | Δ OOD | Δ OOD BOS | Δ test | Δ test BOS | "
+        "goal (Δ test) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for target in SPLITS:
         free = results["training_free"].get(target)
         if free:
-            lines.append(f"| {target} | training-free | | | 0 | " + " | ".join(delta(free, k) for k in keys)
-                         + f" | ≤ +{GOALS[target]:.2f} |")
+            lines.append(
+                f"| {target} | training-free | | | 0 | "
+                + " | ".join(delta(free, k) for k in keys)
+                + f" | ≤ +{GOALS[target]:.2f} |"
+            )
         groups: dict[tuple, list] = {}
-        for run in sorted((r for r in results["runs"] if r["target"] == target and "dev" in r.get("final", {})),
-                          key=order):
+        for run in sorted(
+            (r for r in results["runs"] if r["target"] == target and "dev" in r.get("final", {})), key=order
+        ):
             groups.setdefault((recipe(run), run["lr"], run["tokens"]), []).append(run)
-            lines.append(f"| {target} | {recipe(run)} | {run['lr']:g} | {run['seed']} | {run['tokens']:,} | "
-                         + " | ".join(delta(run["final"], k) for k in keys) + f" | ≤ +{GOALS[target]:.2f} |")
+            lines.append(
+                f"| {target} | {recipe(run)} | {run['lr']:g} | {run['seed']} | {run['tokens']:,} | "
+                + " | ".join(delta(run["final"], k) for k in keys)
+                + f" | ≤ +{GOALS[target]:.2f} |"
+            )
         for (name, lr, tokens), group in groups.items():
             if len(group) > 1:
                 cells = []
                 for k in keys:
                     values = [r["final"][k] - base[k] for r in group if k in r["final"]]
-                    cells.append(f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
-                                 if len(values) > 1 else "–")
-                lines.append(f"| **{target}, mean ± sd** | {name} | {lr:g} | {len(group)} seeds | {tokens:,} | "
-                             + " | ".join(cells) + " | |")
-    lines += ["", "## Dev's pick at each target", "",
-              "Among the training-free model and the chosen recipe at each split and budget run, the lowest mean over seeds "
-              "of dev plain + dev BOS (60,000 characters each); its test is the goal table's. Test is shown for "
-              "every candidate (each scored once) but picks nothing; met: the mean within the goal (and how many seeds are).", "",
-              "| target | candidate | seeds | dev + dev BOS | Δ test (mean ± sd) | goal (Δ test) | picked | met |",
-              "|---|---|---|---|---|---|---|---|"]
+                    cells.append(
+                        f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else "–"
+                    )
+                lines.append(
+                    f"| **{target}, mean ± sd** | {name} | {lr:g} | {len(group)} seeds | {tokens:,} | "
+                    + " | ".join(cells)
+                    + " | |"
+                )
+    lines += [
+        "",
+        "## Dev's pick at each target",
+        "",
+        "Among the training-free model and the chosen recipe at each split and budget run, the lowest mean over seeds "
+        "of dev plain + dev BOS (60,000 characters each); its test is the goal table's. Test is shown for "
+        "every candidate (each scored once) but picks nothing; met: the mean within the goal (and how many seeds are).",
+        "",
+        "| target | candidate | seeds | dev + dev BOS | Δ test (mean ± sd) | goal (Δ test) | picked | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for target, candidates in dev_candidates(results).items():
         picked = dev_pick(candidates)
         for candidate in candidates:
             tests = [f["test"] - base["test"] for f in candidate.finals if "test" in f]
             scored = len(tests) == len(candidate.finals)
-            test = ("–" if not scored else f"{tests[0]:+.4f}" if len(tests) == 1
-                    else f"{statistics.mean(tests):+.4f} ± {statistics.stdev(tests):.4f}")
+            test = (
+                "–"
+                if not scored
+                else f"{tests[0]:+.4f}"
+                if len(tests) == 1
+                else f"{statistics.mean(tests):+.4f} ± {statistics.stdev(tests):.4f}"
+            )
             met = ""
             if candidate is picked and scored:
                 met = "yes" if statistics.mean(tests) <= GOALS[target] else "no"
                 if len(tests) > 1:
                     met += f" ({sum(t <= GOALS[target] for t in tests)} of {len(tests)} seeds)"
-            lines.append(f"| {target} | {candidate.name} | {len(candidate.finals)} | {candidate.dev_sum:.4f} | {test} | "
-                         f"≤ +{GOALS[target]:.2f} | {'**yes**' if candidate is picked else ''} | {met} |")
+            lines.append(
+                f"| {target} | {candidate.name} | {len(candidate.finals)} | {candidate.dev_sum:.4f} | {test} | "
+                f"≤ +{GOALS[target]:.2f} | {'**yes**' if candidate is picked else ''} | {met} |"
+            )
     lines += [""] + [f"- {note}" for note in results.get("notes", [])]
     (OUT / "heal_gemma.md").write_text("\n".join(lines) + "\n")
 
 
 class Candidate(NamedTuple):
     """A model dev may pick at a target: the training-free one, or the chosen recipe at a split and budget."""
+
     name: str
     finals: list[dict]  # each seed's final scores
     dev_sum: float  # mean over seeds of dev plain + dev BOS: what dev_pick minimises
@@ -222,28 +279,49 @@ def dev_candidates(results: dict) -> dict[str, list[Candidate]]:
         if not all(k in free for k in ("dev", "dev_bos", "test")):
             continue
         out[target] = [Candidate("training-free", [free], free["dev"] + free["dev_bos"], [])]
-        runs = [r for r in results["runs"] if r["target"] == target and is_chosen_recipe(r, results)
-                and "dev_bos" in r.get("final", {})]
-        for key in sorted({(tuple(r["split"]), r["tokens"], r["schedule"]) for r in runs},
-                          key=lambda k: (-k[0][1], k[1], k[2] != CONSTANT)):
+        runs = [
+            r
+            for r in results["runs"]
+            if r["target"] == target and is_chosen_recipe(r, results) and "dev_bos" in r.get("final", {})
+        ]
+        for key in sorted(
+            {(tuple(r["split"]), r["tokens"], r["schedule"]) for r in runs},
+            key=lambda k: (-k[0][1], k[1], k[2] != CONSTANT),
+        ):
             group = [r for r in runs if (tuple(r["split"]), r["tokens"], r["schedule"]) == key]
             finals = [r["final"] for r in group]
-            out[target].append(Candidate(f"{recipe(group[0])}, {key[1]:,} tokens", finals,
-                                         statistics.mean(f["dev"] + f["dev_bos"] for f in finals), group))
+            out[target].append(
+                Candidate(
+                    f"{recipe(group[0])}, {key[1]:,} tokens",
+                    finals,
+                    statistics.mean(f["dev"] + f["dev_bos"] for f in finals),
+                    group,
+                )
+            )
     return out
 
 
 def is_chosen_recipe(run: dict, results: dict) -> bool:
     """The chosen LR and blocks, with the constant schedule or ``--decay``'s (whatever the split and budget)."""
     lr = results.get("chosen_lr")
-    return (lr is not None and run["bos_each_block"] == results.get("chosen_bos_each_block")
-            and (run["lr"], run["schedule"]) in {(lr, CONSTANT), decayed(lr)})
+    return (
+        lr is not None
+        and run["bos_each_block"] == results.get("chosen_bos_each_block")
+        and (run["lr"], run["schedule"]) in {(lr, CONSTANT), decayed(lr)}
+    )
 
 
 # key: (text, BOS at each window, characters scored; None: all of ``texts[text]``)
-SCORES = {"dev_budget": ("dev", False, BUDGET_CHARS), "dev_budget_bos": ("dev", True, BUDGET_CHARS),
-          "dev": ("dev", False, None), "dev_bos": ("dev", True, None), "ood": ("ood", False, None),
-          "ood_bos": ("ood", True, None), "test": ("test", False, None), "test_bos": ("test", True, None)}
+SCORES = {
+    "dev_budget": ("dev", False, BUDGET_CHARS),
+    "dev_budget_bos": ("dev", True, BUDGET_CHARS),
+    "dev": ("dev", False, None),
+    "dev_bos": ("dev", True, None),
+    "ood": ("ood", False, None),
+    "ood_bos": ("ood", True, None),
+    "test": ("test", False, None),
+    "test_bos": ("test", True, None),
+}
 # What a reported run is scored on; dev_budget_bos is the base's only (the along-run table's reference).
 REPORTED = tuple(k for k in SCORES if k != "dev_budget_bos")
 
@@ -259,25 +337,50 @@ def score(model, tokenizer, texts: dict[str, str], scores: dict, keys=REPORTED) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[], help="budgets beyond the 32,768 tokens the "
-                        "choices are made at, run with the chosen recipe (e.g. 65536)")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        nargs="+",
+        default=[],
+        help="budgets beyond the 32,768 tokens the choices are made at, run with the chosen recipe (e.g. 65536)",
+    )
     parser.add_argument("--grid", type=float, nargs="+", default=[1e-5, 3e-5], help="learning rates tried at 40%%")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the chosen recipe's runs")
     parser.add_argument("--targets", nargs="+", default=list(SPLITS), choices=list(SPLITS))
-    parser.add_argument("--other-splits", action="store_true", help="also distil OTHER_SPLITS (the search's "
-                        "neighbours of its choice), scored on dev; test only for dev's pick")
-    parser.add_argument("--decay", type=int, nargs="+", default=[], metavar="TOKENS", help="budgets to run the "
-                        "chosen recipe at with a cosine decay from twice the chosen LR, scored on dev; test only for "
-                        "dev's pick")
+    parser.add_argument(
+        "--other-splits",
+        action="store_true",
+        help="also distil OTHER_SPLITS (the search's "
+        "neighbours of its choice), scored on dev; test only for dev's pick",
+    )
+    parser.add_argument(
+        "--decay",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="TOKENS",
+        help="budgets to run the "
+        "chosen recipe at with a cosine decay from twice the chosen LR, scored on dev; test only for "
+        "dev's pick",
+    )
     parser.add_argument("--resume", action="store_true", help="keep runs already in heal_gemma.json")
     args = parser.parse_args()
     model, tokenizer = load_demo_model(dtype=torch.float32)
-    texts = {"dev": dev_text(FINAL_CHARS), "ood": ood_dev_text(), "test": load_text(data_file(TEST), max_chars=TEST_CHARS)}
+    texts = {
+        "dev": dev_text(FINAL_CHARS),
+        "ood": ood_dev_text(),
+        "test": load_text(data_file(TEST), max_chars=TEST_CHARS),
+    }
     path = OUT / "heal_gemma.json"
     results = json.loads(path.read_text()) if args.resume and path.is_file() else None
     if results is None:
-        results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)", "machine": describe(),
-                   "date": date.today().isoformat(), "base": {}, "runs": []}
+        results = {
+            "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)",
+            "machine": describe(),
+            "date": date.today().isoformat(),
+            "base": {},
+            "runs": [],
+        }
     base = results["base"]
     score(model, tokenizer, texts, base, tuple(SCORES))
     for entry in results["runs"]:  # runs of earlier versions: one stream, seed 0 unless said
@@ -295,10 +398,24 @@ def main() -> None:
             score(small.eval(), small_tok, texts, free)
             write(results)
 
-    def run(target: str, lr: float, seed: int, bos_each_block: bool, tokens: int = CHOICE_TOKENS,
-            split: tuple[int, int] | None = None, schedule: str = CONSTANT) -> dict:
-        wanted = {"target": target, "lr": lr, "seed": seed, "tokens": tokens, "bos_each_block": bos_each_block,
-                  "split": list(split or SPLITS[target]), "schedule": schedule}
+    def run(
+        target: str,
+        lr: float,
+        seed: int,
+        bos_each_block: bool,
+        tokens: int = CHOICE_TOKENS,
+        split: tuple[int, int] | None = None,
+        schedule: str = CONSTANT,
+    ) -> dict:
+        wanted = {
+            "target": target,
+            "lr": lr,
+            "seed": seed,
+            "tokens": tokens,
+            "bos_each_block": bos_each_block,
+            "split": list(split or SPLITS[target]),
+            "schedule": schedule,
+        }
         done = next((r for r in results["runs"] if all(r.get(k, False) == v for k, v in wanted.items())), None)
         if done:
             return done
@@ -325,13 +442,15 @@ def main() -> None:
     # 1. The learning rate: 40%, one stream, seed 0; dev plain (first 20,000 characters) at the end.
     grid = [run("40%", lr, 0, False) for lr in args.grid]
     results["chosen_lr"] = lr = min(grid, key=lambda r: final(r, ("dev_budget",))["dev_budget"])["lr"]
+
     # 2. The blocks: 40%, every seed; the lower mean of dev plain + dev BOS (60,000 characters each).
     def dev_both(entry: dict) -> float:
         scores = final(entry, ("dev", "dev_bos"))
         return scores["dev"] + scores["dev_bos"]
 
-    dev_sum = {bos: statistics.mean(dev_both(run("40%", lr, seed, bos)) for seed in args.seeds)
-               for bos in (False, True)}
+    dev_sum = {
+        bos: statistics.mean(dev_both(run("40%", lr, seed, bos)) for seed in args.seeds) for bos in (False, True)
+    }
     results["chosen_bos_each_block"] = chosen = min(dev_sum, key=dev_sum.get)
     # 3. Reported: both block recipes at 40%, the chosen one at every target, each seed.
     for entry in [run("40%", lr, seed, not chosen) for seed in args.seeds]:

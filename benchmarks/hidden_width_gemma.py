@@ -34,6 +34,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from data import dev_text  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 from hf_projcomp.architectures import block_norm_modules, get_arch_spec
 from hf_projcomp.compact import compact_prune
@@ -46,14 +48,13 @@ from hf_projcomp.importance.scores import top_k
 from hf_projcomp.sizing import count_target_parameters
 from hf_projcomp.texts import CALIBRATION, bundled_text
 
-from data import dev_text  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
-
 OUT = Path(__file__).resolve().parent / "results"
 WIDTHS = (576, 512)
 SEQUENCES, LENGTH = 16, 512
-READERS = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-           "pre_feedforward_layernorm": ("mlp.gate_proj", "mlp.up_proj")}  # Gemma-3's norm -> the linears it feeds
+READERS = {
+    "input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "pre_feedforward_layernorm": ("mlp.gate_proj", "mlp.up_proj"),
+}  # Gemma-3's norm -> the linears it feeds
 
 
 @torch.no_grad()
@@ -61,7 +62,9 @@ def norm_statistics(model, spec, sequences):
     """Per d_model norm: Σ of its normalised input squared per channel, and the Gram matrix of its
     output; over all norms: Σ|y| and Σy² per channel."""
     layers = model.get_submodule(spec.layers)
-    norms = [(f"{spec.layers}.{i}.{n}", m) for i, layer in enumerate(layers) for n, m in block_norm_modules(layer, spec)]
+    norms = [
+        (f"{spec.layers}.{i}.{n}", m) for i, layer in enumerate(layers) for n, m in block_norm_modules(layer, spec)
+    ]
     norms.append((spec.final_norm, model.get_submodule(spec.final_norm)))
     d = model.config.hidden_size
     energy = {n: torch.zeros(d, dtype=torch.float64) for n, _ in norms}
@@ -79,8 +82,14 @@ def norm_statistics(model, spec, sequences):
         if name in gram:
             gram[name] += y.T @ y
 
-    hooks = [h for n, m in norms for h in (m.register_forward_pre_hook(lambda _m, a, n=n: before(n, a[0])),
-                                             m.register_forward_hook(lambda _m, _a, out, n=n: after(n, out)))]
+    hooks = [
+        h
+        for n, m in norms
+        for h in (
+            m.register_forward_pre_hook(lambda _m, a, n=n: before(n, a[0])),
+            m.register_forward_hook(lambda _m, _a, out, n=n: after(n, out)),
+        )
+    ]
     for s in sequences:
         model(input_ids=s.reshape(1, -1), use_cache=False, logits_to_keep=1)
     for h in hooks:
@@ -122,30 +131,59 @@ def main() -> None:
         params = count_target_parameters(model, width, model.config.intermediate_size, model.config.vocab_size)
         for ranking, scores in rankings.items():
             keep = top_k(scores, width)
-            for step, (rescale, refit) in {"gather": (False, False), "+ rescale": (True, False),
-                                           "+ rescale + refit": (True, True)}.items():
+            for step, (rescale, refit) in {
+                "gather": (False, False),
+                "+ rescale": (True, False),
+                "+ rescale + refit": (True, True),
+            }.items():
                 start = time.perf_counter()
                 small = shrink_hidden(model, spec, keep, energy, gram, rescale, refit)
-                row = {"hidden_size": width, "intermediate_size": model.config.intermediate_size, "ranking": ranking,
-                       "step": step, "parameters": params, "seconds": time.perf_counter() - start,
-                       "dev": bits_per_byte(small, tokenizer, dev, progress=False)}
+                row = {
+                    "hidden_size": width,
+                    "intermediate_size": model.config.intermediate_size,
+                    "ranking": ranking,
+                    "step": step,
+                    "parameters": params,
+                    "seconds": time.perf_counter() - start,
+                    "dev": bits_per_byte(small, tokenizer, dev, progress=False),
+                }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         # The same parameters removed from d_ff instead (whole vocabulary, COMPACT's ranking and refit).
-        per_channel = (count_target_parameters(model, model.config.hidden_size, 2, model.config.vocab_size)
-                       - count_target_parameters(model, model.config.hidden_size, 1, model.config.vocab_size))
+        per_channel = count_target_parameters(
+            model, model.config.hidden_size, 2, model.config.vocab_size
+        ) - count_target_parameters(model, model.config.hidden_size, 1, model.config.vocab_size)
         d_ff = model.config.intermediate_size - round((total - params) / per_channel)
         start = time.perf_counter()
-        small, small_tok, _ = compact_prune(model, tokenizer, calibration, split=(model.config.vocab_size, d_ff),
-                                            num_sequences=SEQUENCES, sequence_length=LENGTH, progress=False)
-        row = {"hidden_size": model.config.hidden_size, "intermediate_size": d_ff, "ranking": "common act²",
-               "step": "d_ff instead (COMPACT, refit)", "parameters": small.num_parameters(),
-               "seconds": time.perf_counter() - start, "dev": bits_per_byte(small, small_tok, dev, progress=False)}
+        small, small_tok, _ = compact_prune(
+            model,
+            tokenizer,
+            calibration,
+            split=(model.config.vocab_size, d_ff),
+            num_sequences=SEQUENCES,
+            sequence_length=LENGTH,
+            progress=False,
+        )
+        row = {
+            "hidden_size": model.config.hidden_size,
+            "intermediate_size": d_ff,
+            "ranking": "common act²",
+            "step": "d_ff instead (COMPACT, refit)",
+            "parameters": small.num_parameters(),
+            "seconds": time.perf_counter() - start,
+            "dev": bits_per_byte(small, small_tok, dev, progress=False),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     rows += at_30_percent(model, tokenizer, spec, calibration, dev)
-    results = {"model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)", "machine": describe(),
-               "date": date.today().isoformat(), "base": base, "parameters": total, "rows": rows}
+    results = {
+        "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to float32)",
+        "machine": describe(),
+        "date": date.today().isoformat(),
+        "base": base,
+        "parameters": total,
+        "rows": rows,
+    }
     write(results)
 
 
@@ -161,17 +199,35 @@ def at_30_percent(model, tokenizer, spec, calibration: str, dev: str) -> list[di
     rows = []
     start = time.perf_counter()
     small, small_tok, _ = compact_prune(model, tokenizer, calibration, split=(24_207, 1024), **common)
-    rows.append({"hidden_size": 640, "intermediate_size": 1024, "ranking": "common act²",
-                 "step": "30%: COMPACT's split", "parameters": small.num_parameters(),
-                 "seconds": time.perf_counter() - start, "dev": bits_per_byte(small, small_tok, dev, progress=False)})
+    rows.append(
+        {
+            "hidden_size": 640,
+            "intermediate_size": 1024,
+            "ranking": "common act²",
+            "step": "30%: COMPACT's split",
+            "parameters": small.num_parameters(),
+            "seconds": time.perf_counter() - start,
+            "dev": bits_per_byte(small, small_tok, dev, progress=False),
+        }
+    )
     start = time.perf_counter()
     wide, small_tok, _ = compact_prune(model, tokenizer, calibration, split=(vocab, d_ff), **common)
     _, stream = read_tokens(small_tok, iter_calibration_texts(calibration, "text"), SEQUENCES * LENGTH, progress=False)
-    energy, gram, rankings = norm_statistics(wide, spec, token_sequences(stream, small_tok.bos_token_id, SEQUENCES, LENGTH))
+    energy, gram, rankings = norm_statistics(
+        wide, spec, token_sequences(stream, small_tok.bos_token_id, SEQUENCES, LENGTH)
+    )
     small = shrink_hidden(wide, spec, top_k(rankings["Σ|y|"], width), energy, gram, rescale=True, refit=True)
-    rows.append({"hidden_size": width, "intermediate_size": d_ff, "ranking": "Σ|y|",
-                 "step": "30%: + rescale + refit", "parameters": small.num_parameters(),
-                 "seconds": time.perf_counter() - start, "dev": bits_per_byte(small, small_tok, dev, progress=False)})
+    rows.append(
+        {
+            "hidden_size": width,
+            "intermediate_size": d_ff,
+            "ranking": "Σ|y|",
+            "step": "30%: + rescale + refit",
+            "parameters": small.num_parameters(),
+            "seconds": time.perf_counter() - start,
+            "dev": bits_per_byte(small, small_tok, dev, progress=False),
+        }
+    )
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows
@@ -181,7 +237,8 @@ def write(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "hidden_width_gemma.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
-        f"# Shrinking hidden_size training-free on {results['model']}, dev text only", "",
+        f"# Shrinking hidden_size training-free on {results['model']}, dev text only",
+        "",
         f"{results['machine']}, {results['date']}. `python benchmarks/hidden_width_gemma.py`. Calibration: "
         f"{SEQUENCES} × {LENGTH} tokens of the bundled text. Δ bits per byte against the base "
         f"({results['base']:.4f} on the first 20,000 characters of WikiText-2 validation after the calibration text, "
@@ -189,12 +246,16 @@ def write(results: dict) -> None:
         "Seconds: building the model (and, for the d_ff rows, COMPACT's whole selection). At the same parameter "
         "count the best hidden-width row loses about as much as the d_ff row at 90% of the parameters and far "
         "more at 80%; at 30% of the parameters, buying d_ff back with hidden_size loses to COMPACT's own split "
-        "(the last two rows, vocabulary of 24,207 and 24,345 tokens): COMPACT keeps hidden_size.", "",
-        "| hidden × d_ff | parameters | ranking | step | Δ dev | seconds |", "|---|---|---|---|---|---|",
+        "(the last two rows, vocabulary of 24,207 and 24,345 tokens): COMPACT keeps hidden_size.",
+        "",
+        "| hidden × d_ff | parameters | ranking | step | Δ dev | seconds |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        lines.append(f"| {r['hidden_size']} × {r['intermediate_size']} | {r['parameters'] / results['parameters']:.1%} | "
-                     f"{r['ranking']} | {r['step']} | {r['dev'] - results['base']:+.4f} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['hidden_size']} × {r['intermediate_size']} | {r['parameters'] / results['parameters']:.1%} | "
+            f"{r['ranking']} | {r['step']} | {r['dev'] - results['base']:+.4f} | {r['seconds']:.0f} |"
+        )
     (OUT / "hidden_width_gemma.md").write_text("\n".join(lines) + "\n")
 
 

@@ -19,13 +19,12 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from data import VALID, data_file  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
-
-from data import VALID, data_file  # benchmarks/data.py
-from machine import describe  # benchmarks/machine.py
 
 OUT = Path(__file__).resolve().parent / "results"
 DEV_CHARS = 20_000
@@ -36,18 +35,28 @@ IMPORTANCES = ("magnitude", "activation")
 def main() -> None:
     model, tokenizer = load_demo_model(dtype=torch.float32)
     dev = data_file(VALID).read_text(encoding="utf-8")[-DEV_CHARS:]
-    rows = [{"target_params": None, "importance": "base", "dev_bpb": bits_per_byte(model, tokenizer, dev, progress=False)}]
+    rows = [
+        {"target_params": None, "importance": "base", "dev_bpb": bits_per_byte(model, tokenizer, dev, progress=False)}
+    ]
     for target in TARGETS:
         for importance in IMPORTANCES:
             start = time.perf_counter()
-            pc = get_projcomp_model(model, ProjCompConfig(target_params=target, importance=importance),
-                                    tokenizer=tokenizer, progress=False)
+            pc = get_projcomp_model(
+                model, ProjCompConfig(target_params=target, importance=importance), tokenizer=tokenizer, progress=False
+            )
             selection = pc.base_model.selection()
             seconds = time.perf_counter() - start
             small = hard_prune(model, selection.hidden, selection.ffn)
-            rows.append({"target_params": target, "importance": importance, "hidden_size": selection.hidden_size,
-                         "intermediate_size": selection.intermediate_size, "select_s": seconds,
-                         "dev_bpb": bits_per_byte(small, tokenizer, dev, progress=False)})
+            rows.append(
+                {
+                    "target_params": target,
+                    "importance": importance,
+                    "hidden_size": selection.hidden_size,
+                    "intermediate_size": selection.intermediate_size,
+                    "select_s": seconds,
+                    "dev_bpb": bits_per_byte(small, tokenizer, dev, progress=False),
+                }
+            )
             print(rows[-1], flush=True)
             del pc, small
     meta = {"date": str(date.today()), "machine": describe(), "dev": f"last {DEV_CHARS:,} characters of {VALID}"}
@@ -67,10 +76,15 @@ def main() -> None:
         if r["importance"] == "base":
             lines.append(f"| base | | 640 | 2048 | {r['dev_bpb']:.4f} | |")
         else:
-            lines.append(f"| {r['target_params']} | {r['importance']} | {r['hidden_size']} | {r['intermediate_size']} "
-                         f"| {r['dev_bpb']:.4f} | {r['select_s']:.0f} |")
-    lines += ["", "Selections are deterministic (no sampling, so no seed spread); the gaps are 1.5–2.0 bits per byte. "
-              "`ProjCompConfig(importance=...)` defaults to `\"activation\"` on this evidence."]
+            lines.append(
+                f"| {r['target_params']} | {r['importance']} | {r['hidden_size']} | {r['intermediate_size']} "
+                f"| {r['dev_bpb']:.4f} | {r['select_s']:.0f} |"
+            )
+    lines += [
+        "",
+        "Selections are deterministic (no sampling, so no seed spread); the gaps are 1.5–2.0 bits per byte. "
+        '`ProjCompConfig(importance=...)` defaults to `"activation"` on this evidence.',
+    ]
     (OUT / "importance_gemma.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from data import TEST, data_file  # benchmarks/data.py
 
 from hf_projcomp.demo import demo_model_path
 from hf_projcomp.evaluate import _tokenize, _windows, bits_per_byte, load_text
 from hf_projcomp.export.gguf import save_gguf
 from hf_projcomp.loading import load_model
-from data import TEST, data_file  # benchmarks/data.py
 
 OUT = Path(__file__).resolve().parent / "results"
 WORK = OUT / ".runs" / "llama_cpp"
@@ -112,8 +112,12 @@ def measure(name: str, model, tokenizer, gguf_files: dict[str, Path], text: str)
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     hf = [greedy_hf(model, ids) for ids in prompts]
     hf_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    row = {"model": name, "parameters": model.num_parameters(), "vocab_size": model.config.vocab_size,
-           "transformers_bits_per_byte": bits_per_byte(model, tokenizer, text, window=WINDOW, progress=False)}
+    row = {
+        "model": name,
+        "parameters": model.num_parameters(),
+        "vocab_size": model.config.vocab_size,
+        "transformers_bits_per_byte": bits_per_byte(model, tokenizer, text, window=WINDOW, progress=False),
+    }
     prefill = torch.tensor([hf_ids[:512]])
     with torch.no_grad():
         row["transformers_prefill_tok_s"] = 512 / speed(lambda: model(prefill))
@@ -129,22 +133,27 @@ def measure(name: str, model, tokenizer, gguf_files: dict[str, Path], text: str)
             tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
             entry = {
                 "file_mib": path.stat().st_size / 2**20,
-                "greedy_identical": [got == want for (got, _), (want, _) in zip(results, hf)],
-                "first_difference": [next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-                                     for (got, _), (want, _) in zip(results, hf)],
-                "max_abs_logit_diff_last_position": max(float(np.abs(a - b).max()) for (_, a), (_, b) in zip(results, hf)),
+                "greedy_identical": [got == want for (got, _), (want, _) in zip(results, hf, strict=True)],
+                "first_difference": [
+                    next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), None)
+                    for (got, _), (want, _) in zip(results, hf, strict=True)
+                ],
+                "max_abs_logit_diff_last_position": max(
+                    float(np.abs(a - b).max()) for (_, a), (_, b) in zip(results, hf, strict=True)
+                ),
                 "logit_scale": max(float(np.abs(b).max()) for _, b in hf),
-                "tokenization_identical": tokens == hf_ids, "tokens": len(hf_ids),
+                "tokenization_identical": tokens == hf_ids,
+                "tokens": len(hf_ids),
                 "bits_per_byte": bpb_llama(llm, tokenizer, text),
             }
             entry["bits_per_byte_diff"] = entry["bits_per_byte"] - row["transformers_bits_per_byte"]
 
-            def prefill_llama():
+            def prefill_llama(llm=llm):
                 llm.reset()
                 llm.eval(hf_ids[:512])
 
             entry["prefill_tok_s"] = 512 / speed(prefill_llama)
-            entry["decode_tok_s"] = NEW_TOKENS / speed(lambda: greedy_llama(llm, prompts[0]))
+            entry["decode_tok_s"] = NEW_TOKENS / speed(lambda llm=llm: greedy_llama(llm, prompts[0]))
         finally:
             llm.close()
         row["gguf"][route] = entry
@@ -155,8 +164,11 @@ def measure(name: str, model, tokenizer, gguf_files: dict[str, Path], text: str)
 def stock_convert(converter: Path, model_dir: Path, out: Path) -> Path | None:
     if out.is_file():
         return out
-    run = subprocess.run([sys.executable, str(converter), str(model_dir), "--outfile", str(out), "--outtype", "f32"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(converter), str(model_dir), "--outfile", str(out), "--outtype", "f32"],
+        capture_output=True,
+        text=True,
+    )
     (out.parent / f"{out.stem}.log").write_text(run.stdout + run.stderr)
     if run.returncode:
         print(f"stock converter failed on {model_dir}: {run.stderr.strip().splitlines()[-1]}", flush=True)
@@ -177,15 +189,19 @@ def main() -> None:
         subprocess.run(["projcomp", "compress", "--output", str(compressed_dir), "-q"], check=True)
     results = {
         "machine": f"{os.cpu_count()} CPU cores, {THREADS} threads each, torch {torch.__version__}, "
-                   f"llama-cpp-python {llama_cpp.__version__}, {platform.machine()}",
-        "date": date.today().isoformat(), "text": f"first {CHARS:,} characters of WikiText-2 test",
-        "window": WINDOW, "rows": [],
+        f"llama-cpp-python {llama_cpp.__version__}, {platform.machine()}",
+        "date": date.today().isoformat(),
+        "text": f"first {CHARS:,} characters of WikiText-2 test",
+        "window": WINDOW,
+        "rows": [],
     }
     for name, directory in (("base", Path(demo_model_path())), ("compact 50%", compressed_dir)):
         model, tokenizer = load_model(str(directory), dtype="float32")
         stem = name.split()[0]
-        files = {"stock": stock_convert(args.converter, directory, WORK / f"{stem}-stock.gguf"),
-                 "ours": save_gguf(model, tokenizer, WORK / f"{stem}-ours.gguf", overwrite=True)}
+        files = {
+            "stock": stock_convert(args.converter, directory, WORK / f"{stem}-stock.gguf"),
+            "ours": save_gguf(model, tokenizer, WORK / f"{stem}-ours.gguf", overwrite=True),
+        }
         results["rows"].append(measure(name, model, tokenizer, files, text))
         del model
     OUT.mkdir(parents=True, exist_ok=True)
@@ -196,12 +212,15 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lines = [
-        "# Gemma-3-270M through llama.cpp vs transformers", "",
+        "# Gemma-3-270M through llama.cpp vs transformers",
+        "",
         f"{results['machine']}; {results['date']}. Text: {results['text']}, {results['window']}-token windows. "
         "GGUF files in float32: `stock` = llama.cpp's convert_hf_to_gguf.py on the model directory, `ours` = "
-        "`projcomp export`. Speeds are medians of 3, llama.cpp and transformers measured in the same run.", "",
+        "`projcomp export`. Speeds are medians of 3, llama.cpp and transformers measured in the same run.",
+        "",
         "| model | GGUF | MiB | greedy 40 × 3 identical | max abs logit diff (scale) | tokenisation identical "
-        "| bpb llama.cpp | bpb transformers | Δ | prefill tok/s llama.cpp / transformers | decode tok/s llama.cpp / transformers |",
+        "| bpb llama.cpp | bpb transformers | Δ | prefill tok/s llama.cpp / transformers "
+        "| decode tok/s llama.cpp / transformers |",
         "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
@@ -211,10 +230,13 @@ def markdown(results: dict) -> str:
                 continue
             lines.append(
                 f"| {row['model']} | {route} | {e['file_mib']:,.0f} | {sum(e['greedy_identical'])}/3 "
-                f"| {e['max_abs_logit_diff_last_position']:.4f} ({e['logit_scale']:.1f}) | {e['tokenization_identical']} "
+                f"| {e['max_abs_logit_diff_last_position']:.4f} ({e['logit_scale']:.1f}) "
+                f"| {e['tokenization_identical']} "
                 f"({e['tokens']:,} tokens) | {e['bits_per_byte']:.6f} | {row['transformers_bits_per_byte']:.6f} "
-                f"| {e['bits_per_byte_diff']:+.6f} | {e['prefill_tok_s']:,.0f} / {row['transformers_prefill_tok_s']:,.0f} "
-                f"| {e['decode_tok_s']:,.1f} / {row['transformers_decode_tok_s']:,.1f} |")
+                f"| {e['bits_per_byte_diff']:+.6f} "
+                f"| {e['prefill_tok_s']:,.0f} / {row['transformers_prefill_tok_s']:,.0f} "
+                f"| {e['decode_tok_s']:,.1f} / {row['transformers_decode_tok_s']:,.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -27,12 +27,12 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/machine.py
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from machine import describe  # benchmarks/machine.py
 from hf_projcomp import ProjCompConfig, get_projcomp_model
-from hf_projcomp.projection import unwrap
 from hf_projcomp.projection import layer as layer_module
+from hf_projcomp.projection import unwrap
 
 OUT = Path(__file__).resolve().parent / "results"
 CONFIGS = [  # (base dtype, step, implementation)
@@ -79,10 +79,20 @@ def measure(base_dtype: str, step: str, implementation: str, layers: int, tokens
         layer_module.project_weight = legacy_project_weight
         layer_module.Projection.forward_with_vjp = legacy_forward_with_vjp
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
-                         num_key_value_heads=4, head_dim=128, vocab_size=32000, max_position_embeddings=2048)
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+    )
     base = LlamaForCausalLM(config)
-    pc = get_projcomp_model(base, ProjCompConfig(target_params=0.5, base_dtype=base_dtype, importance="magnitude"), progress=False)
+    pc = get_projcomp_model(
+        base, ProjCompConfig(target_params=0.5, base_dtype=base_dtype, importance="magnitude"), progress=False
+    )
     pc.set_amortized(step == "amortized")
     pc.train()
     params = pc.trainable_parameters()
@@ -103,9 +113,16 @@ def measure(base_dtype: str, step: str, implementation: str, layers: int, tokens
     one_step()
     peak = memory_kib("VmHWM")
     base_bytes = sum(p.numel() * p.element_size() for p in unwrap(pc).model.parameters())
-    return {"base_dtype": base_dtype, "step": step, "implementation": implementation,
-            "base_gib": base_bytes / 2**30, "steady_rss_gib": steady / 2**20, "peak_rss_gib": peak / 2**20,
-            "base_parameters": base.num_parameters(), "target_parameters": unwrap(pc).compressed.num_parameters()}
+    return {
+        "base_dtype": base_dtype,
+        "step": step,
+        "implementation": implementation,
+        "base_gib": base_bytes / 2**30,
+        "steady_rss_gib": steady / 2**20,
+        "peak_rss_gib": peak / 2**20,
+        "base_parameters": base.num_parameters(),
+        "target_parameters": unwrap(pc).compressed.num_parameters(),
+    }
 
 
 def write(results: dict) -> None:
@@ -127,9 +144,11 @@ def write(results: dict) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['step']} | {r['base_dtype']} | {r['implementation']} | {r['base_gib']:.2f} | "
-                     f"{r['steady_rss_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
-                     f"{r['peak_rss_gib'] - r['steady_rss_gib']:.2f} |")
+        lines.append(
+            f"| {r['step']} | {r['base_dtype']} | {r['implementation']} | {r['base_gib']:.2f} | "
+            f"{r['steady_rss_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
+            f"{r['peak_rss_gib'] - r['steady_rss_gib']:.2f} |"
+        )
     (OUT / "train_memory.md").write_text("\n".join(lines) + "\n")
 
 
@@ -142,12 +161,20 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(*args.one, layers=args.layers, tokens=args.tokens)))
         return
-    results = {"model": f"Llama, hidden 2048, {args.layers} layers, vocabulary 32000, 50% target",
-               "machine": describe(),
-               "date": date.today().isoformat(), "tokens": args.tokens, "rows": []}
+    results = {
+        "model": f"Llama, hidden 2048, {args.layers} layers, vocabulary 32000, 50% target",
+        "machine": describe(),
+        "date": date.today().isoformat(),
+        "tokens": args.tokens,
+        "rows": [],
+    }
     for config in CONFIGS:
-        run = subprocess.run([sys.executable, __file__, "--layers", str(args.layers), "--tokens", str(args.tokens),
-                              "--one", *config], check=True, capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, __file__, "--layers", str(args.layers), "--tokens", str(args.tokens), "--one", *config],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         results["rows"].append(json.loads(run.stdout.strip().splitlines()[-1]))
         print(json.dumps(results["rows"][-1]), flush=True)
         write(results)

@@ -32,7 +32,11 @@ import time
 from datetime import date
 from pathlib import Path
 
+from data import TEST, data_file, dev_text  # benchmarks/data.py
+from machine import describe  # benchmarks/machine.py
 from peft import PeftModel
+from plotting import pyplot  # benchmarks/plotting.py
+from trainers import BudgetEval  # benchmarks/trainers.py
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
@@ -42,10 +46,6 @@ from hf_projcomp.projection import unwrap
 from hf_projcomp.texts import CALIBRATION, bundled_text
 from hf_projcomp.training import DistillationTrainer, Teacher
 from hf_projcomp.training.recovery import training_blocks
-from data import TEST, data_file, dev_text  # benchmarks/data.py
-from trainers import BudgetEval  # benchmarks/trainers.py
-from machine import describe  # benchmarks/machine.py
-from plotting import pyplot  # benchmarks/plotting.py
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -66,12 +66,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=32_768, help="training tokens of each seed run")
     parser.add_argument("--probe-tokens", type=int, default=32_768, help="training tokens of each grid run")
-    parser.add_argument("--pool-tokens", type=int, default=102_400,
-                        help="the token blocks every run draws from, in its seed's order (at least --tokens)")
+    parser.add_argument(
+        "--pool-tokens",
+        type=int,
+        default=102_400,
+        help="the token blocks every run draws from, in its seed's order (at least --tokens)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pc-grid", type=lr_pair, nargs="+",
-                        default=[(3e-5, 3e-6), (1e-4, 1e-5), (3e-4, 3e-5), (1e-4, 1e-6)],
-                        help="LR of A and the norms : LR of P")
+    parser.add_argument(
+        "--pc-grid",
+        type=lr_pair,
+        nargs="+",
+        default=[(3e-5, 3e-6), (1e-4, 1e-5), (3e-4, 3e-5), (1e-4, 1e-6)],
+        help="LR of A and the norms : LR of P",
+    )
     parser.add_argument("--retrain-grid", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     parser.add_argument("--distill", action="store_true", help="also run the winners with distillation (α = 0.5)")
     parser.add_argument("--name", default="train_quality", help="results file name")
@@ -101,16 +109,26 @@ def main() -> None:
     if results is None:
         step0 = hard_prune(base, kept.hidden, kept.ffn, kept.vocab)
         results = {
-            "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)", "machine": describe(),
+            "model": "Gemma-3-270M (GGUF Q4_K_M dequantized to fp32)",
+            "machine": describe(),
             "date": date.today().isoformat(),
-            "probe_tokens": probe_steps * TOKENS_PER_STEP, "eval_chars": args.eval_chars,
-            "final_eval_chars": args.final_eval_chars, "target": {**TARGET, "vocab_size": len(small_tok)},
-            "tokens_per_step": TOKENS_PER_STEP, "selection_seconds": selection_seconds,
-            "base": {"dev": bits_per_byte(base, tokenizer, final_dev, progress=False),
-                     "test": bits_per_byte(base, tokenizer, final_test, progress=False)},
-            "step0": {"dev": bits_per_byte(step0, small_tok, final_dev, progress=False),
-                      "test": bits_per_byte(step0, small_tok, final_test, progress=False)},
-            "small_parameters": step0.num_parameters(), "runs": [], "note": args.note,
+            "probe_tokens": probe_steps * TOKENS_PER_STEP,
+            "eval_chars": args.eval_chars,
+            "final_eval_chars": args.final_eval_chars,
+            "target": {**TARGET, "vocab_size": len(small_tok)},
+            "tokens_per_step": TOKENS_PER_STEP,
+            "selection_seconds": selection_seconds,
+            "base": {
+                "dev": bits_per_byte(base, tokenizer, final_dev, progress=False),
+                "test": bits_per_byte(base, tokenizer, final_test, progress=False),
+            },
+            "step0": {
+                "dev": bits_per_byte(step0, small_tok, final_dev, progress=False),
+                "test": bits_per_byte(step0, small_tok, final_test, progress=False),
+            },
+            "small_parameters": step0.num_parameters(),
+            "runs": [],
+            "note": args.note,
         }
         del step0
         print(f"base {results['base']}, hard-pruned step 0 {results['step0']}", flush=True)
@@ -118,39 +136,77 @@ def main() -> None:
 
     def run(phase: str, method: str, lr: float, plr: float | None, seed: int, distill: float = 0.0) -> dict:
         n = probe_steps if phase == "grid" else steps
-        key = {"phase": phase, "method": method, "learning_rate": lr, "projection_learning_rate": plr,
-               "seed": seed, "distill_alpha": distill, "steps": n}
+        key = {
+            "phase": phase,
+            "method": method,
+            "learning_rate": lr,
+            "projection_learning_rate": plr,
+            "seed": seed,
+            "distill_alpha": distill,
+            "steps": n,
+        }
         for row in results["runs"]:
             if all(row.get(k) == v for k, v in key.items()):
                 return row
         training = TrainingArguments(
-            str(OUT / ".runs" / "trainer"), per_device_train_batch_size=MICRO_BATCH,
-            gradient_accumulation_steps=ACCUMULATION, max_steps=n, learning_rate=lr,
-            lr_scheduler_type="constant_with_warmup", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
-            logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=seed, disable_tqdm=True,
+            str(OUT / ".runs" / "trainer"),
+            per_device_train_batch_size=MICRO_BATCH,
+            gradient_accumulation_steps=ACCUMULATION,
+            max_steps=n,
+            learning_rate=lr,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=2,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            seed=seed,
+            disable_tqdm=True,
         )
         if method == "pc":
             pc = PeftModel.from_pretrained(base, adapter, is_trainable=True)
             trained = pc.merge_and_unload
-            trainer = ProjCompTrainer(model=pc, args=training, train_dataset=data, data_collator=default_data_collator,
-                                      distill_alpha=distill, projection_learning_rate=plr)
+            trainer = ProjCompTrainer(
+                model=pc,
+                args=training,
+                train_dataset=data,
+                data_collator=default_data_collator,
+                distill_alpha=distill,
+                projection_learning_rate=plr,
+            )
         else:
             model = hard_prune(base, kept.hidden, kept.ffn, kept.vocab)
             model.train().requires_grad_(True)
             trained = model.eval
-            trainer = DistillationTrainer(model=model, args=training, train_dataset=data,
-                                          data_collator=default_data_collator, teacher=Teacher(base, vocab),
-                                          distill_alpha=distill)
-        callback = BudgetEval(lambda: {"bits_per_byte": bits_per_byte(trained(), small_tok, dev, progress=False)},
-                              budgets(n), TOKENS_PER_STEP)
+            trainer = DistillationTrainer(
+                model=model,
+                args=training,
+                train_dataset=data,
+                data_collator=default_data_collator,
+                teacher=Teacher(base, vocab),
+                distill_alpha=distill,
+            )
+        callback = BudgetEval(
+            lambda: {"bits_per_byte": bits_per_byte(trained(), small_tok, dev, progress=False)},
+            budgets(n),
+            TOKENS_PER_STEP,
+        )
         trainer.add_callback(callback)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
         small = trained()
-        row = {**key, "train_seconds": seconds, "budgets": callback.points,
-               "losses": [(log["step"] * TOKENS_PER_STEP, log["loss"]) for log in trainer.state.log_history if "loss" in log],
-               "final_dev": bits_per_byte(small, small_tok, final_dev, progress=False)}
+        row = {
+            **key,
+            "train_seconds": seconds,
+            "budgets": callback.points,
+            "losses": [
+                (log["step"] * TOKENS_PER_STEP, log["loss"]) for log in trainer.state.log_history if "loss" in log
+            ],
+            "final_dev": bits_per_byte(small, small_tok, final_dev, progress=False),
+        }
         if phase == "seed":  # test is scored only for the reported runs, never for the grid
             row["final_test"] = bits_per_byte(small, small_tok, final_test, progress=False)
         print({k: v for k, v in row.items() if k != "losses"}, flush=True)
@@ -184,8 +240,9 @@ def selection(base, tokenizer):
     if not (cache / "selection.json").is_file():
         start = time.perf_counter()
         config = ProjCompConfig(**TARGET, importance="compact")
-        init = get_projcomp_model(base, config, calibration_data=str(bundled_text(CALIBRATION, path=True)),
-                                  tokenizer=tokenizer)
+        init = get_projcomp_model(
+            base, config, calibration_data=str(bundled_text(CALIBRATION, path=True)), tokenizer=tokenizer
+        )
         seconds = time.perf_counter() - start
         init.save_pretrained(cache)  # the selections and the pruned tokenizer with it
         (cache / "selection.json").write_text(json.dumps({"request": request, "seconds": seconds}))
@@ -199,8 +256,7 @@ def spread(values: list[float]) -> str:
     """Mean ± sample standard deviation (min…max) of ``values``."""
     if len(values) < 2:
         return f"{values[0]:.4f} (one seed)" if values else ""
-    return (f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} "
-            f"({min(values):.4f}…{max(values):.4f})")
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({min(values):.4f}…{max(values):.4f})"
 
 
 def write(results: dict, name: str) -> None:
@@ -216,15 +272,21 @@ def write(results: dict, name: str) -> None:
 
     def budget_table(rows, final_columns):
         budgets = sorted({p["tokens"] for r in rows for p in r["budgets"]})
-        head = ("| method | LR | P LR | seed | distill α | " + " | ".join(f"dev @ {b:,} tok" for b in budgets)
-                + "".join(f" | {c}" for c, _ in final_columns) + " |")
+        head = (
+            "| method | LR | P LR | seed | distill α | "
+            + " | ".join(f"dev @ {b:,} tok" for b in budgets)
+            + "".join(f" | {c}" for c, _ in final_columns)
+            + " |"
+        )
         lines = [head, "|---" * (5 + len(budgets) + len(final_columns)) + "|"]
         for r in rows:
             by = {p["tokens"]: p["bits_per_byte"] for p in r["budgets"]}
             cells = " | ".join(f"{by[b]:.4f}" if b in by else "" for b in budgets)
             finals = "".join(f" | {fmt(r)}" for _, fmt in final_columns)
-            lines.append(f"| {r['method']} | {r['learning_rate']:g} | {plr(r)} | {r['seed']} | {r['distill_alpha']:g} | "
-                         f"{cells}{finals} |")
+            lines.append(
+                f"| {r['method']} | {r['learning_rate']:g} | {plr(r)} | {r['seed']} | {r['distill_alpha']:g} | "
+                f"{cells}{finals} |"
+            )
         return lines
 
     final = results["final_eval_chars"]
@@ -235,7 +297,8 @@ def write(results: dict, name: str) -> None:
         f"({results['small_parameters']:,} parameters); both from the same selection, calibrated on the bundled "
         f"calibration text (WikiText-2 validation minus the dev tail), and trained on the same "
         f"{results.get('pool_tokens', 0) // 256:,} blocks of 256 tokens of that text, in the order the seed gives "
-        f"(so a shorter run trains on a prefix of a longer one's batches; {results['tokens_per_step']:,} tokens/step, constant LR after 2 warm-up steps, cross-entropy; for pc, "
+        "(so a shorter run trains on a prefix of a longer one's batches; "
+        f"{results['tokens_per_step']:,} tokens/step, constant LR after 2 warm-up steps, cross-entropy; for pc, "
         f"LR is that of A and the norms, P LR that of P). {results['machine']}, {results['date']}. "
         f"`python benchmarks/train_quality.py`.",
         "",
@@ -247,19 +310,36 @@ def write(results: dict, name: str) -> None:
         f"Base model: dev {results['base']['dev']:.4f}, test {results['base']['test']:.4f}. Hard-pruned at step 0: "
         f"dev {results['step0']['dev']:.4f}, test {results['step0']['test']:.4f}.",
         "",
-        f"## Learning rates, chosen on dev ({results['probe_tokens']:,} tokens, seed {grid[0]['seed'] if grid else ''})",
+        f"## Learning rates, chosen on dev ({results['probe_tokens']:,} tokens, "
+        f"seed {grid[0]['seed'] if grid else ''})",
         "",
-        *budget_table(grid, [(f"dev ({final:,} chars)", lambda r: f"{r['final_dev']:.4f}"),
-                             ("chosen", lambda r: "**yes**" if (r["learning_rate"], r["projection_learning_rate"])
-                              == tuple(chosen.get(r["method"], ())) else "")]),
+        *budget_table(
+            grid,
+            [
+                (f"dev ({final:,} chars)", lambda r: f"{r['final_dev']:.4f}"),
+                (
+                    "chosen",
+                    lambda r: (
+                        "**yes**"
+                        if (r["learning_rate"], r["projection_learning_rate"]) == tuple(chosen.get(r["method"], ()))
+                        else ""
+                    ),
+                ),
+            ],
+        ),
     ]
     if seeds:
         lines += [
             "",
             f"## The chosen rates, {results['tokens']:,} tokens, one run per seed",
             "",
-            *budget_table(seeds, [(f"dev ({final:,} chars)", lambda r: f"{r['final_dev']:.4f}"),
-                                  (f"test ({final:,} chars)", lambda r: f"{r['final_test']:.4f}")]),
+            *budget_table(
+                seeds,
+                [
+                    (f"dev ({final:,} chars)", lambda r: f"{r['final_dev']:.4f}"),
+                    (f"test ({final:,} chars)", lambda r: f"{r['final_test']:.4f}"),
+                ],
+            ),
             "",
             "Mean ± standard deviation over seeds (min…max); the difference is paired by seed (the same batches).",
             "",
@@ -270,12 +350,18 @@ def write(results: dict, name: str) -> None:
         by_method = {m: {r["seed"]: r for r in plain if r["method"] == m} for m in ("pc", "retrain")}
         for method, rows in by_method.items():
             if rows:
-                lines.append(f"| {method} | {spread([r['final_dev'] for r in rows.values()])} | "
-                             f"{spread([r['final_test'] for r in rows.values()])} |")
+                lines.append(
+                    f"| {method} | {spread([r['final_dev'] for r in rows.values()])} | "
+                    f"{spread([r['final_test'] for r in rows.values()])} |"
+                )
         paired = sorted(set(by_method["pc"]) & set(by_method["retrain"]))
         if paired:
-            diff = {split: [by_method["pc"][s][f"final_{split}"] - by_method["retrain"][s][f"final_{split}"]
-                            for s in paired] for split in ("dev", "test")}
+            diff = {
+                split: [
+                    by_method["pc"][s][f"final_{split}"] - by_method["retrain"][s][f"final_{split}"] for s in paired
+                ]
+                for split in ("dev", "test")
+            }
             lines.append(f"| pc − retrain | {spread(diff['dev'])} | {spread(diff['test'])} |")
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     plt = pyplot()
@@ -283,9 +369,13 @@ def write(results: dict, name: str) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in seeds or runs:
-        tokens, losses = zip(*r["losses"]) if r["losses"] else ((), ())
-        ax.plot(tokens, losses, label=f"{r['method']} lr={r['learning_rate']:g} P lr={plr(r) or '-'} seed {r['seed']}"
-                                      f"{' α=' + format(r['distill_alpha'], 'g') if r['distill_alpha'] else ''}")
+        tokens, losses = zip(*r["losses"], strict=True) if r["losses"] else ((), ())
+        ax.plot(
+            tokens,
+            losses,
+            label=f"{r['method']} lr={r['learning_rate']:g} P lr={plr(r) or '-'} seed {r['seed']}"
+            f"{' α=' + format(r['distill_alpha'], 'g') if r['distill_alpha'] else ''}",
+        )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=7)

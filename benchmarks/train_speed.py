@@ -32,12 +32,12 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/machine.py
+from plotting import pyplot  # benchmarks/plotting.py
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from machine import describe  # benchmarks/machine.py
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 from hf_projcomp.projection import unwrap
-from plotting import pyplot  # benchmarks/plotting.py
 
 OUT = Path(__file__).resolve().parent / "results"
 MICRO_BATCH = (4, 512)  # sequences x tokens per micro-batch
@@ -49,10 +49,19 @@ class Runner:
 
     def __init__(self, method: str, layers: int) -> None:
         torch.manual_seed(0)
-        config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers,
-                             num_attention_heads=16, num_key_value_heads=4, head_dim=64, vocab_size=8192,
-                             max_position_embeddings=1024)
-        pc = get_projcomp_model(LlamaForCausalLM(config), ProjCompConfig(target_params=0.5, importance="magnitude"), progress=False)
+        config = LlamaConfig(
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=layers,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            head_dim=64,
+            vocab_size=8192,
+            max_position_embeddings=1024,
+        )
+        pc = get_projcomp_model(
+            LlamaForCausalLM(config), ProjCompConfig(target_params=0.5, importance="magnitude"), progress=False
+        )
         self.method, self.pc = method, pc
         if method == "vanilla":
             kept = unwrap(pc).selection()
@@ -101,8 +110,15 @@ def timings(budgets: list[int], layers: int, repeats: int, results: dict) -> Non
             for runner in runners:
                 times[runner.method].append(runner.step(micro_batches))
         for method, measured in times.items():
-            results["rows"].append({"method": method, "tokens_per_step": tokens, "micro_batches": micro_batches,
-                                    "step_seconds": statistics.median(measured), "step_seconds_all": measured})
+            results["rows"].append(
+                {
+                    "method": method,
+                    "tokens_per_step": tokens,
+                    "micro_batches": micro_batches,
+                    "step_seconds": statistics.median(measured),
+                    "step_seconds_all": measured,
+                }
+            )
             print(json.dumps(results["rows"][-1]), flush=True)
         write(results)
     del runners
@@ -110,8 +126,9 @@ def timings(budgets: list[int], layers: int, repeats: int, results: dict) -> Non
     naive.step(1)
     tokens = min(budgets)
     seconds = naive.step(tokens // (MICRO_BATCH[0] * MICRO_BATCH[1]))
-    results["rows"].append({"method": "pc_naive", "tokens_per_step": tokens, "step_seconds": seconds,
-                            "step_seconds_all": [seconds]})
+    results["rows"].append(
+        {"method": "pc_naive", "tokens_per_step": tokens, "step_seconds": seconds, "step_seconds_all": [seconds]}
+    )
     write(results)
 
 
@@ -136,20 +153,29 @@ def write(results: dict) -> None:
         if not (v and p):
             continue
         naive = f"{n['step_seconds'] / v['step_seconds']:.3f}" if n else ""
-        lines.append(f"| {tokens:,} | {v['step_seconds']:.1f} | {p['step_seconds']:.1f} | "
-                     f"{p['step_seconds'] / v['step_seconds']:.3f} | {naive} |")
+        lines.append(
+            f"| {tokens:,} | {v['step_seconds']:.1f} | {p['step_seconds']:.1f} | "
+            f"{p['step_seconds'] / v['step_seconds']:.3f} | {naive} |"
+        )
     if memory:
-        lines += ["", f"Peak resident memory, one step at {min(results['tokens']):,} tokens: "
-                  + ", ".join(f"{m} {gib:.2f} GiB" for m, gib in memory.items())
-                  + " (the PC process also holds the frozen base model and P/A with their AdamW state)."]
+        lines += [
+            "",
+            f"Peak resident memory, one step at {min(results['tokens']):,} tokens: "
+            + ", ".join(f"{m} {gib:.2f} GiB" for m, gib in memory.items())
+            + " (the PC process also holds the frozen base model and P/A with their AdamW state).",
+        ]
     (OUT / "train_speed.md").write_text("\n".join(lines) + "\n")
     tokens = [t for t in results["tokens"] if ("vanilla", t) in rows and ("pc_amortized", t) in rows]
     plt = pyplot() if tokens else None
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(tokens, [rows[("pc_amortized", t)]["step_seconds"] / rows[("vanilla", t)]["step_seconds"] for t in tokens],
-            "o-", label="PC amortised / vanilla")
+    ax.plot(
+        tokens,
+        [rows[("pc_amortized", t)]["step_seconds"] / rows[("vanilla", t)]["step_seconds"] for t in tokens],
+        "o-",
+        label="PC amortised / vanilla",
+    )
     ax.axhline(1.15, color="gray", ls="--", label="goal 1.15")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens per optimizer step")
@@ -170,13 +196,31 @@ def main() -> None:
     if args.memory_of:
         print(peak_memory(args.memory_of, min(args.tokens), args.layers))
         return
-    results = {"model": f"Llama, hidden 1024, {args.layers} layers, vocabulary 8192, 50% target",
-               "machine": describe(),
-               "date": date.today().isoformat(), "tokens": args.tokens, "repeats": args.repeats, "rows": [],
-               "peak_rss_gib": {}}
+    results = {
+        "model": f"Llama, hidden 1024, {args.layers} layers, vocabulary 8192, 50% target",
+        "machine": describe(),
+        "date": date.today().isoformat(),
+        "tokens": args.tokens,
+        "repeats": args.repeats,
+        "rows": [],
+        "peak_rss_gib": {},
+    }
     for method in ("vanilla", "pc_amortized"):
-        out = subprocess.run([sys.executable, __file__, "--layers", str(args.layers), "--tokens", str(min(args.tokens)),
-                              "--memory-of", method], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--layers",
+                str(args.layers),
+                "--tokens",
+                str(min(args.tokens)),
+                "--memory-of",
+                method,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results["peak_rss_gib"][method] = float(out.strip().splitlines()[-1])
     timings(args.tokens, args.layers, args.repeats, results)
 

@@ -36,16 +36,25 @@ def main() -> None:
     small, small_tok, selection = compact_prune(model, tokenizer, args.calibration, target_params=args.target_params)
     after = bits_per_byte(small, small_tok, text) if text else None
     summary = CompressionSummary.from_configs(
-        "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
-        base_model="google/gemma-3-270m", calibration_data=Path(args.calibration).name,
-        calibration_tokens=selection.frequency_tokens, settings=selection.config.to_dict(),
+        "compact",
+        model.config,
+        small.config,
+        model.num_parameters(),
+        small.num_parameters(),
+        base_model="google/gemma-3-270m",
+        calibration_data=Path(args.calibration).name,
+        calibration_tokens=selection.frequency_tokens,
+        settings=selection.config.to_dict(),
         eval_data=f"the first 20,000 characters of {Path(args.eval_text).name}" if text else None,
-        bits_per_byte_before=before, bits_per_byte_after=after,
+        bits_per_byte_before=before,
+        bits_per_byte_after=after,
     )
     out = save_compressed(small, small_tok, args.output, summary, overwrite=True)
     quality = f"; bits/byte {before:.3f} -> {after:.3f}" if text else ""
-    print(f"{model.num_parameters():,} -> {small.num_parameters():,} parameters "
-          f"(vocabulary {small.config.vocab_size:,}, d_ff {small.config.intermediate_size}){quality}; saved to {out}")
+    print(
+        f"{model.num_parameters():,} -> {small.num_parameters():,} parameters "
+        f"(vocabulary {small.config.vocab_size:,}, d_ff {small.config.intermediate_size}){quality}; saved to {out}"
+    )
 
 
 if __name__ == "__main__":

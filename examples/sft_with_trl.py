@@ -64,16 +64,28 @@ def main() -> None:
         args.model_name_or_path = demo_model_path()  # converted from the GGUF once, then a model directory
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    config = ProjCompConfig(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-                            importance=args.importance)
-    training = SFTConfig(
-        args.output_dir, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, max_length=args.max_length,
-        use_cpu=args.use_cpu, report_to=[], logging_steps=10, save_strategy="no",
+    config = ProjCompConfig(
+        hidden_size=args.hidden_size, intermediate_size=args.intermediate_size, importance=args.importance
     )
-    trainer = ProjCompSFTTrainer(model=model, peft_config=config, args=training,
-                                 train_dataset=load_train_data(args.train_file), processing_class=tokenizer)
+    training = SFTConfig(
+        args.output_dir,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_length=args.max_length,
+        use_cpu=args.use_cpu,
+        report_to=[],
+        logging_steps=10,
+        save_strategy="no",
+    )
+    trainer = ProjCompSFTTrainer(
+        model=model,
+        peft_config=config,
+        args=training,
+        train_dataset=load_train_data(args.train_file),
+        processing_class=tokenizer,
+    )
     trainer.model.print_trainable_parameters()
     trainer.train()
     trainer.save_model()  # the adapter (and the pruned tokenizer, if the vocabulary shrank)

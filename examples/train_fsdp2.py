@@ -58,8 +58,9 @@ def main() -> None:
         torch.cuda.set_device(device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     base = AutoModelForCausalLM.from_pretrained(args.model).to(device)
-    config = ProjCompConfig(target_params=args.target_params, hidden_size=args.hidden_size,
-                            intermediate_size=args.intermediate_size)
+    config = ProjCompConfig(
+        target_params=args.target_params, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size
+    )
     model = shard(get_projcomp_model(base, config, tokenizer=tokenizer, progress=rank == 0))
     pc = unwrap(model)
     pc.train()

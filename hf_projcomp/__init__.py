@@ -30,9 +30,19 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ARCHITECTURES", "CompactConfig", "DistillConfig", "ProjCompConfig", "ProjCompModel", "ProjCompTrainer",
-    "ProjCompTrainerMixin", "compact_prune", "distill_pruned", "get_projcomp_model", "hard_prune", "load_model",
+    "ARCHITECTURES",
+    "CompactConfig",
+    "DistillConfig",
+    "ProjCompConfig",
+    "ProjCompModel",
+    "ProjCompTrainer",
+    "ProjCompTrainerMixin",
     "__version__",
+    "compact_prune",
+    "distill_pruned",
+    "get_projcomp_model",
+    "hard_prune",
+    "load_model",
 ]
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ def _register(executed: str = "") -> None:
         sys.meta_path.remove(finder)
     try:
         importlib.import_module(_REGISTRATION)
-    except Exception as error:  # noqa: BLE001 - never break the import of PEFT: keep it for the first use
+    except Exception as error:
         from .peft_integration import failed
 
         failed(error)

@@ -159,8 +159,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("llama", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=_LLAMA_GGUF),
         ArchSpec("mistral", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=_LLAMA_GGUF),  # llama.cpp runs it as llama
         # q/k/v biases sit on the head side, which never shrinks: they are carried over unchanged.
-        ArchSpec("qwen2", _LLAMA_LINEARS, _LLAMA_NORMS,
-                 gguf=GGUFSpec("QWEN2", square_attention=True, fallback=_LLAMA_GGUF)),
+        ArchSpec(
+            "qwen2", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec("QWEN2", square_attention=True, fallback=_LLAMA_GGUF)
+        ),
         # q_norm/k_norm act on head_dim, which never shrinks: carried over whole (and trainable).
         ArchSpec("qwen3", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec("QWEN3")),
         ArchSpec(
@@ -177,16 +178,34 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             gguf=GGUFSpec(
                 "GEMMA3",
                 sliding_window=True,
-                requires=(("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)"),),
+                requires=(
+                    ("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)"),
+                ),
             ),
         ),
         # Embedding, residual and attention multipliers and logits scaling are constants of the config.
-        ArchSpec("granite", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec(
-            "GRANITE", rope_permute=_ROPE_PERMUTE,
-            constants=(("attention.scale", "attention_multiplier"), ("embedding_scale", "embedding_multiplier"),
-                       ("residual_scale", "residual_multiplier"), ("logit_scale", "logits_scaling")))),
+        ArchSpec(
+            "granite",
+            _LLAMA_LINEARS,
+            _LLAMA_NORMS,
+            gguf=GGUFSpec(
+                "GRANITE",
+                rope_permute=_ROPE_PERMUTE,
+                constants=(
+                    ("attention.scale", "attention_multiplier"),
+                    ("embedding_scale", "embedding_multiplier"),
+                    ("residual_scale", "residual_multiplier"),
+                    ("logit_scale", "logits_scaling"),
+                ),
+            ),
+        ),
         # Layers without RoPE (no_rope_layers) differ in computation only, not in weights.
-        ArchSpec("smollm3", _LLAMA_LINEARS, _LLAMA_NORMS, gguf=GGUFSpec("SMOLLM3", rope_permute=_ROPE_PERMUTE, no_rope_every=4)),
+        ArchSpec(
+            "smollm3",
+            _LLAMA_LINEARS,
+            _LLAMA_NORMS,
+            gguf=GGUFSpec("SMOLLM3", rope_permute=_ROPE_PERMUTE, no_rope_every=4),
+        ),
         # Norms after attention and MLP instead of before; q_norm/k_norm span all heads (head side, kept).
         # (llama.cpp's olmo2 graph sizes q/o as hidden × hidden and has no general fallback: no GGUF yet.)
         ArchSpec("olmo2", _LLAMA_LINEARS, ("post_attention_layernorm", "post_feedforward_layernorm")),
@@ -200,7 +219,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             gguf=GGUFSpec(
                 "GEMMA2",
                 sliding_window=True,
-                requires=(("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma2 scales attention by 1/sqrt(head_dim)"),),
+                requires=(
+                    ("query_pre_attn_scalar", "head_dim", "llama.cpp's gemma2 scales attention by 1/sqrt(head_dim)"),
+                ),
                 constants=(("attn_logit_softcapping", "attn_logit_softcapping"),),
             ),
         ),
@@ -234,7 +255,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ("input_layernorm",),
             ffn_down="mlp.fc2",
             final_norm="model.final_layernorm",
-            hidden_fixed_if=(("qk_layernorm", True, "its q/k LayerNorms are sized by hidden_size // num_attention_heads"),),
+            hidden_fixed_if=(
+                ("qk_layernorm", True, "its q/k LayerNorms are sized by hidden_size // num_attention_heads"),
+            ),
         ),
         # GPT-NeoX (Pythia): fused q/k/v over hidden_size, parallel residual, LayerNorms with biases,
         # partial rotary, untied head. Its attention is sized by hidden_size itself.
@@ -277,15 +300,35 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("stablelm", _LLAMA_LINEARS, _LLAMA_NORMS, hidden_fixed=_HEAD_DIM_FROM_HIDDEN),
         # Mixtures of experts: every expert's d_ff shrinks to one width; the router reads the pruned
         # d_model. Qwen3-MoE's q/k norms act on head_dim (head side, kept).
-        ArchSpec("mixtral", _MOE_LINEARS, _LLAMA_NORMS, experts="mlp.experts", num_experts="num_local_experts",
-                 width_multiple=8),
-        ArchSpec("olmoe", _MOE_LINEARS, _LLAMA_NORMS, experts="mlp.experts", num_experts="num_experts",
-                 width_multiple=8, hidden_fixed="its q/k norms are sized from hidden_size, not from the heads they normalise"),
         ArchSpec(
-            "qwen3_moe", _MOE_LINEARS, _LLAMA_NORMS, experts="mlp.experts", num_experts="num_experts",
-            ffn_size="moe_intermediate_size", width_multiple=8,
-            requires=(("mlp_only_layers", [], "layers with a dense MLP would need a second d_ff"),
-                      ("decoder_sparse_step", 1, "layers with a dense MLP would need a second d_ff")),
+            "mixtral",
+            _MOE_LINEARS,
+            _LLAMA_NORMS,
+            experts="mlp.experts",
+            num_experts="num_local_experts",
+            width_multiple=8,
+        ),
+        ArchSpec(
+            "olmoe",
+            _MOE_LINEARS,
+            _LLAMA_NORMS,
+            experts="mlp.experts",
+            num_experts="num_experts",
+            width_multiple=8,
+            hidden_fixed="its q/k norms are sized from hidden_size, not from the heads they normalise",
+        ),
+        ArchSpec(
+            "qwen3_moe",
+            _MOE_LINEARS,
+            _LLAMA_NORMS,
+            experts="mlp.experts",
+            num_experts="num_experts",
+            ffn_size="moe_intermediate_size",
+            width_multiple=8,
+            requires=(
+                ("mlp_only_layers", [], "layers with a dense MLP would need a second d_ff"),
+                ("decoder_sparse_step", 1, "layers with a dense MLP would need a second d_ff"),
+            ),
         ),
         ArchSpec(
             "phi3",
@@ -298,8 +341,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             _LLAMA_NORMS,
             # llama.cpp's phi3 graph ignores the sliding window too: its fallback is exact as far as the window.
             gguf=GGUFSpec("PHI3", square_attention=True, fallback=_PHI3_AS_LLAMA),
-            hidden_fixed_if=(("rope_parameters.rope_type", "longrope",
-                              "Phi3Config sizes longrope's factors by hidden_size // num_attention_heads"),),
+            hidden_fixed_if=(
+                (
+                    "rope_parameters.rope_type",
+                    "longrope",
+                    "Phi3Config sizes longrope's factors by hidden_size // num_attention_heads",
+                ),
+            ),
         ),
     )
 }
@@ -310,8 +358,7 @@ def get_arch_spec(config: PretrainedConfig) -> ArchSpec:
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise ValueError(
-            f"model_type {model_type!r} is not supported; supported model types: "
-            f"{', '.join(sorted(ARCHITECTURES))}"
+            f"model_type {model_type!r} is not supported; supported model types: {', '.join(sorted(ARCHITECTURES))}"
         )
     spec = ARCHITECTURES[model_type]
     for field, value, why in spec.requires:

@@ -15,8 +15,8 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .model_ids import DTYPES
@@ -25,7 +25,8 @@ EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
   projcomp compress --model Qwen/Qwen2.5-0.5B --calibration data.txt --target-params 0.6 --output qwen-small
   projcomp compress --target-params 0.4 --distill-tokens 32768  # then distil from the base (minutes on a CPU)
-  projcomp compress --target-params 0.4 --num-sequences 64 --distill-tokens 131072 --distill-lr 2e-5 --distill-schedule cosine
+  projcomp compress --target-params 0.4 --num-sequences 64 --distill-tokens 131072 --distill-lr 2e-5 \
+      --distill-schedule cosine
   projcomp eval compressed-model --text test.txt --json
   projcomp train --train_file data.txt --hidden_size 512 --intermediate_size 1024 --output_dir out --max_steps 100
   projcomp merge out --output merged
@@ -67,8 +68,7 @@ def _target(value: str) -> float | int:
         return number
     if number > 1 and number.is_integer():
         return int(number)
-    raise argparse.ArgumentTypeError(
-        f"expected a fraction in (0, 1) or a whole parameter count > 1, got {value!r}")
+    raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) or a whole parameter count > 1, got {value!r}")
 
 
 def _existing_file(value: str) -> str:
@@ -112,8 +112,10 @@ def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if getattr(args, "samples", None) and args.calibration:
         parser.error("give --calibration or --samples, not both")
     if 0 < getattr(args, "distill_tokens", 0) < DISTILL_STEP_TOKENS:
-        parser.error(f"--distill-tokens must be 0 or at least one training step ({DISTILL_STEP_TOKENS:,} tokens), "
-                     f"got {args.distill_tokens:,}")
+        parser.error(
+            f"--distill-tokens must be 0 or at least one training step ({DISTILL_STEP_TOKENS:,} tokens), "
+            f"got {args.distill_tokens:,}"
+        )
 
 
 # -- compress ------------------------------------------------------------------------------------
@@ -129,8 +131,9 @@ def compress(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, args.gguf_file, dtype=args.dtype)
     if args.samples:
         logger.info("Sampling %d calibration texts of %d tokens from the model", args.samples, args.sample_tokens)
-        calibration = generate_calibration_texts(model, tokenizer, args.samples, args.sample_tokens, seed=args.seed,
-                                                 progress=not args.quiet)
+        calibration = generate_calibration_texts(
+            model, tokenizer, args.samples, args.sample_tokens, seed=args.seed, progress=not args.quiet
+        )
         described = f"{len(calibration)} texts sampled from the base model (top-k 50, seed {args.seed})"
     elif args.calibration:
         calibration, described = _calibration_source(args.calibration), Path(args.calibration).name
@@ -138,44 +141,77 @@ def compress(args: argparse.Namespace) -> None:
         calibration, described = str(bundled_text(CALIBRATION, path=True)), DESCRIPTIONS[CALIBRATION]
     eval_text = load_text(args.eval_text, max_chars=args.eval_chars) if args.eval_text else None
     before = bits_per_byte(model, tokenizer, eval_text, progress=not args.quiet) if eval_text else None
-    logger.info("Pruning to %s of %s parameters with COMPACT, calibrated on %s", _budget(args.target_params),
-                f"{model.num_parameters():,}", described)
-    small, small_tok, selection = compact_prune(
-        model, tokenizer, calibration, target_params=args.target_params, num_sequences=args.num_sequences,
-        sequence_length=args.sequence_length, progress=not args.quiet,
+    logger.info(
+        "Pruning to %s of %s parameters with COMPACT, calibrated on %s",
+        _budget(args.target_params),
+        f"{model.num_parameters():,}",
+        described,
     )
-    settings = {**selection.config.to_dict(), "vocab_size": small.config.vocab_size,
-                "intermediate_size": selection.split.intermediate_size}
+    small, small_tok, selection = compact_prune(
+        model,
+        tokenizer,
+        calibration,
+        target_params=args.target_params,
+        num_sequences=args.num_sequences,
+        sequence_length=args.sequence_length,
+        progress=not args.quiet,
+    )
+    settings = {
+        **selection.config.to_dict(),
+        "vocab_size": small.config.vocab_size,
+        "intermediate_size": selection.split.intermediate_size,
+    }
     if distill:
         from .training import distill_pruned
 
-        logger.info("Distilling the pruned model from the base on %s tokens of %s", f"{distill.trained_tokens:,}",
-                    described)
-        distill_pruned(small, model, small_tok, calibration, vocab_indices=selection.kept_token_ids, config=distill,
-                       progress=not args.quiet)
+        logger.info(
+            "Distilling the pruned model from the base on %s tokens of %s", f"{distill.trained_tokens:,}", described
+        )
+        distill_pruned(
+            small,
+            model,
+            small_tok,
+            calibration,
+            vocab_indices=selection.kept_token_ids,
+            config=distill,
+            progress=not args.quiet,
+        )
         settings.update({f"distill_{key}": value for key, value in distill.to_dict().items()})
     after = bits_per_byte(small, small_tok, eval_text, progress=not args.quiet) if eval_text else None
     summary = CompressionSummary.from_configs(
-        "compact", model.config, small.config, model.num_parameters(), small.num_parameters(),
-        base_model=hub_id_of(args.model or model.name_or_path), calibration_data=described,
-        calibration_tokens=selection.frequency_tokens, settings=settings,
+        "compact",
+        model.config,
+        small.config,
+        model.num_parameters(),
+        small.num_parameters(),
+        base_model=hub_id_of(args.model or model.name_or_path),
+        calibration_data=described,
+        calibration_tokens=selection.frequency_tokens,
+        settings=settings,
         training_data=f"{described}, distilled from the base" if distill else None,
         training_tokens=distill.trained_tokens if distill else None,
         eval_data=f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}" if eval_text else None,
-        bits_per_byte_before=before, bits_per_byte_after=after,
+        bits_per_byte_before=before,
+        bits_per_byte_after=after,
     )
     out = save_compressed(small, small_tok, args.output, summary, repo_id=args.repo_id, overwrite=args.overwrite)
     quality = f"; bits/byte {before:.4f} -> {after:.4f}" if after is not None else ""
-    print(f"saved {out} in {time.perf_counter() - start:.0f} s ({summary.parameters_before:,} -> "
-          f"{summary.parameters_after:,} parameters{quality})")
+    print(
+        f"saved {out} in {time.perf_counter() - start:.0f} s ({summary.parameters_before:,} -> "
+        f"{summary.parameters_after:,} parameters{quality})"
+    )
     print(_card_section(out / "README.md", "Sizes"))
 
 
 def _distill_config(args: argparse.Namespace) -> Any:
     from .training import DistillConfig
 
-    return DistillConfig(max_tokens=args.distill_tokens, learning_rate=args.distill_lr,
-                         lr_scheduler_type=args.distill_schedule, seed=args.seed)
+    return DistillConfig(
+        max_tokens=args.distill_tokens,
+        learning_rate=args.distill_lr,
+        lr_scheduler_type=args.distill_schedule,
+        seed=args.seed,
+    )
 
 
 def _budget(target: float | int) -> str:
@@ -222,9 +258,11 @@ def merge(args: argparse.Namespace) -> None:
     pc = ProjCompModel.from_pretrained(model, adapter)
     out = pc.save_merged(args.output, tokenizer, overwrite=args.overwrite, repo_id=args.repo_id)
     merged = pc.config
-    print(f"saved {out} in {time.perf_counter() - start:.0f} s (vanilla "
-          f"{merged.architectures[0] if merged.architectures else 'model'}, hidden_size {merged.hidden_size}, "
-          f"intermediate_size {merged.intermediate_size}, vocab_size {merged.vocab_size})")
+    print(
+        f"saved {out} in {time.perf_counter() - start:.0f} s (vanilla "
+        f"{merged.architectures[0] if merged.architectures else 'model'}, hidden_size {merged.hidden_size}, "
+        f"intermediate_size {merged.intermediate_size}, vocab_size {merged.vocab_size})"
+    )
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -235,10 +273,13 @@ def export(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     # float32 in: the outtype alone decides the stored precision.
     model, tokenizer = load_model(args.model, dtype="float32")
-    out = save_gguf(model, tokenizer, args.gguf, args.outtype, pre_tokenizer=args.pre_tokenizer,
-                    overwrite=args.overwrite)
-    print(f"saved {out} ({out.stat().st_size / 2**20:,.1f} MiB, {args.outtype}, read back and verified) "
-          f"in {time.perf_counter() - start:.0f} s; run it with llama.cpp: llama-cli -m {out}")
+    out = save_gguf(
+        model, tokenizer, args.gguf, args.outtype, pre_tokenizer=args.pre_tokenizer, overwrite=args.overwrite
+    )
+    print(
+        f"saved {out} ({out.stat().st_size / 2**20:,.1f} MiB, {args.outtype}, read back and verified) "
+        f"in {time.perf_counter() - start:.0f} s; run it with llama.cpp: llama-cli -m {out}"
+    )
 
 
 def _check_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -270,17 +311,28 @@ def evaluate(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype)
     base, base_tok = load_model(args.base, args.gguf_file, dtype=args.dtype)
     if args.text:
-        text, described = load_text(args.text, max_chars=args.chars), f"the first {args.chars:,} characters of {Path(args.text).name}"
+        text, described = (
+            load_text(args.text, max_chars=args.chars),
+            f"the first {args.chars:,} characters of {Path(args.text).name}",
+        )
     else:
         text, described = bundled_text(EVALUATION)[: args.chars], DESCRIPTIONS[EVALUATION]
     progress = not (args.json or args.quiet)
-    ours, theirs = evaluate_text(model, tokenizer, text, progress=progress), evaluate_text(base, base_tok, text, progress=progress)
+    ours, theirs = (
+        evaluate_text(model, tokenizer, text, progress=progress),
+        evaluate_text(base, base_tok, text, progress=progress),
+    )
     seconds, base_seconds = forward_seconds(model, len(tokenizer)), forward_seconds(base, len(base_tok))
     report = {
-        "model": args.model, "base": args.base or "gemma-3-270m (demo)", "text": described,
-        "parameters": model.num_parameters(), "base_parameters": base.num_parameters(),
-        "bits_per_byte": ours["bits_per_byte"], "base_bits_per_byte": theirs["bits_per_byte"],
-        "word_perplexity": ours["word_perplexity"], "base_word_perplexity": theirs["word_perplexity"],
+        "model": args.model,
+        "base": args.base or "gemma-3-270m (demo)",
+        "text": described,
+        "parameters": model.num_parameters(),
+        "base_parameters": base.num_parameters(),
+        "bits_per_byte": ours["bits_per_byte"],
+        "base_bits_per_byte": theirs["bits_per_byte"],
+        "word_perplexity": ours["word_perplexity"],
+        "base_word_perplexity": theirs["word_perplexity"],
         "forward_latency_ratio": seconds / base_seconds,  # same 256-token forward, side by side
     }
     if args.json:
@@ -298,8 +350,9 @@ def evaluate(args: argparse.Namespace) -> None:
 def push(args: argparse.Namespace) -> None:
     from .export import push_to_hub
 
-    info = push_to_hub(args.directory, args.repo_id, private=args.private, token=args.token,
-                       commit_message=args.message)
+    info = push_to_hub(
+        args.directory, args.repo_id, private=args.private, token=args.token, commit_message=args.message
+    )
     print(f"pushed {args.directory} to {getattr(info, 'commit_url', None) or args.repo_id}")
 
 
@@ -317,8 +370,12 @@ def _check_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> tuple[Parser, dict[str, Parser]]:
-    parser = Parser(prog="projcomp", description="Compress causal LMs into smaller vanilla transformers checkpoints.",
-                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="projcomp",
+        description="Compress causal LMs into smaller vanilla transformers checkpoints.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     verbosity = argparse.ArgumentParser(add_help=False)
     group = verbosity.add_mutually_exclusive_group()
@@ -328,51 +385,88 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     parsers: dict[str, Parser] = {}
 
     def model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
-        p.add_argument(flag, type=_model, default=None,
-                       help="Hub id or local directory (default: the demo Gemma-3-270M)")
+        p.add_argument(
+            flag, type=_model, default=None, help="Hub id or local directory (default: the demo Gemma-3-270M)"
+        )
         p.add_argument("--gguf-file", default=None, help="load this GGUF file of the model")
-        p.add_argument("--dtype", default="auto", choices=DTYPES,
-                       help="dtype to load the model in; outputs keep it (default: the checkpoint's own)")
+        p.add_argument(
+            "--dtype",
+            default="auto",
+            choices=DTYPES,
+            help="dtype to load the model in; outputs keep it (default: the checkpoint's own)",
+        )
 
     p = parsers["compress"] = sub.add_parser(
-        "compress", help="COMPACT: vocabulary + FFN pruning, training-free or then distilled from the base",
-        description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.", **common)
+        "compress",
+        help="COMPACT: vocabulary + FFN pruning, training-free or then distilled from the base",
+        description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.",
+        **common,
+    )
     model_args(p)
-    p.add_argument("--calibration", type=_existing_file,
-                   help=".txt/.jsonl file or a saved datasets directory (default: the bundled WikiText-2 excerpt)")
+    p.add_argument(
+        "--calibration",
+        type=_existing_file,
+        help=".txt/.jsonl file or a saved datasets directory (default: the bundled WikiText-2 excerpt)",
+    )
     p.add_argument("--samples", type=_positive, help="calibrate on N texts sampled from the model instead")
     p.add_argument("--sample-tokens", type=_positive, default=256, help="tokens per sampled text")
-    p.add_argument("--target-params", type=_target, default=0.5,
-                   help="fraction of the parameters in (0, 1), or a parameter count (default: %(default)s)")
-    p.add_argument("--num-sequences", type=_positive, default=COMPRESS_SEQUENCES,
-                   help="activation-pass sequences (default: %(default)s)")
+    p.add_argument(
+        "--target-params",
+        type=_target,
+        default=0.5,
+        help="fraction of the parameters in (0, 1), or a parameter count (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-sequences",
+        type=_positive,
+        default=COMPRESS_SEQUENCES,
+        help="activation-pass sequences (default: %(default)s)",
+    )
     p.add_argument("--sequence-length", type=_positive, default=512, help="activation-pass sequence length")
     p.add_argument("--eval-text", type=_existing_file, help="report bits per byte before/after on this text file")
     p.add_argument("--eval-chars", type=_positive, default=20_000)
     p.add_argument("--output", default="compressed-model", help="output directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id", help="Hub repo id shown in the model card's usage snippet")
-    p.add_argument("--distill-tokens", type=_natural, default=0,
-                   help="after pruning, train every weight on KL(base || pruned) over this many tokens of the "
-                        "calibration text (e.g. 32768: minutes on a CPU; default: 0, training-free)")
-    p.add_argument("--distill-lr", type=_positive_float, default=DISTILL_LR,
-                   help="(peak) learning rate of --distill-tokens (default: %(default)s)")
-    p.add_argument("--distill-schedule", choices=DISTILL_SCHEDULES, default=DISTILL_SCHEDULES[0],
-                   help="learning-rate schedule after 2 warm-up steps (default: %(default)s; from 65,536 tokens "
-                        "on, dev text preferred cosine from 2e-5)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="sampling seed (with --samples) and block order (with --distill-tokens)")
+    p.add_argument(
+        "--distill-tokens",
+        type=_natural,
+        default=0,
+        help="after pruning, train every weight on KL(base || pruned) over this many tokens of the "
+        "calibration text (e.g. 32768: minutes on a CPU; default: 0, training-free)",
+    )
+    p.add_argument(
+        "--distill-lr",
+        type=_positive_float,
+        default=DISTILL_LR,
+        help="(peak) learning rate of --distill-tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--distill-schedule",
+        choices=DISTILL_SCHEDULES,
+        default=DISTILL_SCHEDULES[0],
+        help="learning-rate schedule after 2 warm-up steps (default: %(default)s; from 65,536 tokens "
+        "on, dev text preferred cosine from 2e-5)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="sampling seed (with --samples) and block order (with --distill-tokens)"
+    )
     p.set_defaults(func=compress, check=_check_output)
 
     p = parsers["train"] = sub.add_parser(
-        "train", help="projected compression through the HF Trainer (HF-style arguments)", add_help=False,
+        "train",
+        help="projected compression through the HF Trainer (HF-style arguments)",
+        add_help=False,
         description="All arguments go to hf_projcomp.training.script (HfArgumentParser + TrainingArguments); "
-                    "`projcomp train --help` lists them.")
+        "`projcomp train --help` lists them.",
+    )
     p.add_argument("training_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=train)
 
     p = parsers["merge"] = sub.add_parser("merge", help="adapter -> verified vanilla checkpoint", **common)
-    p.add_argument("adapter", type=_existing_file, help="directory with adapter_config.json + adapter_model.safetensors")
+    p.add_argument(
+        "adapter", type=_existing_file, help="directory with adapter_config.json + adapter_model.safetensors"
+    )
     model_args(p)
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -380,23 +474,40 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     p.set_defaults(func=merge, check=_check_output)
 
     p = parsers["export"] = sub.add_parser(
-        "export", help="model directory -> GGUF file for llama.cpp (verified by reading it back)", **common)
-    p.add_argument("model", type=_model, nargs="?", default=None,
-                   help="model directory or Hub id, e.g. projcomp compress's output (default: the demo Gemma-3-270M)")
+        "export", help="model directory -> GGUF file for llama.cpp (verified by reading it back)", **common
+    )
+    p.add_argument(
+        "model",
+        type=_model,
+        nargs="?",
+        default=None,
+        help="model directory or Hub id, e.g. projcomp compress's output (default: the demo Gemma-3-270M)",
+    )
     p.add_argument("--gguf", required=True, help="the .gguf file to write")
-    p.add_argument("--outtype", default="f16", choices=("f32", "f16", "bf16", "q8_0"),
-                   help="precision of the weight matrices (norms and biases stay f32); default f16")
-    p.add_argument("--pre-tokenizer", default=None,
-                   help="llama.cpp's name of a byte-level pre-tokenizer hf_projcomp does not recognise")
+    p.add_argument(
+        "--outtype",
+        default="f16",
+        choices=("f32", "f16", "bf16", "q8_0"),
+        help="precision of the weight matrices (norms and biases stay f32); default f16",
+    )
+    p.add_argument(
+        "--pre-tokenizer",
+        default=None,
+        help="llama.cpp's name of a byte-level pre-tokenizer hf_projcomp does not recognise",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=export, check=_check_export)
 
     p = parsers["eval"] = sub.add_parser(
-        "eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common)
+        "eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common
+    )
     p.add_argument("model", type=_model, help="the compressed model (directory or Hub id)")
     model_args(p, "--base")
-    p.add_argument("--text", type=_existing_file,
-                   help="text file to score (default: the first 20,000 characters of WikiText-2 test, bundled)")
+    p.add_argument(
+        "--text",
+        type=_existing_file,
+        help="text file to score (default: the first 20,000 characters of WikiText-2 test, bundled)",
+    )
     p.add_argument("--chars", type=_positive, default=20_000, help="characters of the text to score")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=evaluate)
@@ -459,7 +570,7 @@ def is_user_error(err: BaseException) -> bool:
     from .export import HubError
     from .loading import ModelLoadError
 
-    return isinstance(err, USER_ERRORS + (ModelLoadError, HubError))
+    return isinstance(err, (*USER_ERRORS, ModelLoadError, HubError))
 
 
 if __name__ == "__main__":

@@ -167,11 +167,11 @@ class ProjCompConfig(PeftConfig):
             save_tokenizer(tokenizer, save_directory)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
-                        **kwargs: Any) -> ProjCompConfig:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
+    ) -> ProjCompConfig:
         """PEFT's reader (local directory or Hub id), marking the config as one whose selections come with
         the adapter's weights (building the model then skips the importance pass)."""
         config = super().from_pretrained(os.fspath(pretrained_model_name_or_path), subfolder=subfolder, **kwargs)
         config.__dict__["_adapter_source"] = (os.fspath(pretrained_model_name_or_path), subfolder, kwargs)
         return config
-

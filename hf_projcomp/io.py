@@ -69,7 +69,9 @@ def _sibling_name(out: Path, kind: str) -> Path:
 
 def _sibling_pattern(out: Path) -> re.Pattern[str]:
     """Matches the siblings that writers of exactly ``out`` leave (not those of ``out.name + '.x'``)."""
-    return re.compile(rf"\.{re.escape(out.name)}\.(?P<kind>{_TMP}|{_OLD})-(?P<pid>\d+)-(?P<host>[0-9a-f]{{6}})[0-9a-f]{{8}}")
+    return re.compile(
+        rf"\.{re.escape(out.name)}\.(?P<kind>{_TMP}|{_OLD})-(?P<pid>\d+)-(?P<host>[0-9a-f]{{6}})[0-9a-f]{{8}}"
+    )
 
 
 def _new_sibling(out: Path, create: Callable[[Path], None]) -> Path:
@@ -117,8 +119,9 @@ def _process_start(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch, Linux ``/proc``), None where unknown."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, counted after "(comm)"
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -166,8 +169,11 @@ def clean_stale_siblings(out: Path) -> None:
     stale: dict[str, list[Path]] = {_TMP: [], _OLD: []}
     for entry in entries:
         match = pattern.fullmatch(entry.name)
-        if match and match["host"] == _HOST_TAG and not _writer_alive(int(match["pid"]), Path(entry.path),
-                                                                         match["kind"]):
+        if (
+            match
+            and match["host"] == _HOST_TAG
+            and not _writer_alive(int(match["pid"]), Path(entry.path), match["kind"])
+        ):
             stale[match["kind"]].append(Path(entry.path))
     # Restore before deleting anything, so a kill during cleanup cannot lose the only copy.
     if stale[_OLD] and not os.path.lexists(out):

@@ -28,7 +28,8 @@ def get_projcomp_model(
     given here rather than named in the config.
 
     Args:
-        model: the base model; it is frozen in place and stays reachable as ``.model`` of the tuner (``get_base_model()``).
+        model: the base model; it is frozen in place and stays reachable as ``.model`` of the tuner
+            (``get_base_model()``).
         config: target sizes and importance method.
         calibration_data: for ``importance="activation"``, token-id batches or text with ``tokenizer``
             (see :func:`hf_projcomp.importance.calibration_batches` for the accepted forms); calibration

@@ -36,8 +36,16 @@ _failure: str | None = None
 # copy of one it did not write this time must not survive it (a stale tokenizer.model beside a
 # tokenizer.json of another vocabulary gives a GGUF that emits garbage).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 
 def register(config_cls: type, tuner_cls: type) -> None:
@@ -48,7 +56,7 @@ def register(config_cls: type, tuner_cls: type) -> None:
         _register(config_cls, tuner_cls)
         _save_atomically()
         _failure = None
-    except Exception as error:  # noqa: BLE001 - inside `import peft`: keep it for the first use instead
+    except Exception as error:
         failed(error)
 
 
@@ -101,7 +109,9 @@ def _register_publicly(config_cls: type, tuner_cls: type) -> bool:
     except ImportError:
         return False
     try:
-        register_peft_method(name=PEFT_TYPE.lower(), config_cls=config_cls, model_cls=tuner_cls, prefix=tuner_cls.prefix)
+        register_peft_method(
+            name=PEFT_TYPE.lower(), config_cls=config_cls, model_cls=tuner_cls, prefix=tuner_cls.prefix
+        )
     except ValueError as error:
         if "Unknown PEFT type" in str(error):  # the closed enum
             return False
@@ -145,7 +155,10 @@ def _write(config_table: dict, tuner_table: dict, prefix_table: dict, config_cls
 
 def _same_class(registered: type | None, cls: type) -> bool:
     """The same class, or the same one imported again (``importlib.reload``)."""
-    return registered is not None and (registered.__module__, registered.__qualname__) == (cls.__module__, cls.__qualname__)
+    return registered is not None and (registered.__module__, registered.__qualname__) == (
+        cls.__module__,
+        cls.__qualname__,
+    )
 
 
 __all__ = ["PEFT_MIN", "PEFT_NEWEST_TESTED", "PEFT_TYPE", "failed", "register", "require_registered"]

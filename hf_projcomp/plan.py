@@ -116,13 +116,15 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
         prefix = f"{spec.layers}.{i}"
         for lin in spec.linears:
             name = f"{prefix}.{lin.path}" if lin.experts else f"{prefix}.{lin.path}.weight"
-            weights.append(WeightPlan(name, lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks,
-                                      transposed=lin.transposed))
+            weights.append(
+                WeightPlan(name, lin.out_dim, lin.in_dim, layer=i, out_chunks=lin.out_chunks, transposed=lin.transposed)
+            )
             module = None if lin.experts else model.get_submodule(f"{prefix}.{lin.path}")
             if getattr(module, "bias", None) is not None and lin.out_dim is not None:
                 # A bias on the head side (q/k/v) keeps its size and is carried over unchanged.
-                weights.append(WeightPlan(f"{prefix}.{lin.path}.bias", lin.out_dim, None, layer=i,
-                                          out_chunks=lin.out_chunks))
+                weights.append(
+                    WeightPlan(f"{prefix}.{lin.path}.bias", lin.out_dim, None, layer=i, out_chunks=lin.out_chunks)
+                )
         layer = model.get_submodule(prefix)
         norms.extend(_norm_plans(model, f"{prefix}.{n}") for n, _ in block_norm_modules(layer, spec))
     if not tied:

@@ -21,8 +21,12 @@ def count_parameters(model_class: type[PreTrainedModel], config: PretrainedConfi
         model = model_class(config)
     model.tie_weights()  # accelerate's empty init unties them
     total = sum(p.numel() for p in model.parameters())  # tied tensors are yielded once
-    embedding = sum(p.numel() for p in {id(p): p for p in (model.get_input_embeddings().weight,
-                                                           model.get_output_embeddings().weight)}.values())
+    embedding = sum(
+        p.numel()
+        for p in {
+            id(p): p for p in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+        }.values()
+    )
     return total, embedding
 
 
@@ -53,7 +57,9 @@ def validate_target_sizes(
         raise ValueError(f"intermediate_size must be in [1, {base_ffn}] (the base's), got {intermediate_size}")
     vocab_size = config.vocab_size if vocab_size is None else vocab_size
     if (hidden_size, intermediate_size, vocab_size) == (config.hidden_size, base_ffn, config.vocab_size):
-        raise ValueError("the target equals the base model's size: shrink hidden_size, intermediate_size or the vocabulary")
+        raise ValueError(
+            "the target equals the base model's size: shrink hidden_size, intermediate_size or the vocabulary"
+        )
     for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size)):
         if value % spec.width_multiple:
             raise ValueError(
@@ -123,5 +129,9 @@ def sizes_for_budget(
 
 
 __all__ = [
-    "count_parameters", "count_target_parameters", "resolve_target_sizes", "sizes_for_budget", "validate_target_sizes",
+    "count_parameters",
+    "count_target_parameters",
+    "resolve_target_sizes",
+    "sizes_for_budget",
+    "validate_target_sizes",
 ]

@@ -32,8 +32,11 @@ _ID_SEQUENCES = ("bad_words_ids", "force_words_ids")
 
 
 def _is_id_field(name: str) -> bool:
-    return name.endswith(("_token_id", "_token_ids")) or name in _ID_LISTS + _ID_SEQUENCES or name in (
-        "forced_decoder_ids", "sequence_bias")
+    return (
+        name.endswith(("_token_id", "_token_ids"))
+        or name in _ID_LISTS + _ID_SEQUENCES
+        or name in ("forced_decoder_ids", "sequence_bias")
+    )
 
 
 class TokenIdMap:
@@ -67,9 +70,7 @@ class TokenIdMap:
         ids = value if isinstance(value, (list, tuple)) else [value]
         missing = [i for i in ids if i not in self.new_id]
         if missing:
-            raise ValueError(
-                f"{source}.{name} {value} is not among the kept tokens; special tokens must be kept"
-            )
+            raise ValueError(f"{source}.{name} {value} is not among the kept tokens; special tokens must be kept")
         new = [self.new_id[i] for i in ids]
         return new if isinstance(value, (list, tuple)) else new[0]
 
@@ -157,7 +158,9 @@ def make_target_config(
     return type(config).from_dict(data)
 
 
-def remap_generation_config(generation_config: GenerationConfig, kept_token_ids: torch.Tensor | None) -> GenerationConfig:
+def remap_generation_config(
+    generation_config: GenerationConfig, kept_token_ids: torch.Tensor | None
+) -> GenerationConfig:
     """A copy of ``generation_config`` with every id-valued field remapped to the kept vocabulary."""
     out = copy.deepcopy(generation_config)
     if kept_token_ids is not None:
@@ -227,6 +230,10 @@ def instantiate(
 
 
 __all__ = [
-    "SPECIAL_TOKEN_FIELDS", "TokenIdMap", "build_target_model", "instantiate", "make_target_config",
+    "SPECIAL_TOKEN_FIELDS",
+    "TokenIdMap",
+    "build_target_model",
+    "instantiate",
+    "make_target_config",
     "remap_generation_config",
 ]

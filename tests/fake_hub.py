@@ -18,8 +18,12 @@ def install(log_path: str) -> None:
         record({"call": "create_repo", "repo_id": repo_id, "private": kwargs.get("private")})
 
     def create_commit(self, repo_id, operations, **kwargs):
-        files = {op.path_in_repo: len(op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes)
-                                      else open(op.path_or_fileobj, "rb").read()) for op in operations}
+        files = {
+            op.path_in_repo: len(
+                op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else open(op.path_or_fileobj, "rb").read()
+            )
+            for op in operations
+        }
         record({"call": "create_commit", "repo_id": repo_id, "files": files})
 
     HfApi.create_repo = create_repo

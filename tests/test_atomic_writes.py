@@ -48,16 +48,24 @@ def crashed_writer(code: str, out: Path) -> None:
     """Run ``code`` (with ``out``, ``io``, ``os`` in scope) in a process that dies in it (``os._exit``)
     and is reaped, so its pid is dead, as after a SIGKILL."""
     prelude = "import os, sys\nfrom pathlib import Path\nfrom hf_projcomp import io\nout = Path(sys.argv[1])\n"
-    run = subprocess.run([sys.executable, "-c", prelude + code, str(out)], env=ENV, capture_output=True, text=True,
-                         timeout=60, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", prelude + code, str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 17, run.stderr  # it reached its os._exit(17)
 
 
 def live_writer(out: Path) -> subprocess.Popen:
     """A process that is writing ``out`` (inside ``atomic_directory``) and stays there."""
-    code = ("import sys, time\nfrom pathlib import Path\nfrom hf_projcomp.io import atomic_directory\n"
-            "with atomic_directory(sys.argv[1], overwrite=True) as tmp:\n"
-            "    (tmp / 'v').write_text('live')\n    print('ready', flush=True)\n    time.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom hf_projcomp.io import atomic_directory\n"
+        "with atomic_directory(sys.argv[1], overwrite=True) as tmp:\n"
+        "    (tmp / 'v').write_text('live')\n    print('ready', flush=True)\n    time.sleep(120)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "ready\n"
     return proc
@@ -72,6 +80,7 @@ def test_replacing_a_directory_never_leaves_it_missing(tmp_path, monkeypatch):
         def wrapper(*args, **kwargs):
             seen.append((function.__name__, (out / "v").read_text() if out.is_dir() else None))
             return function(*args, **kwargs)
+
         return wrapper
 
     for module, name in ((os, "replace"), (os, "rename"), (shutil, "rmtree"), (os, "unlink")):
@@ -91,8 +100,10 @@ def test_replacing_a_directory_never_leaves_it_missing(tmp_path, monkeypatch):
 
 def test_dead_writers_temporaries_are_removed_and_live_ones_kept(tmp_path):
     out = make_dir(tmp_path / "out", v="old")
-    crashed_writer("with io.atomic_directory(out, overwrite=True) as tmp:\n"
-                   "    (tmp / 'v').write_text('half')\n    os._exit(17)\n", out)
+    crashed_writer(
+        "with io.atomic_directory(out, overwrite=True) as tmp:\n    (tmp / 'v').write_text('half')\n    os._exit(17)\n",
+        out,
+    )
     (dead,) = siblings(out)  # the killed write's temporary, named after its writer
     live = live_writer(out)
     try:
@@ -126,8 +137,9 @@ def test_a_reused_pid_does_not_keep_an_older_temporary(tmp_path, monkeypatch):
 def test_dead_file_writers_temporaries_are_removed(tmp_path):
     out = tmp_path / "model.gguf"
     out.write_text("old")
-    crashed_writer("with io.atomic_file(out, overwrite=True) as tmp:\n"
-                   "    tmp.write_text('half')\n    os._exit(17)\n", out)
+    crashed_writer(
+        "with io.atomic_file(out, overwrite=True) as tmp:\n    tmp.write_text('half')\n    os._exit(17)\n", out
+    )
     assert len(siblings(out)) == 1
     with atomic_file(out, overwrite=True) as tmp:
         tmp.write_text("new")
@@ -146,7 +158,9 @@ def test_an_old_copy_stranded_between_the_fallbacks_renames_is_restored(tmp_path
         "def rename(src, dst):\n    calls.append(dst)\n"
         "    if len(calls) == 2:\n        os._exit(17)\n    real(src, dst)\n"
         "os.rename = rename\n"
-        "with io.atomic_directory(out, overwrite=True) as tmp:\n    (tmp / 'v').write_text('new')\n", out)
+        "with io.atomic_directory(out, overwrite=True) as tmp:\n    (tmp / 'v').write_text('new')\n",
+        out,
+    )
     assert not out.exists()
     assert any(".out.old-" in name for name in siblings(out))
     with pytest.raises(FileExistsError), atomic_directory(out):  # restored: there is something to overwrite
@@ -160,6 +174,7 @@ def test_an_old_copy_stranded_between_the_fallbacks_renames_is_restored(tmp_path
 def test_fallback_without_the_exchange(tmp_path, monkeypatch):
     """Where ``renameat2`` is refused (EINVAL: a filesystem without RENAME_EXCHANGE) the old copy goes
     aside under a recognisable name, the new one comes in, and nothing is left over."""
+
     def unsupported(a, b):
         raise OSError(errno.EINVAL, "no exchange")
 
@@ -183,8 +198,15 @@ def test_fallback_without_the_exchange(tmp_path, monkeypatch):
 def checkpoint(tmp_path) -> Path:
     """A Trainer checkpoint folder: optimizer state, a private scheduler file, a subfolder and an
     adapter that a new save replaces."""
-    out = make_dir(tmp_path / "checkpoint-10", **{"optimizer.pt": "optimizer", "adapter_config.json": "old",
-                                                   "adapter_model.safetensors": "old", "special.txt": "old"})
+    out = make_dir(
+        tmp_path / "checkpoint-10",
+        **{
+            "optimizer.pt": "optimizer",
+            "adapter_config.json": "old",
+            "adapter_model.safetensors": "old",
+            "special.txt": "old",
+        },
+    )
     (out / "scheduler.pt").write_text("scheduler")
     (out / "scheduler.pt").chmod(0o600)
     make_dir(out / "global_step10", **{"zero.pt": "zero"})
@@ -200,10 +222,19 @@ def save_adapter(out: Path) -> None:
 def test_keep_other_files_carries_what_the_write_does_not_produce(checkpoint):
     inode = (checkpoint / "optimizer.pt").stat().st_ino
     save_adapter(checkpoint)
-    assert sorted(os.listdir(checkpoint)) == ["adapter_config.json", "adapter_model.safetensors", "global_step10",
-                                              "optimizer.pt", "scheduler.pt", "special.txt"]
-    assert (checkpoint / "adapter_config.json").read_text() == (checkpoint / "adapter_model.safetensors").read_text() \
+    assert sorted(os.listdir(checkpoint)) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "global_step10",
+        "optimizer.pt",
+        "scheduler.pt",
+        "special.txt",
+    ]
+    assert (
+        (checkpoint / "adapter_config.json").read_text()
+        == (checkpoint / "adapter_model.safetensors").read_text()
         == "new"
+    )
     assert (checkpoint / "optimizer.pt").stat().st_ino == inode  # the same file, not a copy
     assert (checkpoint / "scheduler.pt").stat().st_mode & 0o777 == 0o600  # left as its writer made it
     assert (checkpoint / "global_step10" / "zero.pt").read_text() == "zero"
@@ -217,7 +248,7 @@ def test_keep_other_files_moves_in_what_arrives_during_the_publish(checkpoint, m
 
     def concurrent_writer_then_exchange(a, b):
         if Path(b) == checkpoint:
-            handles.append(open(checkpoint / "rng_state_1.pth", "w"))  # noqa: SIM115 - still open after the save
+            handles.append(open(checkpoint / "rng_state_1.pth", "w"))
             handles[0].write("begun ")
             handles[0].flush()
             (checkpoint / "optimizer.tmp").write_text("optimizer, step 11")
@@ -239,6 +270,7 @@ def test_keep_other_files_moves_in_what_arrives_during_the_publish(checkpoint, m
 def test_an_interrupted_write_leaves_the_target_as_it_was(checkpoint, monkeypatch, where):
     """KeyboardInterrupt in the block or in the publish (files already carried): the target, carried
     files included, is untouched and no temporary is left."""
+
     def interrupted(a, b):
         raise KeyboardInterrupt
 
@@ -262,9 +294,15 @@ class KillSave:
 
     def __init__(self, mode: str, work: Path):
         self.stderr = (work / "stderr.txt").open("w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests/scripts/kill_save.py"), mode, str(work)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                     env=ENV, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/scripts/kill_save.py"), mode, str(work)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
         self.work = work
         self.info = self._answer()
 

@@ -13,8 +13,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +24,17 @@ def projcomp(*args, cwd=None, fake_hub_log=None, env=None):
     if fake_hub_log is None:
         cmd = [sys.executable, "-m", "hf_projcomp.cli", *map(str, args)]
     else:
-        code = ("import sys; from tests.fake_hub import install; install(sys.argv[1]); "
-                "from hf_projcomp.cli import main; main(sys.argv[2:])")
+        code = (
+            "import sys; from tests.fake_hub import install; install(sys.argv[1]); "
+            "from hf_projcomp.cli import main; main(sys.argv[2:])"
+        )
         cmd = [sys.executable, "-c", code, str(fake_hub_log), *map(str, args)]
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **{k: v for k, v in os.environ.items()
-                                                                  if k not in ("PYTHONPATH",)}, **(env or {})}
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)},
+        **(env or {}),
+    }
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd or ROOT, env=env)
 
 
@@ -45,9 +51,27 @@ def test_console_script_is_registered():
 @pytest.fixture(scope="module")
 def compressed(tiny_base_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "compressed"
-    run = ok(projcomp("compress", "--model", tiny_base_dir, "--calibration", tiny_base_dir / "train.txt",
-                      "--target-params", "0.8", "--num-sequences", "4", "--sequence-length", "64",
-                      "--eval-text", tiny_base_dir / "train.txt", "--eval-chars", "2000", "--output", out))
+    run = ok(
+        projcomp(
+            "compress",
+            "--model",
+            tiny_base_dir,
+            "--calibration",
+            tiny_base_dir / "train.txt",
+            "--target-params",
+            "0.8",
+            "--num-sequences",
+            "4",
+            "--sequence-length",
+            "64",
+            "--eval-text",
+            tiny_base_dir / "train.txt",
+            "--eval-chars",
+            "2000",
+            "--output",
+            out,
+        )
+    )
     return out, run
 
 
@@ -70,9 +94,25 @@ def test_compress_writes_a_checkpoint_with_card(compressed, tiny_base_dir):
 
 
 def test_compress_without_calibration_samples_the_base(tiny_base_dir, tmp_path):
-    run = ok(projcomp("compress", "--model", tiny_base_dir, "--samples", "4", "--sample-tokens", "48",
-                      "--target-params", "0.9", "--num-sequences", "2", "--sequence-length", "32",
-                      "--output", tmp_path / "out"))
+    run = ok(
+        projcomp(
+            "compress",
+            "--model",
+            tiny_base_dir,
+            "--samples",
+            "4",
+            "--sample-tokens",
+            "48",
+            "--target-params",
+            "0.9",
+            "--num-sequences",
+            "2",
+            "--sequence-length",
+            "32",
+            "--output",
+            tmp_path / "out",
+        )
+    )
     assert "texts sampled from the base model" in (tmp_path / "out" / "README.md").read_text()
     assert "saved" in run.stdout
 
@@ -94,14 +134,39 @@ def test_compress_then_distil_is_the_library_recipe(tmp_path):
     tokenizer.save_pretrained(base_dir)
     text.write_text("\n".join(TRAIN * 20), encoding="utf-8")
     settings = dict(target_params=0.8, num_sequences=4, sequence_length=64)
-    run = ok(projcomp("compress", "--model", base_dir, "--calibration", text, "--output", tmp_path / "out",
-                      "--distill-tokens", "8192", "--distill-lr", "1e-4", "--distill-schedule", "cosine",
-                      "--seed", "1", "-q", *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())))
+    run = ok(
+        projcomp(
+            "compress",
+            "--model",
+            base_dir,
+            "--calibration",
+            text,
+            "--output",
+            tmp_path / "out",
+            "--distill-tokens",
+            "8192",
+            "--distill-lr",
+            "1e-4",
+            "--distill-schedule",
+            "cosine",
+            "--seed",
+            "1",
+            "-q",
+            *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items()),
+        )
+    )
     assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr  # -q: no progress bars
     base, tokenizer = load_model(str(base_dir))  # as the CLI loads it (the reloaded tokenizer is Qwen2's own)
     small, small_tok, selection = compact_prune(base, tokenizer, str(text), progress=False, **settings)
-    distill_pruned(small, base, small_tok, str(text), vocab_indices=selection.kept_token_ids, progress=False,
-                   config=DistillConfig(max_tokens=8192, learning_rate=1e-4, lr_scheduler_type="cosine", seed=1))
+    distill_pruned(
+        small,
+        base,
+        small_tok,
+        str(text),
+        vocab_indices=selection.kept_token_ids,
+        progress=False,
+        config=DistillConfig(max_tokens=8192, learning_rate=1e-4, lr_scheduler_type="cosine", seed=1),
+    )
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     untrained = compact_prune(base, tokenizer, str(text), progress=False, **settings).model
     for name, value in small.state_dict().items():
@@ -117,8 +182,11 @@ def test_eval_json_reports_the_library_numbers(compressed, tiny_base_dir):
     from hf_projcomp.evaluate import evaluate_text, load_text
 
     out, _ = compressed
-    run = ok(projcomp("eval", out, "--base", tiny_base_dir, "--text", tiny_base_dir / "train.txt",
-                      "--chars", "1500", "--json"))
+    run = ok(
+        projcomp(
+            "eval", out, "--base", tiny_base_dir, "--text", tiny_base_dir / "train.txt", "--chars", "1500", "--json"
+        )
+    )
     report = json.loads(run.stdout)
     text = load_text(tiny_base_dir / "train.txt", max_chars=1500)
     for path, prefix in ((out, ""), (tiny_base_dir, "base_")):
@@ -137,10 +205,32 @@ def test_train_then_merge(tiny_base_dir, tmp_path):
     snapshot = tmp_path / "hub" / "models--me--tiny-base" / "snapshots" / "0123abc"
     shutil.copytree(tiny_base_dir, snapshot)
     out = tmp_path / "run"
-    ok(projcomp("train", "--model_name_or_path", snapshot, "--train_file", snapshot / "train.txt",
-                "--hidden_size", "48", "--intermediate_size", "64", "--block_size", "32",
-                "--calibration_sequences", "2", "--output_dir", out, "--max_steps", "2",
-                "--per_device_train_batch_size", "2", "--report_to", "none", "--use_cpu"))
+    ok(
+        projcomp(
+            "train",
+            "--model_name_or_path",
+            snapshot,
+            "--train_file",
+            snapshot / "train.txt",
+            "--hidden_size",
+            "48",
+            "--intermediate_size",
+            "64",
+            "--block_size",
+            "32",
+            "--calibration_sequences",
+            "2",
+            "--output_dir",
+            out,
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+            "--use_cpu",
+        )
+    )
     assert (out / "adapter_config.json").is_file() and (out / "merged" / "README.md").is_file()
     recorded = json.loads((out / "adapter_config.json").read_text())
     assert recorded["base_model_name_or_path"] == "me/tiny-base"
@@ -154,7 +244,7 @@ def test_train_then_merge(tiny_base_dir, tmp_path):
         assert 'from_pretrained("merged")' in card.text and "path/to" not in card.text
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     again = AutoModelForCausalLM.from_pretrained(out / "merged")
-    assert all((a == b).all() for a, b in zip(merged.state_dict().values(), again.state_dict().values()))
+    assert all((a == b).all() for a, b in zip(merged.state_dict().values(), again.state_dict().values(), strict=True))
 
 
 def test_push_through_the_hub_api(compressed, tmp_path):
@@ -180,34 +270,46 @@ except SystemExit as stop:
 """
 
 
-@pytest.mark.parametrize("args, message", [
-    (["compress", "--target-params", "abc"], "argument --target-params: expected a fraction in (0, 1)"),
-    (["compress", "--target-params", "1.5"], "or a whole parameter count > 1, got '1.5'"),
-    (["compress", "--target-params", "0"], "or a whole parameter count > 1, got '0'"),
-    (["compress", "--output", "."], "output directory . already exists; pass --overwrite to replace it"),
-    (["compress", "--calibration", "missing.txt"], "argument --calibration: missing.txt does not exist"),
-    (["compress", "--calibration", "README.md", "--samples", "2", "--output", "new"], "not both"),
-    (["compress", "--model", "/nonexistent/model"], "argument --model: model path /nonexistent/model does not exist"),
-    (["compress", "--model", "./relative-missing"], "model path ./relative-missing does not exist"),
-    (["compress", "--distill-tokens", "-1"], "argument --distill-tokens: expected a whole number >= 0, got '-1'"),
-    (["compress", "--distill-lr", "0"], "argument --distill-lr: expected a number > 0, got '0'"),
-    (["compress", "--distill-schedule", "step"], "argument --distill-schedule: invalid choice: 'step' (choose from"),
-    (["compress", "--distill-tokens", "100", "--output", "new"],
-     "--distill-tokens must be 0 or at least one training step (2,048 tokens), got 100"),
-    (["eval"], "the following arguments are required: model"),
-    (["eval", "/nonexistent/model"], "model path /nonexistent/model does not exist"),
-    (["eval", "x", "--text", "missing.txt"], "argument --text: missing.txt does not exist"),
-    (["merge", "/nonexistent/adapter", "--output", "x"], "argument adapter: /nonexistent/adapter does not exist"),
-    (["push", "/nonexistent", "me/x"], "argument directory: /nonexistent does not exist"),
-    (["push", ".", "me/x"], "no Hugging Face token: pass --token, set HF_TOKEN"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compress", "--target-params", "abc"], "argument --target-params: expected a fraction in (0, 1)"),
+        (["compress", "--target-params", "1.5"], "or a whole parameter count > 1, got '1.5'"),
+        (["compress", "--target-params", "0"], "or a whole parameter count > 1, got '0'"),
+        (["compress", "--output", "."], "output directory . already exists; pass --overwrite to replace it"),
+        (["compress", "--calibration", "missing.txt"], "argument --calibration: missing.txt does not exist"),
+        (["compress", "--calibration", "README.md", "--samples", "2", "--output", "new"], "not both"),
+        (
+            ["compress", "--model", "/nonexistent/model"],
+            "argument --model: model path /nonexistent/model does not exist",
+        ),
+        (["compress", "--model", "./relative-missing"], "model path ./relative-missing does not exist"),
+        (["compress", "--distill-tokens", "-1"], "argument --distill-tokens: expected a whole number >= 0, got '-1'"),
+        (["compress", "--distill-lr", "0"], "argument --distill-lr: expected a number > 0, got '0'"),
+        (
+            ["compress", "--distill-schedule", "step"],
+            "argument --distill-schedule: invalid choice: 'step' (choose from",
+        ),
+        (
+            ["compress", "--distill-tokens", "100", "--output", "new"],
+            "--distill-tokens must be 0 or at least one training step (2,048 tokens), got 100",
+        ),
+        (["eval"], "the following arguments are required: model"),
+        (["eval", "/nonexistent/model"], "model path /nonexistent/model does not exist"),
+        (["eval", "x", "--text", "missing.txt"], "argument --text: missing.txt does not exist"),
+        (["merge", "/nonexistent/adapter", "--output", "x"], "argument adapter: /nonexistent/adapter does not exist"),
+        (["push", "/nonexistent", "me/x"], "argument directory: /nonexistent does not exist"),
+        (["push", ".", "me/x"], "no Hugging Face token: pass --token, set HF_TOKEN"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_arguments_fail_before_any_work(args, message, tmp_path):
     (tmp_path / "README.md").write_text("x")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
     env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf-home"))  # no saved login either
-    run = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, *args], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path, env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK_SCRIPT, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
     code, torch_loaded, seconds = run.stdout.split()
     assert code == "2" and torch_loaded == "False" and float(seconds) < 2, run.stdout
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
@@ -217,12 +319,20 @@ def test_bad_arguments_fail_before_any_work(args, message, tmp_path):
 def test_quiet_silences_plain_tqdm(quiet):
     """transformers' GGUF reader (the demo model's one-time conversion) draws a plain tqdm bar, outside
     transformers' progress-bar switch: -q must silence it too, and only -q."""
-    code = ("import argparse; from hf_projcomp.cli import configure_logging\n"
-            f"configure_logging(argparse.Namespace(quiet={quiet}, verbose=False))\n"
-            "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='converting', mininterval=0): pass")
+    code = (
+        "import argparse; from hf_projcomp.cli import configure_logging\n"
+        f"configure_logging(argparse.Namespace(quiet={quiet}, verbose=False))\n"
+        "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='converting', mininterval=0): pass"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TQDM_DISABLE")}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                         env={**env, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
     assert run.returncode == 0, run.stderr
     assert ("converting" in run.stderr) is not quiet, run.stderr
 
@@ -238,25 +348,38 @@ def test_distillation_defaults_match_the_library():
 
 def test_help_does_not_import_torch():
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", "import sys; from hf_projcomp.cli import main\n"
-                          "try: main(['--help'])\nexcept SystemExit: print('torch' in sys.modules)"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from hf_projcomp.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert run.stdout.rstrip().endswith("False") and "projcomp compress" in run.stdout
     assert time.perf_counter() - start < 10  # the interpreter's start included; torch alone takes longer
 
 
 def test_network_errors_are_one_line(compressed, tmp_path):
     out, _ = compressed
-    code = ("import sys; from huggingface_hub import HfApi\n"
-            "def down(*a, **k): raise ConnectionError('[Errno -3] Temporary failure in name resolution')\n"
-            "HfApi.create_repo = down\n"
-            "from hf_projcomp.cli import main; main(sys.argv[1:])")
+    code = (
+        "import sys; from huggingface_hub import HfApi\n"
+        "def down(*a, **k): raise ConnectionError('[Errno -3] Temporary failure in name resolution')\n"
+        "HfApi.create_repo = down\n"
+        "from hf_projcomp.cli import main; main(sys.argv[1:])"
+    )
     env = {**os.environ, "HF_TOKEN": "hf_x", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", code, "push", str(out), "me/x"], capture_output=True, text=True,
-                         timeout=300, env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", code, "push", str(out), "me/x"], capture_output=True, text=True, timeout=300, env=env
+    )
     assert run.returncode == 1
-    assert run.stderr == (f"projcomp push: error: could not push {out} to me/x: "
-                          "[Errno -3] Temporary failure in name resolution\n"), run.stderr
+    assert run.stderr == (
+        f"projcomp push: error: could not push {out} to me/x: [Errno -3] Temporary failure in name resolution\n"
+    ), run.stderr
 
 
 def test_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
@@ -264,6 +387,7 @@ def test_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
     from hf_projcomp import cli
 
     for error in (TypeError("unsupported operand"), OSError("[Errno 5] Input/output error")):
+
         def broken(args, error=error):
             raise error
 

@@ -11,35 +11,58 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+import hf_projcomp.compact.select as select_module
 from hf_projcomp.architectures import FFN, ffn_size, get_arch_spec
 from hf_projcomp.compact import (
-    CompactConfig, CompactSelection, candidate_splits, compact_build, compact_prune, compact_select, resolve_budget,
+    CompactConfig,
+    CompactSelection,
+    candidate_splits,
+    compact_build,
+    compact_prune,
+    compact_select,
+    resolve_budget,
 )
 from hf_projcomp.compact.compensation import REFIT_RIDGE, refit_columns
+from hf_projcomp.compact.ranking import (
+    RANK_PRIOR_OFFSET,
+    RARE_NEXT_COUNT,
+    alphabet_mask,
+    character_counts,
+    frequent_characters,
+    rank_prior,
+    script_letters,
+    token_ranking,
+    token_texts,
+)
 from hf_projcomp.sizing import count_target_parameters
 from hf_projcomp.vocab import required_token_ids
-import hf_projcomp.compact.select as select_module
-from hf_projcomp.compact.ranking import (
-    RANK_PRIOR_OFFSET, RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, rank_prior, script_letters,
-    token_ranking, token_texts,
-)
-
 from tests.tiny import fresh_env, tiny_config
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CASES = [("llama", "byte_fallback"), ("gemma3_text", "byte_fallback"), ("qwen2", "byte_level"), ("phi", "byte_level"),
-         ("gpt_neox", "byte_level"), ("gpt2", "byte_level"), ("mixtral", "byte_fallback"), ("qwen3_moe", "byte_level")]
+CASES = [
+    ("llama", "byte_fallback"),
+    ("gemma3_text", "byte_fallback"),
+    ("qwen2", "byte_level"),
+    ("phi", "byte_level"),
+    ("gpt_neox", "byte_level"),
+    ("gpt2", "byte_level"),
+    ("mixtral", "byte_fallback"),
+    ("qwen3_moe", "byte_level"),
+]
 
 
 def model_for(model_type: str, tokenizer) -> torch.nn.Module:
     torch.manual_seed(0)
-    ids = {k: tokenizer.convert_tokens_to_ids(getattr(tokenizer, k.replace("_id", "")))
-           for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(tokenizer, k.replace("_id", ""))}
+    ids = {
+        k: tokenizer.convert_tokens_to_ids(getattr(tokenizer, k.replace("_id", "")))
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+        if getattr(tokenizer, k.replace("_id", ""))
+    }
     config = tiny_config(model_type, **{"vocab_size": len(tokenizer), "pad_token_id": None, **ids})
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -56,8 +79,8 @@ def pruned(request):
     tokenizer = tiny_tokenizer(kind)
     model = model_for(model_type, tokenizer)
     small, small_tok, result = compact_prune(
-        model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 64), refit_ffn=False,
-        **CALIBRATION)
+        model, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 64), refit_ffn=False, **CALIBRATION
+    )
     assert len(small_tok) <= len(tokenizer) - 100
     return model, tokenizer, small, small_tok, result
 
@@ -67,8 +90,7 @@ def test_budget_solver_meets_the_target_within_one_percent(model_type, kind):
     tokenizer = tiny_tokenizer(kind)
     model = model_for(model_type, tokenizer)
     budget = resolve_budget(model, 0.8)
-    small, small_tok, result = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8,
-                                             **CALIBRATION)
+    small, small_tok, result = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, **CALIBRATION)
     # Within 1%, or one step of d_ff where the family's widths come in multiples (an MoE's 8 channels
     # are several percent of a tiny model).
     step = get_arch_spec(model.config).width_multiple
@@ -80,8 +102,9 @@ def test_budget_solver_meets_the_target_within_one_percent(model_type, kind):
     # so the model may come out a few rows under the split, never over the budget.
     inter = result.split.intermediate_size
     assert ffn_size(small.config) == inter
-    assert small.num_parameters() == count_target_parameters(model, model.config.hidden_size, inter,
-                                                             small.config.vocab_size)
+    assert small.num_parameters() == count_target_parameters(
+        model, model.config.hidden_size, inter, small.config.vocab_size
+    )
     assert small.num_parameters() <= result.split.parameters <= budget
     assert 0 <= result.split.vocab_size - small.config.vocab_size <= 8
     assert len(result.candidates) >= 2  # the split was chosen among candidates, not assumed
@@ -121,7 +144,9 @@ def test_kept_rows_and_channels_are_the_base_ones(pruned):
     base weight at the kept channels; nothing else changed."""
     model, tokenizer, small, small_tok, result = pruned
     kept = result.kept_token_ids
-    assert small_tok.convert_ids_to_tokens(list(range(len(small_tok)))) == tokenizer.convert_ids_to_tokens(kept.tolist())
+    assert small_tok.convert_ids_to_tokens(list(range(len(small_tok)))) == tokenizer.convert_ids_to_tokens(
+        kept.tolist()
+    )
     assert torch.equal(small.get_input_embeddings().weight, model.get_input_embeddings().weight[kept])
     assert torch.equal(small.get_output_embeddings().weight, model.get_output_embeddings().weight[kept])
     base = dict(model.named_parameters())
@@ -148,7 +173,7 @@ def at_channels(weight: torch.Tensor, channels: torch.Tensor, columns: bool, chu
     """``weight`` at the kept d_ff ``channels``: its columns, or the rows of each fused chunk; one row of
     channels per expert when the experts are stacked."""
     if channels.dim() > 1:
-        return torch.stack([at_channels(w, c, columns, chunks) for w, c in zip(weight, channels)])
+        return torch.stack([at_channels(w, c, columns, chunks) for w, c in zip(weight, channels, strict=True)])
     if columns:
         return weight[:, channels]
     return weight.reshape(chunks, -1, weight.shape[-1])[:, channels].reshape(-1, weight.shape[-1])
@@ -182,11 +207,11 @@ def test_bad_input():
         compact_prune(model, tokenizer, TRAIN, target_params=1.5, progress=False)
     with pytest.raises(ValueError, match="must be below the model's"):
         compact_prune(model, tokenizer, TRAIN, target_params=10**9, progress=False)
-    with pytest.raises(ValueError, match="cannot be reached.*required tokens"):
+    with pytest.raises(ValueError, match=r"cannot be reached.*required tokens"):
         compact_prune(model, tokenizer, TRAIN, target_params=0.05, progress=False)
-    with pytest.raises(TypeError, match="ffn_importance.*CompactConfig's fields: target_params, split"):
+    with pytest.raises(TypeError, match=r"ffn_importance.*CompactConfig's fields: target_params, split"):
         compact_prune(model, tokenizer, TRAIN, ffn_importance="random", progress=False)
-    with pytest.raises(TypeError, match="config must be a CompactConfig.*target_params="):
+    with pytest.raises(TypeError, match=r"config must be a CompactConfig.*target_params="):
         compact_prune(model, tokenizer, TRAIN, 0.5, progress=False)
     with pytest.raises(ValueError, match="calibration_data is empty"):
         compact_prune(model, tokenizer, ["", "  "], target_params=0.6, progress=False)
@@ -216,13 +241,32 @@ def test_special_tokens_the_config_contradicts_are_reported_before_pruning(caplo
 
 
 def test_unsupported_tokenizer_prunes_ffn_only(caplog):
-    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "[BOS]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(
-        sorted({w for t in TRAIN for w in t.split()}))}}, unk_token="[UNK]"))
+    backend = Tokenizer(
+        models.WordLevel(
+            {
+                "[UNK]": 0,
+                "[BOS]": 1,
+                "[EOS]": 2,
+                **{w: i + 3 for i, w in enumerate(sorted({w for t in TRAIN for w in t.split()}))},
+            },
+            unk_token="[UNK]",
+        )
+    )
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
     model = model_for("llama", tokenizer)
-    small, small_tok, _ = compact_prune(model, tokenizer, TRAIN * 4, target_params=0.8, num_sequences=2,
-                                     sequence_length=32, heldout_tokens=32, progress=False)
+    small, small_tok, _ = compact_prune(
+        model,
+        tokenizer,
+        TRAIN * 4,
+        target_params=0.8,
+        num_sequences=2,
+        sequence_length=32,
+        heldout_tokens=32,
+        progress=False,
+    )
     assert small_tok is tokenizer and small.config.vocab_size == model.config.vocab_size
     assert small.config.intermediate_size < model.config.intermediate_size
     assert "pruning FFN channels only" in caplog.text
@@ -263,7 +307,7 @@ def test_compact_importance_initialises_the_projected_model(tmp_path, model_type
 def test_model_prior_only_ranks_tokens_in_the_calibration_alphabet(kind):
     tok = tiny_tokenizer(kind)
     mask = alphabet_mask(token_texts(tok), character_counts(["the lobster"]), len(tok) + 3)
-    assert mask.shape == (len(tok) + 3,) and not mask[len(tok):].any()
+    assert mask.shape == (len(tok) + 3,) and not mask[len(tok) :].any()
     for word, inside in (("the", True), ("lobster", True), ("Atlantic", False), ("century", False)):
         ids = tok(" " + word, add_special_tokens=False).input_ids
         assert bool(mask[ids].all()) == inside, word
@@ -310,8 +354,11 @@ def test_seen_once_floor_is_script_letters_plus_frequent_characters(monkeypatch)
     seen: list = []
     real = select_module.token_ranking
     # The final ranking is the call given seen_once (the common-act² mask ranks counts alone).
-    monkeypatch.setattr(select_module, "token_ranking",
-                        lambda *a, **k: (seen.append(k["seen_once"]) if "seen_once" in k else None) or real(*a, **k))
+    monkeypatch.setattr(
+        select_module,
+        "token_ranking",
+        lambda *a, **k: (seen.append(k["seen_once"]) if "seen_once" in k else None) or real(*a, **k),
+    )
     compact_prune(model, tokenizer, texts, split=split, **CALIBRATION)
     compact_prune(model, tokenizer, texts, split=split, keep_characters=1000, **CALIBRATION)
     compact_prune(model, tokenizer, texts, split=split, keep_script_letters=False, **CALIBRATION)
@@ -350,8 +397,7 @@ def test_vocab_prior_keeps_frequent_tokens_the_calibration_never_shows():
     split = (len(required) + len(counted) + 60, model.config.intermediate_size)  # room for about 60 more
     kept = {}
     for weight in (0.0, 100.0):
-        *_, result = compact_prune(model, tokenizer, texts, split=split, vocab_prior=weight,
-                                   **CALIBRATION)
+        *_, result = compact_prune(model, tokenizer, texts, split=split, vocab_prior=weight, **CALIBRATION)
         kept[weight] = len(set(lowest) & set(result.kept_token_ids.tolist()))
     assert kept[100.0] == 60 and kept[0.0] <= 45, kept  # measured: 60 and 38
     for bad in (-1, "1", True, float("nan")):
@@ -364,14 +410,23 @@ def test_held_out_tail_reaches_no_statistic(monkeypatch):
     alphabet: a marker character only the tail holds is never seen by either."""
     tokenizer = tiny_tokenizer("byte_fallback")
     model = model_for("llama", tokenizer)
-    texts = TRAIN[:2] + ["ʘ ʘ ʘ and the lobster"]  # shorter than the activation pass wants, which read the tail
+    texts = [*TRAIN[:2], "ʘ ʘ ʘ and the lobster"]  # shorter than the activation pass wants, which read the tail
     batches, alphabets = [], []
     real_importance, real_letters = select_module.activation_importance, select_module.script_letters
-    monkeypatch.setattr(select_module, "activation_importance",
-                        lambda m, s, b, **k: batches.extend(b) or real_importance(m, s, b, **k))
+    monkeypatch.setattr(
+        select_module, "activation_importance", lambda m, s, b, **k: batches.extend(b) or real_importance(m, s, b, **k)
+    )
     monkeypatch.setattr(select_module, "script_letters", lambda p, c: alphabets.append(c) or real_letters(p, c))
-    compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, 64), num_sequences=64, sequence_length=8,
-                  heldout_tokens=16, progress=False)
+    compact_prune(
+        model,
+        tokenizer,
+        texts,
+        split=(len(tokenizer) - 40, 64),
+        num_sequences=64,
+        sequence_length=8,
+        heldout_tokens=16,
+        progress=False,
+    )
     seen = tokenizer.decode(torch.cat([b["input_ids"].flatten() for b in batches]))
     assert "ʘ" in " ".join(texts) and "ʘ" not in seen and seen.strip()
     assert alphabets and "ʘ" not in alphabets[0] and "e" in alphabets[0]
@@ -385,8 +440,9 @@ def test_model_prior_counts_positions_whose_next_token_is_rare(monkeypatch):
     texts = TRAIN * 4
     weights: list = []
     real = select_module.activation_importance
-    monkeypatch.setattr(select_module, "activation_importance",
-                        lambda *a, **k: weights.append(k["mass_weight"]) or real(*a, **k))
+    monkeypatch.setattr(
+        select_module, "activation_importance", lambda *a, **k: weights.append(k["mass_weight"]) or real(*a, **k)
+    )
     compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, model.config.intermediate_size), **CALIBRATION)
     rare = weights[0](torch.arange(len(tokenizer)))
     counts = Counter(tokenizer(" ".join(texts), add_special_tokens=False).input_ids)
@@ -431,10 +487,10 @@ def test_a_stream_is_read_only_as_far_as_needed():
     stream = IterableDataset.from_generator(rows)
     assert stream.column_names is None
     kwargs = dict(split=(len(tokenizer) - 60, 64), frequency_tokens=1500, **CALIBRATION)
-    small, small_tok, result = compact_prune(model, tokenizer, stream, **kwargs)
+    _small, _small_tok, result = compact_prune(model, tokenizer, stream, **kwargs)
     assert 0 < len(served) < 100
     read = [TRAIN[i % len(TRAIN)] for i in range(len(served))]
-    again, again_tok, again_result = compact_prune(model, tokenizer, read, **kwargs)
+    _again, _again_tok, again_result = compact_prune(model, tokenizer, read, **kwargs)
     assert result.frequency_tokens == again_result.frequency_tokens
     assert torch.equal(result.kept_token_ids, again_result.kept_token_ids)
     with pytest.raises(ValueError, match="rows have no 'text' column"):
@@ -477,7 +533,7 @@ def test_refit_ffn_refits_down_proj_on_the_calibration_gram(model_type, kind, mo
     assert len(grams) == 1
     spec = get_arch_spec(model.config)
     transposed = model_type == "gpt2"
-    for i, (gram, channels) in enumerate(zip(grams[0], result.intermediate_indices)):
+    for i, (gram, channels) in enumerate(zip(grams[0], result.intermediate_indices, strict=True)):
         assert torch.equal(channels, plain_result.intermediate_indices[i])
         torch.testing.assert_close(gram.diagonal().double(), result.scores.ffn[i], rtol=1e-4, atol=1e-6)
         base_w = model.get_submodule(spec.layers)[i].get_submodule(spec.ffn_down).weight
@@ -495,7 +551,6 @@ def test_refit_ffn_refits_down_proj_on_the_calibration_gram(model_type, kind, mo
         compact_prune(model, tokenizer, TRAIN, refit_ffn=1, **kwargs)
 
 
-
 def test_compact_prune_is_select_then_build():
     """compact_prune = compact_select + compact_build, from a CompactConfig or keyword overrides of it;
     the selection carries the refitted down_proj; another channel choice drops it."""
@@ -507,21 +562,27 @@ def test_compact_prune_is_select_then_build():
     assert again.config == selection.config == CompactConfig.from_dict(config.to_dict())
     built = compact_build(model, again, dtype=torch.bfloat16)
     assert built.dtype == torch.bfloat16 and again.tokenizer.get_vocab() == small_tok.get_vocab()
-    for (name, a), b in zip(small.named_parameters(), built.parameters()):
+    for (name, a), b in zip(small.named_parameters(), built.parameters(), strict=True):
         torch.testing.assert_close(a.to(b.dtype), b, msg=name)
     spec = get_arch_spec(model.config)
     downs = [layer.get_submodule(spec.ffn_down).weight for layer in small.get_submodule(spec.layers)]
-    assert selection.down_proj is not None and all(torch.equal(a, b) for a, b in zip(downs, selection.down_proj))
+    assert selection.down_proj is not None and all(
+        torch.equal(a, b) for a, b in zip(downs, selection.down_proj, strict=True)
+    )
     base_downs = [layer.get_submodule(spec.ffn_down).weight for layer in model.get_submodule(spec.layers)]
     assert not torch.allclose(downs[0], base_downs[0][:, selection.intermediate_indices[0]])
     plain = compact_select(model, tokenizer, TRAIN * 4, config, refit_ffn=False, progress=False)
     assert plain.down_proj is None
-    other = selection.with_intermediate_indices([c[:48].sort().values for c in plain.scores.ffn.argsort(-1)])  # the lowest
+    other = selection.with_intermediate_indices(
+        [c[:48].sort().values for c in plain.scores.ffn.argsort(-1)]
+    )  # the lowest
     assert not torch.equal(other.intermediate_indices[0], selection.intermediate_indices[0])
     assert other.down_proj is None and isinstance(other, CompactSelection)
     rebuilt = compact_build(model, other)
-    torch.testing.assert_close(rebuilt.get_submodule(spec.layers)[0].get_submodule(spec.ffn_down).weight,
-                               base_downs[0][:, other.intermediate_indices[0]])
+    torch.testing.assert_close(
+        rebuilt.get_submodule(spec.layers)[0].get_submodule(spec.ffn_down).weight,
+        base_downs[0][:, other.intermediate_indices[0]],
+    )
     with pytest.raises(ValueError, match=r"down_proj\[0\] is .* belongs to other d_ff channels"):
         compact_build(model, dataclasses.replace(selection, intermediate_indices=[torch.arange(40)] * len(downs)))
     with pytest.raises(TypeError, match="selection must be a CompactSelection"):
@@ -539,17 +600,29 @@ def test_refit_keeps_float32_precision_for_a_bf16_base():
     assert not torch.equal(selection.down_proj[0], selection.down_proj[0].bfloat16().float())  # finer than bf16
     for dtype in (torch.float32, torch.bfloat16):
         built = compact_build(model, selection, dtype=dtype)
-        for layer, weight in zip(built.get_submodule(spec.layers), selection.down_proj):
+        for layer, weight in zip(built.get_submodule(spec.layers), selection.down_proj, strict=True):
             assert torch.equal(layer.get_submodule(spec.ffn_down).weight, weight.to(dtype))
 
 
-@pytest.mark.parametrize("field, value, error", [
-    ("split", (10, 0), ValueError), ("split", (10,), ValueError), ("target_params", "half", TypeError),
-    ("num_sequences", 0, ValueError), ("sequence_length", 1, ValueError), ("heldout_tokens", 1.5, ValueError),
-    ("prior_weight", -1, ValueError), ("vocab_prior", True, ValueError), ("keep_characters", -1, ValueError),
-    ("refit_ffn", 1, TypeError), ("prune_vocabulary", "no", TypeError), ("ffn_fractions", (1.5,), ValueError),
-    ("ffn_fractions", (), ValueError), ("text_column", 3, TypeError),
-])
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("split", (10, 0), ValueError),
+        ("split", (10,), ValueError),
+        ("target_params", "half", TypeError),
+        ("num_sequences", 0, ValueError),
+        ("sequence_length", 1, ValueError),
+        ("heldout_tokens", 1.5, ValueError),
+        ("prior_weight", -1, ValueError),
+        ("vocab_prior", True, ValueError),
+        ("keep_characters", -1, ValueError),
+        ("refit_ffn", 1, TypeError),
+        ("prune_vocabulary", "no", TypeError),
+        ("ffn_fractions", (1.5,), ValueError),
+        ("ffn_fractions", (), ValueError),
+        ("text_column", 3, TypeError),
+    ],
+)
 def test_compact_config_names_the_bad_field(field, value, error):
     with pytest.raises(error, match=field):
         CompactConfig(**{field: value})

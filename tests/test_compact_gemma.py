@@ -14,9 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.evaluate import bits_per_byte, load_text
-
 from hf_projcomp.texts import CALIBRATION, bundled_text
-
 from tests.tiny import fresh_env
 
 VALID = bundled_text(CALIBRATION, path=True)
@@ -27,8 +25,9 @@ SPLIT_40 = (24_625, 1792)  # the split chosen at 40% before the refit existed (w
 @pytest.fixture(scope="module")
 def saved(gemma, tmp_path_factory):
     model, tokenizer = gemma
-    small, small_tok, _ = compact_prune(model, tokenizer, str(VALID), target_params=0.5, num_sequences=8,
-                                     sequence_length=256, progress=False)
+    small, small_tok, _ = compact_prune(
+        model, tokenizer, str(VALID), target_params=0.5, num_sequences=8, sequence_length=256, progress=False
+    )
     out = tmp_path_factory.mktemp("compact")
     small.save_pretrained(out)
     small_tok.save_pretrained(out)

@@ -13,7 +13,6 @@ import pytest
 from safetensors.torch import load_file
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model
-
 from tests.tiny import tiny_model
 
 TRAIN = Path(__file__).parent / "scripts" / "train_tiny.py"
@@ -39,8 +38,11 @@ def test_ranks_end_with_the_one_process_adapter(case, tmp_path):
     one = load_file(tmp_path / "1" / "rank0.safetensors")
     ranks = [load_file(tmp_path / "2" / f"rank{r}.safetensors") for r in (0, 1)]
     assert one.keys() == ranks[0].keys() == ranks[1].keys()
-    initial = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64,
-                                                                     importance="magnitude"), progress=False).state_dict()
+    initial = get_projcomp_model(
+        tiny_model("llama"),
+        ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
+        progress=False,
+    ).state_dict()
     assert max((one[k] - initial[k]).abs().max().item() for k in one if one[k].is_floating_point()) > 1e-3  # trained
     for name, tensor in one.items():
         assert (ranks[0][name] == ranks[1][name]).all(), name  # DDP keeps the ranks identical

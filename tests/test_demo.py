@@ -17,7 +17,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_projcomp import demo
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -35,9 +34,7 @@ def _fake_gguf() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

@@ -10,7 +10,6 @@ import torch.multiprocessing as mp
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model
 from hf_projcomp.distributed import check_same_on_all_ranks, close_process_group
-
 from tests.tiny import tiny_model
 
 CONFIG = dict(hidden_size=48, intermediate_size=64, importance="activation")
@@ -25,8 +24,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        pc = get_projcomp_model(tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(rank),
-                                progress=False)
+        pc = get_projcomp_model(
+            tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(rank), progress=False
+        )
         try:
             check_same_on_all_ranks(rank, "rank numbers")
             refused = False
@@ -45,8 +45,11 @@ def as_lists(pc) -> dict:
 
 
 def selection(seed: int) -> dict:
-    return as_lists(get_projcomp_model(tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(seed),
-                                       progress=False))
+    return as_lists(
+        get_projcomp_model(
+            tiny_model("llama"), ProjCompConfig(**CONFIG), calibration_data=calibration(seed), progress=False
+        )
+    )
 
 
 @pytest.mark.usefixtures("one_thread")

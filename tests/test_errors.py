@@ -7,15 +7,21 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model
 from hf_projcomp.architectures import ARCHITECTURES
-
 from tests.tiny import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unsupported_architecture_names_supported_types():
-    config = AutoConfig.for_model("opt", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  ffn_dim=64, word_embed_proj_dim=32)
+    config = AutoConfig.for_model(
+        "opt",
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        ffn_dim=64,
+        word_embed_proj_dim=32,
+    )
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError, match=r"'opt' is not supported") as error:
         get_projcomp_model(model, ProjCompConfig(hidden_size=16, importance="magnitude"))
@@ -63,14 +69,17 @@ def test_activation_importance_needs_calibration_data():
     with pytest.raises(ValueError, match=r"this importance reads text: pass tokenizer="):
         get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"))
     with pytest.raises(ValueError, match="calibration_data is empty"):
-        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
-                           calibration_data=[])
+        get_projcomp_model(
+            tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"), calibration_data=[]
+        )
     with pytest.raises(ValueError, match="this importance reads text: pass tokenizer="):
-        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
-                           calibration_data=["some text"])
+        get_projcomp_model(
+            tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"), calibration_data=["some text"]
+        )
     with pytest.raises(TypeError, match="calibration_data must be"):
-        get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"),
-                           calibration_data=3.5)
+        get_projcomp_model(
+            tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="activation"), calibration_data=3.5
+        )
 
 
 def test_raw_text_given_as_one_string_says_to_pass_a_list():
@@ -87,7 +96,9 @@ def test_config_must_be_a_projcomp_config():
 
 
 def test_adapter_on_a_base_with_different_shapes(tmp_path):
-    get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="magnitude")).save_pretrained(tmp_path)
+    get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=32, importance="magnitude")).save_pretrained(
+        tmp_path
+    )
     other = tiny_model("llama", hidden_size=128)
     with pytest.raises(ValueError, match=r"different shapes \(hidden_size: adapter 64 vs model 128\)"):
         ProjCompModel.from_pretrained(other, tmp_path)

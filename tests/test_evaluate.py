@@ -43,9 +43,7 @@ def _tokenizer(add_bos: bool) -> PreTrainedTokenizerFast:
         )
     # With add_bos=False the tokenizer still *has* a BOS token (like GPT-2) but never adds it:
     # the evaluator must then treat it as a tokenizer without BOS.
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +83,14 @@ def test_short_text_equals_one_forward_pass(model, tokenizer):
     seq = tokenizer(SHORT_TEXT)["input_ids"]
     assert seq[0] == tokenizer.bos_token_id
     expected = _bpb(_direct_nats(model, seq), SHORT_TEXT)
-    assert bits_per_byte(model, tokenizer, SHORT_TEXT, progress=False) == pytest.approx(
-        expected, rel=1e-5
-    )
+    assert bits_per_byte(model, tokenizer, SHORT_TEXT, progress=False) == pytest.approx(expected, rel=1e-5)
 
 
 def test_several_windows_bos_each_window(model, tokenizer):
     window = 16
     ids = tokenizer(LONG_TEXT, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
-    chunks = [[bos] + ids[i : i + window - 1] for i in range(0, len(ids), window - 1)]
+    chunks = [[bos, *ids[i : i + window - 1]] for i in range(0, len(ids), window - 1)]
     assert len(chunks) >= 4 and len(chunks[-1]) < window  # several windows, a short last one
     assert sum(len(c) - 1 for c in chunks) == len(ids)  # every text token predicted once
     expected = _bpb(sum(_direct_nats(model, c) for c in chunks), LONG_TEXT)
@@ -103,7 +99,7 @@ def test_several_windows_bos_each_window(model, tokenizer):
     assert got == pytest.approx(expected, rel=1e-5)
     # Windows must not see each other: scoring with full context gives a different number.
     full = bits_per_byte(model, tokenizer, LONG_TEXT, window=4096, progress=False)
-    assert full == pytest.approx(_bpb(_direct_nats(model, [bos] + ids), LONG_TEXT), rel=1e-5)
+    assert full == pytest.approx(_bpb(_direct_nats(model, [bos, *ids]), LONG_TEXT), rel=1e-5)
     assert got != pytest.approx(full, rel=1e-6)
 
 
@@ -112,9 +108,7 @@ def test_several_windows_plain_chunks(model, tokenizer):
     stream = tokenizer(LONG_TEXT)["input_ids"]  # BOS once, at the very start
     chunks = [stream[i : i + window] for i in range(0, len(stream), window)]
     expected = _bpb(sum(_direct_nats(model, c) for c in chunks if len(c) > 1), LONG_TEXT)
-    result = evaluate_text(
-        model, tokenizer, LONG_TEXT, window=window, bos_each_window=False, progress=False
-    )
+    result = evaluate_text(model, tokenizer, LONG_TEXT, window=window, bos_each_window=False, progress=False)
     assert result["bits_per_byte"] == pytest.approx(expected, rel=1e-5)
     assert result["tokens"] == len(stream)
     # The first token of every window is context only.
@@ -143,9 +137,7 @@ def test_evaluate_text_metrics_share_one_pass(model, tokenizer):
     assert result["predicted_tokens"] == result["tokens"] - 1
     assert result["bits_per_byte"] == pytest.approx(result["nats"] / math.log(2) / n_bytes)
     assert result["word_perplexity"] == pytest.approx(math.exp(result["nats"] / n_words))
-    assert result["token_perplexity"] == pytest.approx(
-        math.exp(result["nats"] / result["predicted_tokens"])
-    )
+    assert result["token_perplexity"] == pytest.approx(math.exp(result["nats"] / result["predicted_tokens"]))
     assert result["bits_per_byte"] == pytest.approx(
         bits_per_byte(model, tokenizer, LONG_TEXT, window=16, bos_each_window=True, progress=True)
     )
@@ -185,7 +177,7 @@ def test_bad_input(model, tokenizer, kwargs, match):
 
 def test_load_text(tmp_path):
     path = tmp_path / "t.txt"
-    path.write_bytes("naïve\r\nline two\n".encode("utf-8"))
+    path.write_bytes("naïve\r\nline two\n".encode())
     assert load_text(path) == "naïve\nline two\n"  # universal newlines, like the reference runs
     assert load_text(path, max_chars=3) == "naï"
     with pytest.raises(ValueError, match="max_chars"):

@@ -22,16 +22,27 @@ def base(tiny_base_dir):
 
 def summary_for(model, small, **extra) -> CompressionSummary:
     return CompressionSummary.from_configs(
-        "projected-compression", model.config, small.config, model.num_parameters(), small.num_parameters(),
-        base_model="Qwen/Qwen2.5-0.5B", settings={"hidden_size": 48}, calibration_data="wikitext-2 valid",
-        calibration_tokens=16384, eval_data="WikiText-2 test", bits_per_byte_before=1.2345,
-        bits_per_byte_after=1.3456, **extra,
+        "projected-compression",
+        model.config,
+        small.config,
+        model.num_parameters(),
+        small.num_parameters(),
+        base_model="Qwen/Qwen2.5-0.5B",
+        settings={"hidden_size": 48},
+        calibration_data="wikitext-2 valid",
+        calibration_tokens=16384,
+        eval_data="WikiText-2 test",
+        bits_per_byte_before=1.2345,
+        bits_per_byte_after=1.3456,
+        **extra,
     )
 
 
 def test_card_carries_metadata_and_numbers(base, tmp_path):
     model, tokenizer = base
-    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False)
+    pc = get_projcomp_model(
+        model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False
+    )
     small = pc.merge_and_unload()
     out = save_compressed(small, tokenizer, tmp_path / "out", summary_for(model, small), repo_id="me/small")
     card = ModelCard.load(out / "README.md")
@@ -43,12 +54,15 @@ def test_card_carries_metadata_and_numbers(base, tmp_path):
     assert "| 1.2345 | 1.3456 |" in card.text and "16,384 tokens" in card.text
     assert 'from_pretrained("me/small")' in card.text
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
 
 
 def test_save_merged_writes_a_verified_vanilla_checkpoint(base, tmp_path):
     model, tokenizer = base
-    pc = get_projcomp_model(model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False)
+    pc = get_projcomp_model(
+        model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False
+    )
     with torch.no_grad():
         for p in pc.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -106,8 +120,12 @@ def test_push_is_one_commit_with_every_file_and_our_card(base, tmp_path, monkeyp
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
 
     def create_commit(self, repo_id, operations, **kw):
-        files = {op.path_in_repo: op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes)
-                 else open(op.path_or_fileobj, "rb").read() for op in operations}
+        files = {
+            op.path_in_repo: op.path_or_fileobj
+            if isinstance(op.path_or_fileobj, bytes)
+            else open(op.path_or_fileobj, "rb").read()
+            for op in operations
+        }
         calls.append(("create_commit", repo_id, files, kw))
         return "commit-info"
 
@@ -149,7 +167,9 @@ def test_special_tokens_that_disagree_with_the_config_fail_the_save(base, tmp_pa
     tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     tokenizer.pad_token = tokenizer.eos_token  # the usual idiom...
     model.config.pad_token_id = 5  # ...with a config that still points elsewhere
-    with pytest.raises(VerificationError, match=r"config.pad_token_id = 5 names \['.*'\], but the tokenizer's pad_token"):
+    with pytest.raises(
+        VerificationError, match=r"config.pad_token_id = 5 names \['.*'\], but the tokenizer's pad_token"
+    ):
         save_compressed(model, tokenizer, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -160,8 +180,11 @@ def test_special_tokens_that_disagree_with_the_config_fail_the_save(base, tmp_pa
 
 def test_bfloat16_model_is_saved_in_bfloat16(base, tmp_path):
     model, tokenizer = base
-    small = get_projcomp_model(model.to(torch.bfloat16), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
-                               progress=False).merge_and_unload()
+    small = get_projcomp_model(
+        model.to(torch.bfloat16),
+        ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
+        progress=False,
+    ).merge_and_unload()
     out = save_compressed(small, tokenizer, tmp_path / "bf16")
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16

@@ -17,7 +17,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
 from hf_projcomp.architectures import ARCHITECTURES, ffn_size, head_dim
-
 from tests.tiny import MODEL_TYPES, TINY, fresh_env, target_sizes, tiny_config, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,8 +60,13 @@ def _rope_scaled(model_type: str, rope: dict, fields: dict) -> dict:
         tiny_config(model_type, rope_parameters=scaled)
     except StrictDataclassClassValidationError:  # Phi-3 accepts long-context "longrope" scaling only
         half = TINY["head_dim"] // 2
-        scaled = {**rope, "rope_type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half,
-                  "original_max_position_embeddings": TINY["max_position_embeddings"] // 2}
+        scaled = {
+            **rope,
+            "rope_type": "longrope",
+            "short_factor": [1.0] * half,
+            "long_factor": [2.0] * half,
+            "original_max_position_embeddings": TINY["max_position_embeddings"] // 2,
+        }
     if "original_max_position_embeddings" in fields:  # Phi-3 reads it from the top level, over rope_parameters'
         return {"rope_parameters": scaled, "original_max_position_embeddings": TINY["max_position_embeddings"] // 2}
     return {"rope_parameters": scaled}
@@ -78,7 +82,8 @@ def variant_model(model_type: str, name: str) -> torch.nn.Module:
 
 
 def check_variant(model_type: str, name: str, input_ids: torch.Tensor) -> tuple:
-    """(base model, merged model, |projected@init − hard-pruned| max, relative |projected − merged| after perturbing)."""
+    """(base model, merged model, |projected@init − hard-pruned| max,
+    relative |projected − merged| after perturbing)."""
     model = variant_model(model_type, name)
     target = target_sizes(model_type, config=model.config)
     pc = get_projcomp_model(model, ProjCompConfig(**target, importance="magnitude"), progress=False)
@@ -126,8 +131,9 @@ for path in sorted(p for p in Path({str(root)!r}).iterdir() if p.is_dir()):
 assert "hf_projcomp" not in sys.modules
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=fresh_env(), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=fresh_env(), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reloaded = json.loads(proc.stdout.strip().splitlines()[-1])
     for (model_type, name), result in results.items():
@@ -147,12 +153,19 @@ def test_variant_prunes_merges_and_reloads(checked, model_type, name):
     assert tied == base_tied == bool(merged.config.tie_word_embeddings)
     # Parameter count: the base config at the target widths, built by transformers (not by our code).
     target = target_sizes(model_type, config=base.config)
-    fields = {**base.config.to_dict(), "hidden_size": target["hidden_size"],
-              ARCHITECTURES[model_type].ffn_size: target["intermediate_size"]}
+    fields = {
+        **base.config.to_dict(),
+        "hidden_size": target["hidden_size"],
+        ARCHITECTURES[model_type].ffn_size: target["intermediate_size"],
+    }
     if target["hidden_size"] != base.config.hidden_size:
         fields["head_dim"] = head_dim(base.config)
-    expected = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{
-        k: v for k, v in fields.items() if k not in ("model_type", "transformers_version", "architectures")}))
+    expected = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(
+            model_type,
+            **{k: v for k, v in fields.items() if k not in ("model_type", "transformers_version", "architectures")},
+        )
+    )
     assert merged.num_parameters() == expected.num_parameters()
     assert ffn_size(merged.config) == target["intermediate_size"]
     assert head_dim(merged.config) == head_dim(base.config)  # written where it was derived and d_model shrank

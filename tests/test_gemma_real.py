@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model, hard_prune
-
 from hf_projcomp.texts import CALIBRATION, bundled_text
-
 from tests.tiny import fresh_env
 
 VALID = bundled_text(CALIBRATION, path=True)
@@ -33,8 +31,9 @@ def projected(gemma):
 @pytest.fixture(scope="module")
 def sample_ids(gemma):
     _, tokenizer = gemma
-    return tokenizer("The tower is 324 metres tall, about the same height as an 81-storey building.",
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        "The tower is 324 metres tall, about the same height as an 81-storey building.", return_tensors="pt"
+    ).input_ids
 
 
 def test_selection_and_step0_equals_hard_pruned(gemma, projected, sample_ids):

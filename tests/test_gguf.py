@@ -16,7 +16,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, GemmaTokenizer
 from hf_projcomp.architectures import ARCHITECTURES
 from hf_projcomp.export import GGUFExportError, save_gguf
 from hf_projcomp.vocab import prune_tokenizer
-
 from tests.test_tokenizer_files import frequent_ids, train_sentencepiece
 from tests.tiny import MODEL_TYPES, TINY
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
@@ -32,23 +31,34 @@ def tokenizers(tmp_path_factory) -> dict:
     """Pruned tokenizers of both kinds: sentencepiece-style byte fallback (as Gemma) and byte-level BPE."""
     gemma_style = GemmaTokenizer.from_pretrained(train_sentencepiece(tmp_path_factory.mktemp("sp"), False))
     byte_level = tiny_tokenizer("byte_level")
-    return {kind: prune_tokenizer(tok, frequent_ids(tok, 80))[0]
-            for kind, tok in (("sentencepiece", gemma_style), ("byte_level", byte_level))}
+    return {
+        kind: prune_tokenizer(tok, frequent_ids(tok, 80))[0]
+        for kind, tok in (("sentencepiece", gemma_style), ("byte_level", byte_level))
+    }
 
 
 def tiny(model_type: str, tokenizer, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    ids = {f"{name}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{name}_token"))
-           for name in ("bos", "eos", "pad") if getattr(tokenizer, f"{name}_token")}
+    ids = {
+        f"{name}_token_id": tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{name}_token"))
+        for name in ("bos", "eos", "pad")
+        if getattr(tokenizer, f"{name}_token")
+    }
     extra = {
         "gemma3_text": {"query_pre_attn_scalar": TINY["head_dim"]},
         "gemma2": {"query_pre_attn_scalar": TINY["head_dim"]},
         # Not the defaults (all 1): a multiplier written wrong or not at all shows in llama.cpp's logits.
-        "granite": {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
-                    "logits_scaling": 4.0},
+        "granite": {
+            "embedding_multiplier": 3.0,
+            "residual_multiplier": 0.5,
+            "attention_multiplier": 0.2,
+            "logits_scaling": 4.0,
+        },
     }.get(model_type, {})
-    config = AutoConfig.for_model(model_type, **{**TINY, "vocab_size": len(tokenizer), "pad_token_id": None, **ids,
-                                                 **COMPRESSED, **extra, **overrides})
+    config = AutoConfig.for_model(
+        model_type,
+        **{**TINY, "vocab_size": len(tokenizer), "pad_token_id": None, **ids, **COMPRESSED, **extra, **overrides},
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -111,7 +121,8 @@ def test_gguf_holds_llama_cpps_layout_of_the_model_and_the_pruned_tokenizer(mode
         q, k = expected_rows(q, 4), expected_rows(k, 2)
     if model_type == "granite":  # its multipliers, as llama.cpp's converter names them
         assert (fields["granite.logit_scale"], fields["granite.residual_scale"]) == pytest.approx(
-            (config.logits_scaling, config.residual_multiplier))
+            (config.logits_scaling, config.residual_multiplier)
+        )
     for name, want in (("attn_q", q), ("attn_k", k), ("attn_v", v), ("ffn_gate", gate), ("ffn_up", up)):
         assert np.array_equal(tensors[f"blk.0.{name}.weight"], want), name
     offset = 1.0 if model_type in ("gemma3_text", "gemma2") else 0.0  # Gemma's (1 + w) norms
@@ -125,7 +136,9 @@ def test_gguf_holds_llama_cpps_layout_of_the_model_and_the_pruned_tokenizer(mode
     tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
     assert len(tokens) == len(tokenizer) == len(types)
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    assert [t for t, ty in zip(tokens, types) if ty != 4] == [t for t, ty in zip(vocab, types) if ty != 4]
+    assert [t for t, ty in zip(tokens, types, strict=True) if ty != 4] == [
+        t for t, ty in zip(vocab, types, strict=True) if ty != 4
+    ]
     assert types[tokenizer.eos_token_id] == 3 and fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
     assert fields["tokenizer.ggml.add_bos_token"] == (tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id)
     if kind == "sentencepiece":
@@ -182,15 +195,20 @@ def test_export_errors_name_the_fix_and_leave_no_file(tokenizers, tmp_path, monk
 def test_an_unknown_byte_level_pre_tokenizer_asks_for_its_name(tokenizers, tmp_path):
     import json
 
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     data = json.loads(tokenizers["byte_level"].backend_tokenizer.to_str())
-    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": r"\p{L}+|\p{N}+"}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
-                                        eos_token=tokenizers["byte_level"].eos_token)
+    data["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r"\p{L}+|\p{N}+"}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ],
+    }
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token=tokenizers["byte_level"].eos_token
+    )
     model = tiny("qwen2", tokenizer)
     with pytest.raises(ValueError, match=r"pass pre_tokenizer= \(--pre-tokenizer"):
         save_gguf(model, tokenizer, tmp_path / "m.gguf")
@@ -200,12 +218,30 @@ def test_an_unknown_byte_level_pre_tokenizer_asks_for_its_name(tokenizers, tmp_p
 
 def test_cli_export_writes_a_verified_gguf(tiny_base_dir, tmp_path):
     out = tmp_path / "tiny.gguf"
-    run = subprocess.run([sys.executable, "-m", "hf_projcomp.cli", "export", str(tiny_base_dir), "--gguf", str(out),
-                          "--outtype", "q8_0"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hf_projcomp.cli",
+            "export",
+            str(tiny_base_dir),
+            "--gguf",
+            str(out),
+            "--outtype",
+            "q8_0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "read back and verified" in run.stdout and out.is_file()
-    again = subprocess.run([sys.executable, "-m", "hf_projcomp.cli", "export", str(tiny_base_dir), "--gguf", str(out)],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "hf_projcomp.cli", "export", str(tiny_base_dir), "--gguf", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
 
 
@@ -213,7 +249,8 @@ def test_cli_export_writes_a_verified_gguf(tiny_base_dir, tmp_path):
 @pytest.mark.parametrize("model_type", GGUF_TYPES)
 def test_llama_cpp_runs_the_gguf_as_transformers_does(model_type, kind, tokenizers, tmp_path):
     llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed (building it takes ~30 min on 2 cores; CI skips this)")
+        "llama_cpp", reason="llama-cpp-python is not installed (building it takes ~30 min on 2 cores; CI skips this)"
+    )
     tokenizer = tokenizers[kind]
     model = tiny(model_type, tokenizer)
     path = save_gguf(model, tokenizer, tmp_path / "m.gguf")
@@ -222,8 +259,7 @@ def test_llama_cpp_runs_the_gguf_as_transformers_does(model_type, kind, tokenize
     llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
     try:
         # add_bos=True: add the special tokens the GGUF says to add (bos and/or eos), as transformers does
-        assert llm.tokenize(text.encode(), add_bos=True, special=False) == (
-            tokenizer(text)["input_ids"])
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == (tokenizer(text)["input_ids"])
         llm.eval(ids)
         got = np.asarray(llm.scores[: len(ids)])
     finally:

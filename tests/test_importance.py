@@ -10,7 +10,6 @@ from hf_projcomp import ProjCompConfig, get_projcomp_model
 from hf_projcomp.architectures import get_arch_spec
 from hf_projcomp.importance import activation_importance, calibration_batches, magnitude_importance
 from hf_projcomp.plan import build_plan
-
 from tests.tiny import TINY, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +34,9 @@ def test_magnitude_drops_dead_dimensions(model_type):
     if dead_hidden:
         assert scores.hidden[dead_hidden].abs().max() == 0 and scores.hidden.min() == 0
     hidden = d if dead_hidden == [] else 56
-    sel = get_projcomp_model(model, ProjCompConfig(hidden_size=hidden, intermediate_size=88, importance="magnitude")).selection()
+    sel = get_projcomp_model(
+        model, ProjCompConfig(hidden_size=hidden, intermediate_size=88, importance="magnitude")
+    ).selection()
     assert not set(dead_hidden) & set(sel.hidden.tolist())
     for layer in sel.ffn:
         assert not set(dead_ffn) & set(layer.flatten().tolist())
@@ -46,8 +47,9 @@ def test_padded_dataset_equals_unpadded_batches():
     spec = get_arch_spec(model.config)
     gen = torch.Generator().manual_seed(3)
     rows = [torch.randint(3, TINY["vocab_size"], (n,), generator=gen).tolist() for n in (5, 9, 7)]
-    padded = activation_importance(model, spec, calibration_batches(datasets.Dataset.from_dict({"input_ids": rows})),
-                                   progress=False)
+    padded = activation_importance(
+        model, spec, calibration_batches(datasets.Dataset.from_dict({"input_ids": rows})), progress=False
+    )
     separate = activation_importance(model, spec, calibration_batches(rows), progress=False)
     assert len(calibration_batches(datasets.Dataset.from_dict({"input_ids": rows}))) == 1
     assert torch.allclose(padded.hidden, separate.hidden, rtol=1e-5)
@@ -64,8 +66,14 @@ def test_activation_ffn_scores_are_down_proj_input_magnitudes():
     hook.remove()
     scores = activation_importance(model, get_arch_spec(model.config), calibration_batches(ids), progress=False)
     assert torch.allclose(scores.ffn[1], captured[0].abs().sum(dim=(0, 1)).double(), rtol=1e-5)
-    squared = activation_importance(model, get_arch_spec(model.config), calibration_batches(ids), power=2,
-                                    token_weight=lambda t: (t % 2).double(), progress=False)
+    squared = activation_importance(
+        model,
+        get_arch_spec(model.config),
+        calibration_batches(ids),
+        power=2,
+        token_weight=lambda t: (t % 2).double(),
+        progress=False,
+    )
     weight = (ids % 2).double().unsqueeze(-1)
     assert torch.allclose(squared.ffn[1], (captured[0].double().pow(2) * weight).sum(dim=(0, 1)), rtol=1e-5)
 
@@ -74,8 +82,9 @@ def test_predicted_mass_sums_next_token_probabilities_where_mass_weight_says():
     """Position t's prediction counts with the weight of the token at t+1; padding and the last
     position (nothing follows) count nothing."""
     model = tiny_model("llama")
-    rows = [torch.randint(3, TINY["vocab_size"], (n,), generator=torch.Generator().manual_seed(n)).tolist()
-            for n in (12, 7)]
+    rows = [
+        torch.randint(3, TINY["vocab_size"], (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (12, 7)
+    ]
     with torch.no_grad():
         probs = [model(input_ids=torch.tensor([r])).logits[0].double().softmax(-1) for r in rows]
     spec, vocab = get_arch_spec(model.config), model.config.vocab_size
@@ -85,19 +94,28 @@ def test_predicted_mass_sums_next_token_probabilities_where_mass_weight_says():
     assert everywhere.sum().item() == pytest.approx(11 + 6, rel=1e-5)
 
     odd_next = torch.zeros(vocab, dtype=torch.float64)
-    activation_importance(model, spec, calibration_batches(rows), predicted_mass=odd_next, progress=False,
-                          mass_weight=lambda nxt: nxt % 2 == 1)
-    expected = sum((torch.tensor(r[1:]) % 2 == 1).double() @ p[:-1] for r, p in zip(rows, probs))
+    activation_importance(
+        model,
+        spec,
+        calibration_batches(rows),
+        predicted_mass=odd_next,
+        progress=False,
+        mass_weight=lambda nxt: nxt % 2 == 1,
+    )
+    expected = sum((torch.tensor(r[1:]) % 2 == 1).double() @ p[:-1] for r, p in zip(rows, probs, strict=True))
     assert torch.allclose(odd_next, expected, rtol=1e-4)
     assert 0 < odd_next.sum() < everywhere.sum()
 
 
-@pytest.mark.parametrize("data", [
-    torch.zeros(2, 4, dtype=torch.long),
-    [[1, 2, 3], [4, 5]],
-    [1, 2, 3],
-    [{"input_ids": [[1, 2, 3]], "attention_mask": [[1, 1, 0]]}],
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        torch.zeros(2, 4, dtype=torch.long),
+        [[1, 2, 3], [4, 5]],
+        [1, 2, 3],
+        [{"input_ids": [[1, 2, 3]], "attention_mask": [[1, 1, 0]]}],
+    ],
+)
 def test_calibration_forms(data):
     batches = calibration_batches(data)
     assert all(b["input_ids"].dim() == 2 and b["input_ids"].shape == b["attention_mask"].shape for b in batches)
@@ -117,13 +135,15 @@ def test_activation_importance_tokenises_text_given_the_tokenizer(tmp_path):
     expected = torch.cat(tokenize_calibration(tokenizer, texts, progress=False))
     assert expected.shape == (32, 512) and (expected[:, 0] == tokenizer.bos_token_id).all()
     config = ProjCompConfig(hidden_size=48, intermediate_size=64, importance="activation")
-    reference = get_projcomp_model(model, config, calibration_data=[expected[i : i + 8] for i in range(0, 32, 8)],
-                                   progress=False).selection()
+    reference = get_projcomp_model(
+        model, config, calibration_data=[expected[i : i + 8] for i in range(0, 32, 8)], progress=False
+    ).selection()
     for data in (texts, datasets.Dataset.from_dict({"text": texts})):
         batches = calibration_batches(data, tokenizer=tokenizer)
         assert torch.equal(torch.cat([b["input_ids"] for b in batches]), expected)
-        got = get_projcomp_model(model_for("llama", tokenizer), config, calibration_data=data, tokenizer=tokenizer,
-                                 progress=False).selection()
+        got = get_projcomp_model(
+            model_for("llama", tokenizer), config, calibration_data=data, tokenizer=tokenizer, progress=False
+        ).selection()
         assert torch.equal(got.hidden, reference.hidden) and all(map(torch.equal, got.ffn, reference.ffn))
     from_file = calibration_batches(str(tmp_path / "calibration.txt"), tokenizer=tokenizer, num_sequences=4)
     assert torch.cat([b["input_ids"] for b in from_file]).shape == (4, 512)
@@ -158,11 +178,13 @@ def test_expert_importance_counts_only_the_tokens_routed_to_each_expert(model_ty
     handles = []
     for layer in model.get_submodule(spec.layers):
         handles.append(layer.get_submodule("mlp.gate").register_forward_hook(route))
-        handles.append(layer.get_submodule(spec.experts).register_forward_pre_hook(
-            lambda m, args: inputs.append(args[0].detach())))
+        handles.append(
+            layer.get_submodule(spec.experts).register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
+        )
     try:
-        scores = activation_importance(model, spec, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}],
-                                       progress=False)
+        scores = activation_importance(
+            model, spec, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], progress=False
+        )
         assert scores.ffn.shape == (TINY["num_hidden_layers"], 4, TINY["intermediate_size"])
         assert scores.ffn[:, 2:].abs().max() == 0 and (scores.ffn[:, :2].sum(-1) > 0).all()
         for i, layer in enumerate(model.get_submodule(spec.layers)):

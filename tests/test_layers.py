@@ -42,7 +42,8 @@ def _type_checking_block(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
         (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
 
 
 def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
@@ -116,7 +117,7 @@ def test_no_import_cycle():
         visiting.add(module)
         path.append(module)
         for dep in sorted(GRAPH[module]):
-            assert dep not in visiting, "import cycle: " + " -> ".join(path[path.index(dep):] + [dep])
+            assert dep not in visiting, "import cycle: " + " -> ".join([*path[path.index(dep) :], dep])
             if dep not in done:
                 visit(dep)
         visiting.discard(module)

@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, ProjCompTrainerMixin, get_projcomp_model
-from hf_projcomp.projection import unwrap
 from hf_projcomp.architectures import ARCHITECTURES
-
+from hf_projcomp.projection import unwrap
 from tests.scripts import peft_hub
 from tests.test_compact import model_for
 from tests.tiny import MODEL_TYPES, fresh_env, target_sizes, tiny_model
@@ -61,8 +60,12 @@ def saved_base(model_type: str, path: Path):
 # -- PEFT's entry points ------------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_peft_get_peft_model_equals_get_projcomp_model(model_type, input_ids):
-    via_peft = get_peft_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"))
-    ours = get_projcomp_model(tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"), progress=False)
+    via_peft = get_peft_model(
+        tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude")
+    )
+    ours = get_projcomp_model(
+        tiny_model(model_type), ProjCompConfig(**target_sizes(model_type), importance="magnitude"), progress=False
+    )
     assert type(via_peft) is type(ours) is PeftModelForCausalLM
     assert isinstance(via_peft.base_model, ProjCompModel) and via_peft.get_base_model() is via_peft.base_model.model
     assert torch.equal(logits(via_peft, input_ids), logits(ours, input_ids))
@@ -128,7 +131,11 @@ def test_adapters_written_by_version_0_1_still_load(tmp_path):
     state = pc.state_dict()
     legacy = load_file(LEGACY / "adapter_model.safetensors")
     for name, tensor in legacy.items():
-        new = "base_model." + name if name.startswith("projections.") else "base_model.compressed." + name.removeprefix("target.")
+        new = (
+            "base_model." + name
+            if name.startswith("projections.")
+            else "base_model.compressed." + name.removeprefix("target.")
+        )
         assert torch.equal(state[new], tensor), name
     assert unwrap(pc).tokenizer.get_vocab() == AutoTokenizer.from_pretrained(LEGACY).get_vocab()
 
@@ -150,11 +157,18 @@ def test_hub_route_push_one_commit_then_load_by_repo_id(tiny_base_dir, tmp_path)
     out.mkdir()
     env = {**fresh_env(), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     for mode in ("push", "load"):
-        subprocess.run([sys.executable, peft_hub.__file__, mode, str(cache), str(tiny_base_dir), str(out)],
-                       check=True, env=env, cwd=tmp_path, timeout=300)
+        subprocess.run(
+            [sys.executable, peft_hub.__file__, mode, str(cache), str(tiny_base_dir), str(out)],
+            check=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
     commits = [json.loads(line) for line in (out / "commits.jsonl").read_text().splitlines()]
     assert len(commits) == 1 and commits[0]["repo_id"] == "me/tiny-pc"
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= set(commits[0]["files"])
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= set(
+        commits[0]["files"]
+    )
     pushed_config = json.loads(next(cache.glob("models--me--tiny-pc/snapshots/*/adapter_config.json")).read_text())
     assert pushed_config["base_model_name_or_path"] == "me/tiny-base"
     resolved = {tuple(r) for r in json.loads((out / "resolved.json").read_text())}
@@ -180,10 +194,22 @@ def trainer_tokenizer(tokenizer):
     return copy.deepcopy(tokenizer)
 
 
-def sft_args(out: Path, **overrides) -> "trl.SFTConfig":
-    args = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3, learning_rate=1e-3,
-                lr_scheduler_type="constant", max_length=32, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-                save_strategy="no", logging_steps=1, max_grad_norm=0.05)
+def sft_args(out: Path, **overrides) -> trl.SFTConfig:
+    args = dict(
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        max_length=32,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_steps=1,
+        max_grad_norm=0.05,
+    )
     return trl.SFTConfig(str(out), **{**args, **overrides})
 
 
@@ -197,9 +223,13 @@ def count_materialize(monkeypatch) -> list:
 def test_sft_trainer_with_peft_config_trains_with_the_amortised_step(sft_setup, monkeypatch, tmp_path):
     tokenizer, data = sft_setup
     calls = count_materialize(monkeypatch)
-    trainer = ProjCompSFTTrainer(model=model_for("qwen2", tokenizer), peft_config=ProjCompConfig(**TARGET),
-                                 args=sft_args(tmp_path / "run"), train_dataset=data,
-                                 processing_class=trainer_tokenizer(tokenizer))
+    trainer = ProjCompSFTTrainer(
+        model=model_for("qwen2", tokenizer),
+        peft_config=ProjCompConfig(**TARGET),
+        args=sft_args(tmp_path / "run"),
+        train_dataset=data,
+        processing_class=trainer_tokenizer(tokenizer),
+    )
     assert trainer.args.bf16  # TRL's default: the projections still compute W_c in float32
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
@@ -223,10 +253,20 @@ def test_amortised_step_under_trl_equals_autograd(sft_setup, tmp_path):
     tokenizer, data = sft_setup
 
     def train(cls, checkpointing, **kwargs):
-        args = sft_args(tmp_path / f"{cls.__name__}-{checkpointing}", bf16=False, gradient_checkpointing=bool(checkpointing),
-                        gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"})
-        trainer = cls(model=model_for("qwen2", tokenizer), peft_config=ProjCompConfig(**TARGET), args=args,
-                      train_dataset=data, processing_class=trainer_tokenizer(tokenizer), **kwargs)
+        args = sft_args(
+            tmp_path / f"{cls.__name__}-{checkpointing}",
+            bf16=False,
+            gradient_checkpointing=bool(checkpointing),
+            gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"},
+        )
+        trainer = cls(
+            model=model_for("qwen2", tokenizer),
+            peft_config=ProjCompConfig(**TARGET),
+            args=args,
+            train_dataset=data,
+            processing_class=trainer_tokenizer(tokenizer),
+            **kwargs,
+        )
         trainer.train()
         return trainer.model.state_dict()
 
@@ -235,8 +275,9 @@ def test_amortised_step_under_trl_equals_autograd(sft_setup, tmp_path):
     assert max((autograd[k].float() - initial[k].float()).abs().max().item() for k in autograd) > 1e-3  # it trained
     runs = {f"plain SFTTrainer, {c} checkpointing": train(trl.SFTTrainer, c) for c in ("reentrant", "non-reentrant")}
     for checkpointing in (None, "reentrant", "non-reentrant"):
-        runs[f"mixin, {checkpointing} checkpointing"] = train(ProjCompSFTTrainer, checkpointing,
-                                                                projection_learning_rate=1e-3)
+        runs[f"mixin, {checkpointing} checkpointing"] = train(
+            ProjCompSFTTrainer, checkpointing, projection_learning_rate=1e-3
+        )
     for name, state in runs.items():
         assert state.keys() == autograd.keys()
         assert max((state[k].float() - autograd[k].float()).abs().max().item() for k in autograd) <= 1e-5, name
@@ -246,8 +287,16 @@ def test_plain_trainer_save_model_and_checkpoints_reload(input_ids, tmp_path):
     base_dir = tmp_path / "base"
     pc = get_projcomp_model(saved_base("llama", base_dir), ProjCompConfig(**TARGET), progress=False)
     ids = torch.randint(3, 96, (8, 16), generator=torch.Generator().manual_seed(0)).tolist()
-    args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=2, save_steps=2,
-                             learning_rate=1e-3, report_to=[], use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(
+        str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        save_steps=2,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=pc, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}))
     trainer.train()
     trainer.save_model(tmp_path / "final")
@@ -261,12 +310,32 @@ def test_dpo_trainer_with_our_config_uses_the_base_as_reference(sft_setup, tmp_p
     """TRL's DPOTrainer takes its reference from the model with the adapter disabled, which runs the
     base model's own forward; two steps run, and the saved adapter reloads and merges."""
     tokenizer, _ = sft_setup
-    data = Dataset.from_dict({"prompt": [t[:20] for t in TRAIN[:4]], "chosen": [t[20:40] for t in TRAIN[:4]],
-                              "rejected": [t[40:60] for t in TRAIN[:4]]})
-    args = trl.DPOConfig(str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3,
-                         report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no", max_length=64, bf16=False)
-    trainer = trl.DPOTrainer(model=model_for("qwen2", tokenizer), args=args, train_dataset=data,
-                             processing_class=trainer_tokenizer(tokenizer), peft_config=ProjCompConfig(**TARGET))
+    data = Dataset.from_dict(
+        {
+            "prompt": [t[:20] for t in TRAIN[:4]],
+            "chosen": [t[20:40] for t in TRAIN[:4]],
+            "rejected": [t[40:60] for t in TRAIN[:4]],
+        }
+    )
+    args = trl.DPOConfig(
+        str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        max_length=64,
+        bf16=False,
+    )
+    trainer = trl.DPOTrainer(
+        model=model_for("qwen2", tokenizer),
+        args=args,
+        train_dataset=data,
+        processing_class=trainer_tokenizer(tokenizer),
+        peft_config=ProjCompConfig(**TARGET),
+    )
     base, ids = model_for("qwen2", tokenizer), tokenizer(TRAIN[1], return_tensors="pt").input_ids
     with trainer.model.disable_adapter():
         assert torch.equal(logits(trainer.model, ids), logits(base, ids))

@@ -9,14 +9,12 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
-
 from transformers import AutoModelForCausalLM
 
 from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model, hard_prune
 from hf_projcomp.architectures import ARCHITECTURES, ffn_size, head_dim
 from hf_projcomp.projection import project_weight
 from hf_projcomp.sizing import count_target_parameters
-
 from tests.tiny import FAMILIES, TINY, expected_num_parameters, fresh_env, target_sizes, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +36,9 @@ def test_init_equals_hard_pruned(model_type, input_ids, importance):
     model = tiny_model(model_type)
     calib = [torch.randint(3, TINY["vocab_size"], (2, 16)) for _ in range(2)] if importance == "activation" else None
     target = target_sizes(model_type)
-    pc = get_projcomp_model(model, ProjCompConfig(**target, importance=importance), calibration_data=calib, progress=False)
+    pc = get_projcomp_model(
+        model, ProjCompConfig(**target, importance=importance), calibration_data=calib, progress=False
+    )
     sel = pc.selection()
     pruned = hard_prune(model, sel.hidden, sel.ffn)
     with torch.no_grad():
@@ -75,7 +75,9 @@ def test_merge_matches_projected_after_training(model_type, input_ids, tmp_path)
     assert (config[hidden_key], config[ARCHITECTURES[model_type].ffn_size]) == (target["hidden_size"], 64)
     # head_dim is written where the base derived it from a d_model that shrank, and only there.
     assert config.get("head_dim", 16) == 16
-    assert ("head_dim" in config) == ("head_dim" in model.config.to_dict() or target["hidden_size"] < TINY["hidden_size"])
+    assert ("head_dim" in config) == (
+        "head_dim" in model.config.to_dict() or target["hidden_size"] < TINY["hidden_size"]
+    )
     assert "quantization_config" not in config
 
 
@@ -95,8 +97,9 @@ with torch.no_grad():
     torch.save(m(input_ids=torch.load({str(tmp_path / "ids.pt")!r})).logits, {str(tmp_path / "logits.pt")!r})
 print(type(m).__name__, m.get_output_embeddings().weight is m.get_input_embeddings().weight)
 """
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=fresh_env(),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=fresh_env(), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     tied = FAMILIES[model_type][0]
     assert out.stdout.split()[-2:] == [type(model).__name__, str(tied)]
@@ -104,8 +107,11 @@ print(type(m).__name__, m.get_output_embeddings().weight is m.get_input_embeddin
         expected = merged(input_ids=input_ids).logits
     assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-5)
     with safe_open(tmp_path / "small" / "model.safetensors", "pt") as f:
-        vocab_matrices = [k for k in f.keys() if f.get_slice(k).get_shape()[:1] == [merged.config.vocab_size]
-                          and len(f.get_slice(k).get_shape()) == 2]
+        vocab_matrices = [
+            k
+            for k in f.keys()
+            if f.get_slice(k).get_shape()[:1] == [merged.config.vocab_size] and len(f.get_slice(k).get_shape()) == 2
+        ]
     assert len(vocab_matrices) == (1 if tied else 2), vocab_matrices  # a tied head is saved once
 
 
@@ -114,12 +120,16 @@ def test_adapter_round_trip_is_bit_exact(model_type, input_ids, tmp_path):
     perturb_trainable(pc)
     pc.save_pretrained(tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors"]
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
     norms = {f"base_model.compressed.{n}" for n, p in pc.compressed.named_parameters() if p.requires_grad}
-    assert keys and all(k.startswith(("base_model.projections.", "base_model.selection_")) or k in norms
-                        for k in keys), "base weights leaked into adapter"
+    assert keys and all(
+        k.startswith(("base_model.projections.", "base_model.selection_")) or k in norms for k in keys
+    ), "base weights leaked into adapter"
 
     reloaded = ProjCompModel.from_pretrained(tiny_model(model_type), tmp_path / "adapter")
     assert reloaded.projcomp_config.to_dict() == {**pc.projcomp_config.to_dict(), "inference_mode": False}
@@ -164,7 +174,9 @@ def test_target_params_fraction_picks_the_closest_size_on_the_grid():
     base = model.num_parameters() - 2 * 96 * 256
     small = pc.merge_and_unload().num_parameters() - 2 * 96 * cfg.hidden_size
     assert small == non_embedding(cfg.hidden_size, cfg.intermediate_size)
-    grid = {(max(8, round(256 * r / 8) * 8), max(8, round(512 * r / 8) * 8)) for r in torch.linspace(0, 1, 4001).tolist()}
+    grid = {
+        (max(8, round(256 * r / 8) * 8), max(8, round(512 * r / 8) * 8)) for r in torch.linspace(0, 1, 4001).tolist()
+    }
     counts = {s: non_embedding(*s) for s in grid}
     best = min(counts.values(), key=lambda n: abs(n - 0.5 * base))
     assert abs(small - 0.5 * base) == abs(best - 0.5 * base)
@@ -183,7 +195,7 @@ def test_merged_model_keeps_the_dtype_the_base_had(input_ids, base_dtype):
     merged, exact = pc.merge_and_unload(), pc.merge_and_unload(dtype=torch.float32)
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16} and merged.config.dtype == torch.bfloat16
     assert {p.dtype for p in exact.parameters()} == {torch.float32}
-    for (name, got), (_, want) in zip(merged.state_dict().items(), exact.state_dict().items()):
+    for (name, got), (_, want) in zip(merged.state_dict().items(), exact.state_dict().items(), strict=True):
         assert torch.equal(got, want.to(torch.bfloat16)), name
     with torch.no_grad():
         projected, vanilla = pc(input_ids=input_ids).logits, exact(input_ids=input_ids).logits
@@ -238,7 +250,7 @@ def test_projected_weight_gradients_and_what_backward_keeps(sides):
     want = a + 0.5 * w.reshape(a.shape)
     grad = torch.randn(want.shape, generator=gen, dtype=torch.float64)
     assert torch.allclose(got, want)
-    for g1, g2 in zip(torch.autograd.grad(got, leaves, grad), torch.autograd.grad(want, leaves, grad)):
+    for g1, g2 in zip(torch.autograd.grad(got, leaves, grad), torch.autograd.grad(want, leaves, grad), strict=True):
         assert torch.allclose(g1, g2)
     assert not any(t.numel() >= weight.numel() and t.dtype != torch.bfloat16 for t in saved)
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from hf_projcomp import hard_prune
-
 from tests.tiny import TINY, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_vocabulary_only_pruning_is_exact_on_kept_tokens(model_type):
     model = tiny_model(model_type)
-    kept = torch.tensor([0, 1, 2] + list(range(10, 90, 2)))  # new id -> old id
+    kept = torch.tensor([0, 1, 2, *list(range(10, 90, 2))])  # new id -> old id
     small = hard_prune(model, range(TINY["hidden_size"]), [range(TINY["intermediate_size"])] * 2, kept)
     assert small.config.vocab_size == len(kept)
     assert small.get_input_embeddings().weight.shape[0] == len(kept)
@@ -50,11 +49,15 @@ def test_uneven_ffn_widths_are_refused():
 def test_output_keeps_the_base_dtype(model_type):
     """A bfloat16 base gives a bfloat16 model (Gemma's scale folding rounds once, from float32)."""
     base = tiny_model(model_type).to(torch.bfloat16)
-    hidden, ffn, kept = list(range(0, 64, 2)), [list(range(0, 96, 3))] * 2, torch.tensor([0, 1, 2] + list(range(10, 60)))
+    hidden, ffn, kept = (
+        list(range(0, 64, 2)),
+        [list(range(0, 96, 3))] * 2,
+        torch.tensor([0, 1, 2, *list(range(10, 60))]),
+    )
     small = hard_prune(base, hidden, ffn, kept)
     assert {p.dtype for p in small.parameters()} == {torch.bfloat16} and small.config.dtype == torch.bfloat16
     reference = hard_prune(tiny_model(model_type).to(torch.bfloat16).float(), hidden, ffn, kept)
-    for (name, got), (_, want) in zip(small.state_dict().items(), reference.state_dict().items()):
+    for (name, got), (_, want) in zip(small.state_dict().items(), reference.state_dict().items(), strict=True):
         assert torch.equal(got, want.to(torch.bfloat16)), name
     rotary = [b for n, b in small.named_buffers() if "inv_freq" in n]
     assert rotary and all(b.dtype == torch.float32 for b in rotary)  # as from_pretrained(dtype=bf16) has them
@@ -76,7 +79,13 @@ def test_every_generation_config_id_is_remapped_or_dropped_with_a_warning(caplog
     assert new.eos_token_id == [2, 4] and new.forced_bos_token_id == 5 and new.forced_eos_token_id == [4]
     assert new.suppress_tokens == [3, 5] and new.begin_suppress_tokens is None
     assert new.bad_words_ids == [[4, 5]] and new.sequence_bias == [[[3], 1.5]]
-    for field, token in (("eos_token_id", 77), ("forced_eos_token_id", 77), ("suppress_tokens", 8),
-                         ("begin_suppress_tokens", 8), ("bad_words_ids", "[40, 8]"), ("sequence_bias", "[8, 40]")):
+    for field, token in (
+        ("eos_token_id", 77),
+        ("forced_eos_token_id", 77),
+        ("suppress_tokens", 8),
+        ("begin_suppress_tokens", 8),
+        ("bad_words_ids", "[40, 8]"),
+        ("sequence_bias", "[8, 40]"),
+    ):
         assert f"generation_config.{field}: token id {token} was pruned" in caplog.text, field
     assert model.generation_config.eos_token_id == [2, 40, 77]  # the base is untouched

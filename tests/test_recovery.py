@@ -10,15 +10,21 @@ import torch
 from hf_projcomp import DistillConfig, compact_prune, distill_pruned
 from hf_projcomp.training import Teacher, distillation_kl
 from hf_projcomp.training.recovery import DistillationTrainer, training_blocks
-
 from tests.test_compact import model_for
 from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Short blocks: a tiny model moves visibly within a few steps. One stream of blocks: the tiny base was
 # fitted to one BOS-prefixed text, so there pruning costs it most and the recovery shows most.
-FAST = dict(block_size=32, batch_size=4, micro_batch_size=2, max_tokens=32 * 4 * 6, learning_rate=1e-4,
-            warmup_steps=0, bos_each_block=False)
+FAST = dict(
+    block_size=32,
+    batch_size=4,
+    micro_batch_size=2,
+    max_tokens=32 * 4 * 6,
+    learning_rate=1e-4,
+    warmup_steps=0,
+    bos_each_block=False,
+)
 
 
 def trained_base(tokenizer):
@@ -38,8 +44,16 @@ def trained_base(tokenizer):
 def pruned():
     tokenizer = tiny_tokenizer("byte_fallback")
     base = trained_base(tokenizer)
-    small, small_tok, selection = compact_prune(base, tokenizer, TRAIN * 4, split=(len(tokenizer) - 100, 32),
-                                                num_sequences=4, sequence_length=64, heldout_tokens=64, progress=False)
+    small, small_tok, selection = compact_prune(
+        base,
+        tokenizer,
+        TRAIN * 4,
+        split=(len(tokenizer) - 100, 32),
+        num_sequences=4,
+        sequence_length=64,
+        heldout_tokens=64,
+        progress=False,
+    )
     return base, small, small_tok, selection.kept_token_ids
 
 
@@ -106,8 +120,15 @@ def test_a_stream_is_read_only_as_far_as_the_run_needs(pruned):
             read.append(i)
             yield TRAIN[i % len(TRAIN)]
 
-    distill_pruned(copy.deepcopy(small), base, small_tok, stream(), vocab_indices=kept, progress=False,
-                   **{**FAST, "max_tokens": 32 * 4})
+    distill_pruned(
+        copy.deepcopy(small),
+        base,
+        small_tok,
+        stream(),
+        vocab_indices=kept,
+        progress=False,
+        **{**FAST, "max_tokens": 32 * 4},
+    )
     assert 0 < len(read) < 100
 
 
@@ -132,26 +153,29 @@ def test_bad_input_names_the_parameter(pruned):
         distill_pruned(small, base, small_tok, TRAIN, vocab_indices=[0, 1, 2], progress=False, **FAST)
     with pytest.raises(ValueError, match="fewer than one step's batch_size"):
         distill_pruned(small, base, small_tok, TRAIN[:1], vocab_indices=kept, progress=False, **FAST)
-    with pytest.raises(ValueError, match="block_size .* max_position_embeddings"):
+    with pytest.raises(ValueError, match=r"block_size .* max_position_embeddings"):
         distill_pruned(small, base, small_tok, TRAIN, vocab_indices=kept, progress=False, block_size=256)
     # The text's errors call it by distill_pruned's own parameter, not compact_prune's.
-    with pytest.raises(ValueError, match="^train_data is empty"):
+    with pytest.raises(ValueError, match=r"^train_data is empty"):
         distill_pruned(small, base, small_tok, ["", "  "], vocab_indices=kept, progress=False, **FAST)
-    with pytest.raises(ValueError, match="^train_data file 'missing.txt' does not exist"):
+    with pytest.raises(ValueError, match=r"^train_data file 'missing.txt' does not exist"):
         distill_pruned(small, base, small_tok, "missing.txt", vocab_indices=kept, progress=False, **FAST)
-    with pytest.raises(TypeError, match="^train_data must be a datasets.Dataset"):
+    with pytest.raises(TypeError, match=r"^train_data must be a datasets.Dataset"):
         distill_pruned(small, base, small_tok, 3, vocab_indices=kept, progress=False, **FAST)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("max_tokens", 100, "less than one optimizer step"),
-    ("batch_size", 6, "multiple of micro_batch_size"),
-    ("block_size", 0, "block_size must be a positive integer"),
-    ("learning_rate", 0.0, "learning_rate must be > 0"),
-    ("lr_scheduler_type", "polynomial", "lr_scheduler_type must be one of"),
-    ("alpha", 1.5, r"alpha must lie in \[0, 1\]"),
-    ("pool_tokens", 10, "pool_tokens must be None or at least"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max_tokens", 100, "less than one optimizer step"),
+        ("batch_size", 6, "multiple of micro_batch_size"),
+        ("block_size", 0, "block_size must be a positive integer"),
+        ("learning_rate", 0.0, "learning_rate must be > 0"),
+        ("lr_scheduler_type", "polynomial", "lr_scheduler_type must be one of"),
+        ("alpha", 1.5, r"alpha must lie in \[0, 1\]"),
+        ("pool_tokens", 10, "pool_tokens must be None or at least"),
+    ],
+)
 def test_distill_config_names_the_bad_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         DistillConfig(**{field: value})

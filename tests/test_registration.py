@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from peft import get_peft_model
 
-from hf_projcomp import ProjCompConfig, ProjCompModel
-from hf_projcomp import peft_integration
-
+from hf_projcomp import ProjCompConfig, ProjCompModel, peft_integration
 from tests.tiny import fresh_env, tiny_model
 
 LOAD = """
@@ -27,7 +25,7 @@ AutoPeftModelForCausalLM.from_pretrained("adapter")
 FIRST = {
     "trl": "import hf_projcomp\nimport trl",
     "from_pretrained": "import hf_projcomp\nfrom transformers import AutoModelForCausalLM\n"
-                       "AutoModelForCausalLM.from_pretrained('base')",
+    "AutoModelForCausalLM.from_pretrained('base')",
     "find_spec": "import hf_projcomp\nimport importlib.util\nimportlib.util.find_spec('peft')",
     "Trainer": "import hf_projcomp\nfrom transformers import Trainer",
     "trl, then hf_projcomp": "import trl\nimport hf_projcomp",
@@ -44,13 +42,20 @@ def adapter_dir(tmp_path_factory) -> Path:
 
     base = AutoModelForCausalLM.from_pretrained(root / "base")
     get_peft_model(base, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude")).save_pretrained(
-        root / "adapter")
+        root / "adapter"
+    )
     return root
 
 
 def run(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=fresh_env(), cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=fresh_env(),
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("first", FIRST)
@@ -90,7 +95,7 @@ def test_registration_failure_breaks_nothing_until_the_method_is_used(monkeypatc
     monkeypatch.delattr(peft.mapping, "PEFT_TYPE_TO_PREFIX_MAPPING")
     with pytest.warns(UserWarning, match="could not register"):
         peft_integration.register(ProjCompConfig, ProjCompModel)
-    with pytest.raises(ImportError, match="not registered with PEFT.*PEFT_TYPE_TO_PREFIX_MAPPING"):
+    with pytest.raises(ImportError, match=r"not registered with PEFT.*PEFT_TYPE_TO_PREFIX_MAPPING"):
         ProjCompConfig(hidden_size=8)
     monkeypatch.undo()
     peft_integration.register(ProjCompConfig, ProjCompModel)  # idempotent, and clears the failure

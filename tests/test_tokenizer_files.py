@@ -16,7 +16,6 @@ from transformers import GemmaTokenizer, LlamaTokenizer, Qwen2Tokenizer
 from hf_projcomp.export import VerificationError, check_tokenizer
 from hf_projcomp.vocab import prune_tokenizer
 from hf_projcomp.vocab.files import PROBE_TEXTS, save_tokenizer, side_file_mismatches
-
 from tests.tiny_tokenizers import HELD_OUT, TRAIN, tiny_tokenizer
 
 TEXTS = HELD_OUT + TRAIN + list(PROBE_TEXTS)
@@ -26,9 +25,21 @@ def train_sentencepiece(directory: Path, add_dummy_prefix: bool) -> Path:
     """A tiny sentencepiece BPE with byte fallback, as Gemma (no dummy prefix) or Llama-2 train theirs."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TRAIN * 3), model_writer=model, vocab_size=500, model_type="bpe", byte_fallback=True,
-        character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, add_dummy_prefix=add_dummy_prefix,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True, minloglevel=2,
+        sentence_iterator=iter(TRAIN * 3),
+        model_writer=model,
+        vocab_size=500,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        add_dummy_prefix=add_dummy_prefix,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        minloglevel=2,
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tokenizer.model").write_bytes(model.getvalue())
@@ -50,12 +61,14 @@ def gemma_style(tmp_path_factory) -> GemmaTokenizer:
 
 
 def test_pruned_sentencepiece_model_matches_the_pruned_tokenizer(gemma_style, tmp_path):
-    pruned, kept = prune_tokenizer(gemma_style, frequent_ids(gemma_style))
+    pruned, _kept = prune_tokenizer(gemma_style, frequent_ids(gemma_style))
     assert len(pruned) < len(gemma_style)
     assert save_tokenizer(pruned, tmp_path) == ["tokenizer.model"]
     processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
     assert processor.get_piece_size() == len(pruned)
-    assert [processor.id_to_piece(i) for i in range(len(pruned))] == pruned.convert_ids_to_tokens(list(range(len(pruned))))
+    assert [processor.id_to_piece(i) for i in range(len(pruned))] == pruned.convert_ids_to_tokens(
+        list(range(len(pruned)))
+    )
     assert [processor.encode(t) for t in TEXTS] == plain_ids(pruned)
     assert [processor.decode(processor.encode(t)) for t in TEXTS] == TEXTS  # round-trips, bytes included
     assert all(processor.is_byte(pruned.convert_tokens_to_ids(f"<0x{b:02X}>")) for b in range(256))
@@ -90,17 +103,21 @@ def test_byte_level_vocab_and_merges_match_the_pruned_tokenizer(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
     (tmp_path / "base" / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in model["merges"]), encoding="utf-8")
-    base = Qwen2Tokenizer(vocab_file=str(tmp_path / "base" / "vocab.json"),
-                          merges_file=str(tmp_path / "base" / "merges.txt"))
-    pruned, kept = prune_tokenizer(base, frequent_ids(base))
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in model["merges"]), encoding="utf-8"
+    )
+    base = Qwen2Tokenizer(
+        vocab_file=str(tmp_path / "base" / "vocab.json"), merges_file=str(tmp_path / "base" / "merges.txt")
+    )
+    pruned, _kept = prune_tokenizer(base, frequent_ids(base))
     assert save_tokenizer(pruned, tmp_path / "out") == ["merges.txt", "vocab.json"]
     vocab = json.loads((tmp_path / "out" / "vocab.json").read_text(encoding="utf-8"))
     assert len(vocab) < len(model["vocab"]) and max(vocab.values()) < len(pruned)
-    reread = Qwen2Tokenizer(vocab_file=str(tmp_path / "out" / "vocab.json"),
-                            merges_file=str(tmp_path / "out" / "merges.txt"))
+    reread = Qwen2Tokenizer(
+        vocab_file=str(tmp_path / "out" / "vocab.json"), merges_file=str(tmp_path / "out" / "merges.txt")
+    )
     assert reread.get_vocab() == {t: i for t, i in pruned.get_vocab().items() if t in vocab} | {
-        t: i for t, i in reread.get_vocab().items() if t not in vocab}
+        t: i for t, i in reread.get_vocab().items() if t not in vocab
+    }
     assert plain_ids(reread) == plain_ids(pruned)
 
 
@@ -122,5 +139,5 @@ def test_a_stale_side_file_is_removed_or_reported(gemma_style, tmp_path):
         vocab_size = len(gemma_pruned)
         bos_token_id = eos_token_id = pad_token_id = unk_token_id = None
 
-    with pytest.raises(VerificationError, match="tokenizer.model"):
+    with pytest.raises(VerificationError, match=r"tokenizer.model"):
         check_tokenizer(Config(), None, gemma_pruned, tmp_path / "gemma")

@@ -16,7 +16,6 @@ from transformers import Trainer, TrainingArguments
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model
 from hf_projcomp.training import Teacher, distillation_kl
 from hf_projcomp.training.trainer import DEFAULT_PROJECTION_LR_RATIO
-
 from tests.scripts import train_tiny
 from tests.tiny import MODEL_TYPES, target_sizes, tiny_model
 
@@ -31,13 +30,26 @@ def tiny_data(n: int = 8, length: int = 16) -> Dataset:
 
 def projected(model_type: str = "llama", **config):
     config = {**target_sizes(model_type), **config}
-    return get_projcomp_model(tiny_model(model_type), ProjCompConfig(**{"importance": "magnitude", **config}), progress=False)
+    return get_projcomp_model(
+        tiny_model(model_type), ProjCompConfig(**{"importance": "magnitude", **config}), progress=False
+    )
 
 
 def training_args(out, **overrides) -> TrainingArguments:
-    args = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=4, learning_rate=1e-3,
-                max_grad_norm=0.05, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-                weight_decay=0.0, logging_steps=1)
+    args = dict(
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=4,
+        learning_rate=1e-3,
+        max_grad_norm=0.05,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        weight_decay=0.0,
+        logging_steps=1,
+    )
     return TrainingArguments(str(out), **{**args, **overrides})
 
 
@@ -55,8 +67,9 @@ def test_amortized_step_equals_per_microbatch_autograd(model_type, tmp_path):
     plain = Trainer(model=naive, args=training_args(tmp_path / "a"), train_dataset=tiny_data())
     plain.train()
     # One LR for every parameter, as the plain Trainer has.
-    ours = ProjCompTrainer(model=amortized, args=training_args(tmp_path / "b"), train_dataset=tiny_data(),
-                           projection_learning_rate=1e-3)
+    ours = ProjCompTrainer(
+        model=amortized, args=training_args(tmp_path / "b"), train_dataset=tiny_data(), projection_learning_rate=1e-3
+    )
     ours.train()
     grad_norms = [log["grad_norm"] for log in ours.state.log_history if "grad_norm" in log]
     assert grad_norms and min(grad_norms) > 0.05  # clipping did act
@@ -66,8 +79,12 @@ def test_amortized_step_equals_per_microbatch_autograd(model_type, tmp_path):
 
 def test_projection_learning_rate_and_no_decay_on_norms(tmp_path):
     pc = projected()
-    trainer = ProjCompTrainer(model=pc, args=training_args(tmp_path, weight_decay=0.1), train_dataset=tiny_data(),
-                              projection_learning_rate=5e-3)
+    trainer = ProjCompTrainer(
+        model=pc,
+        args=training_args(tmp_path, weight_decay=0.1),
+        train_dataset=tiny_data(),
+        projection_learning_rate=5e-3,
+    )
     corrections, projections, norms = trainer.create_optimizer().param_groups
     assert projections["lr"] == 5e-3 and projections["weight_decay"] == 0.1
     assert corrections["lr"] == 1e-3 and corrections["weight_decay"] == 0.1
@@ -84,8 +101,22 @@ def test_projection_learning_rate_and_no_decay_on_norms(tmp_path):
 def test_two_processes_equal_each_other_and_one_process(tmp_path):
     """accelerate launch, 2 CPU processes (gloo DDP), same global batch as the 1-process run."""
     single = train_tiny.main([str(tmp_path / "one")]).state_dict()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+        str(tmp_path / "two"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1 = (load_file(tmp_path / "two" / f"rank{r}.safetensors") for r in (0, 1))
@@ -97,8 +128,14 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     uninterrupted = train_tiny.main([str(tmp_path / "full"), "--steps", "4", "--save-steps", "2"]).state_dict()
     checkpoint = tmp_path / "full" / "checkpoint-2"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
-        "scheduler.pt", "trainer_state.json", "training_args.bin",
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "rng_state.pth",
+        "scheduler.pt",
+        "trainer_state.json",
+        "training_args.bin",
     ]
     # Adapter only: no base weights in the checkpoint.
     assert set(load_file(checkpoint / "adapter_model.safetensors")) == set(uninterrupted)
@@ -117,7 +154,9 @@ def test_resume_rejects_other_selections(tmp_path):
 
 def test_plain_trainer_checkpoints_hold_the_adapter_only(tmp_path):
     pc = projected("gemma3_text")  # tied: a full state dict would share storage and fail to save
-    Trainer(model=pc, args=training_args(tmp_path, save_strategy="steps", save_steps=2), train_dataset=tiny_data()).train()
+    Trainer(
+        model=pc, args=training_args(tmp_path, save_strategy="steps", save_steps=2), train_dataset=tiny_data()
+    ).train()
     checkpoint = next(tmp_path.glob("checkpoint-2"))
     saved = load_file(checkpoint / "adapter_model.safetensors")
     assert set(saved) == {f"base_model.{k}" for k in pc.adapter_state_dict()}
@@ -148,8 +187,9 @@ def test_distillation_loss_is_the_documented_mix(tmp_path):
     """alpha=1, T=2: the training loss is T²·KL(teacher ‖ student) averaged over scored positions."""
     pc = projected()
     batch = {k: torch.tensor(v[:2]) for k, v in tiny_data()[:2].items()}
-    trainer = ProjCompTrainer(model=pc, args=training_args(tmp_path), train_dataset=tiny_data(),
-                              distill_alpha=1.0, distill_temperature=2.0)
+    trainer = ProjCompTrainer(
+        model=pc, args=training_args(tmp_path), train_dataset=tiny_data(), distill_alpha=1.0, distill_temperature=2.0
+    )
     pc.train()
     loss = trainer.compute_loss(pc, dict(batch))
     with torch.no_grad():
@@ -199,5 +239,5 @@ def test_trainer_refuses_deepspeed(tmp_path, monkeypatch):
         self.is_deepspeed_enabled = True
 
     monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", deepspeed)
-    with pytest.raises(ValueError, match="DeepSpeed is not supported.*Scaling out"):
+    with pytest.raises(ValueError, match=r"DeepSpeed is not supported.*Scaling out"):
         ProjCompTrainer(model=projected(), args=training_args(tmp_path), train_dataset=tiny_data())

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM
 
 from hf_projcomp import ProjCompConfig
 from hf_projcomp.projection import unwrap
-
 from tests.test_compact import model_for
 from tests.tiny import MODEL_TYPES, target_sizes, tiny_model
 from tests.tiny_tokenizers import tiny_tokenizer
@@ -111,8 +110,9 @@ def test_low_cpu_mem_usage_loads_what_the_normal_load_does(model_type, saved, in
 @pytest.mark.parametrize("is_trainable", [False, True])
 def test_is_trainable_decides_requires_grad_as_for_lora(is_trainable, saved):
     root = saved["llama"]
-    pc = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "base"), root / "adapter",
-                                   is_trainable=is_trainable)
+    pc = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(root / "base"), root / "adapter", is_trainable=is_trainable
+    )
     trainable = [n for n, p in pc.named_parameters() if p.requires_grad]
     assert pc.peft_config["default"].inference_mode is not is_trainable
     expected = [n for n, p in wrapped("llama").named_parameters() if p.requires_grad]
@@ -132,7 +132,7 @@ def test_peft_state_dict_functions_round_trip(input_ids):
 
 def test_what_one_adapter_cannot_do_is_refused_with_the_alternative():
     pc = wrapped("llama")
-    with pytest.raises(NotImplementedError, match="exactly one adapter.*PeftModel.from_pretrained"):
+    with pytest.raises(NotImplementedError, match=r"exactly one adapter.*PeftModel.from_pretrained"):
         pc.add_adapter("ref", ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"))
     assert list(pc.peft_config) == ["default"]  # PEFT rolled its table back
     with pytest.raises(NotImplementedError, match=r"unload\(\)"):

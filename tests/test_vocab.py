@@ -15,10 +15,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_projcomp.vocab import VocabularyPruningError, prune_tokenizer, required_token_ids, segmentation_agreement
-
 from tests.tiny_tokenizers import HELD_OUT, SPECIALS, TRAIN, _byte_fallback_backend, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tokenizers_by_kind() -> dict[str, PreTrainedTokenizerFast]:
@@ -166,12 +166,18 @@ def test_agreement_counts_word_occurrences_segmented_as_before(pruned):
     words = [" the", " lobster", " the", " lobster", " zyzzyva", " the", " quokka"]
     words[0], words[5] = "the", "the"  # a text's first word has no space before it
     to_old = kept.tolist()
-    same = [[to_old[i] for i in new.encode(w, add_special_tokens=False)] == old.encode(w, add_special_tokens=False)
-            for w in words]
+    same = [
+        [to_old[i] for i in new.encode(w, add_special_tokens=False)] == old.encode(w, add_special_tokens=False)
+        for w in words
+    ]
     assert 0 < sum(same) < len(same)  # the tiny vocabulary keeps some of these words and splits others
     assert segmentation_agreement(old, new, kept, texts) == pytest.approx(sum(same) / len(same))
-    covered = [s for w, s in zip(words, same) if set(old.encode(w, add_special_tokens=False)) <= set(to_old)]
-    assert segmentation_agreement(old, new, kept, texts, covered_only=True) == pytest.approx(sum(covered) / len(covered))
+    covered = [
+        s for w, s in zip(words, same, strict=True) if set(old.encode(w, add_special_tokens=False)) <= set(to_old)
+    ]
+    assert segmentation_agreement(old, new, kept, texts, covered_only=True) == pytest.approx(
+        sum(covered) / len(covered)
+    )
 
 
 @pytest.mark.parametrize("kind", ["byte_fallback", "byte_level"])
@@ -221,7 +227,7 @@ def test_placeholders_are_dropped_unless_asked(tokenizers_by_kind):
     assert "<start_of_turn>" in names(required_token_ids(tok))
     assert "<unused3>" not in names(required_token_ids(tok))
     assert "<unused3>" in names(required_token_ids(tok, keep_placeholders=True))
-    new, kept = prune_tokenizer(tok, _frequent_ids(tok))
+    new, _kept = prune_tokenizer(tok, _frequent_ids(tok))
     assert new.encode("<start_of_turn>x", add_special_tokens=False)[0] == new.convert_tokens_to_ids("<start_of_turn>")
     assert new.decode(new.encode("<unused3>", add_special_tokens=False)) == "<unused3>"
 
@@ -285,8 +291,12 @@ def test_save_and_reload_in_a_fresh_process(pruned, tokenizers_by_kind, tmp_path
     expected = {}
     for name, tok in results.items():
         tok.save_pretrained(tmp_path / name)
-        expected[name] = [type(tok).__name__, len(tok), [tok(t)["input_ids"] for t in texts],
-                          [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id]]
+        expected[name] = [
+            type(tok).__name__,
+            len(tok),
+            [tok(t)["input_ids"] for t in texts],
+            [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id],
+        ]
     script = (
         "import json, sys\n"
         "from transformers import AutoTokenizer\n"
@@ -300,7 +310,9 @@ def test_save_and_reload_in_a_fresh_process(pruned, tokenizers_by_kind, tmp_path
     )
     run = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path), json.dumps(list(results)), json.dumps(texts)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == expected

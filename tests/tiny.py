@@ -9,7 +9,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from hf_projcomp.architectures import ARCHITECTURES, ffn_size, head_dim
 
-
 TINY = dict(
     vocab_size=96,
     hidden_size=64,
@@ -49,15 +48,23 @@ FAMILIES = {
 }
 MODEL_TYPES = list(FAMILIES)
 # Config fields a family doesn't have (GPT-NeoX: no GQA, head_dim derived).
-_NOT_FIELDS = {"gpt_neox": ("num_key_value_heads", "head_dim"), "stablelm": ("head_dim",),
-               "gpt2": ("num_key_value_heads", "head_dim", "intermediate_size")}
+_NOT_FIELDS = {
+    "gpt_neox": ("num_key_value_heads", "head_dim"),
+    "stablelm": ("head_dim",),
+    "gpt2": ("num_key_value_heads", "head_dim", "intermediate_size"),
+}
 # Fields only a family has (four experts, two routed per token).
 _FIELDS = {
     "gpt2": dict(n_inner=TINY["intermediate_size"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
     "olmoe": dict(num_experts=4, num_experts_per_tok=2),
-    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=TINY["intermediate_size"],
-                      decoder_sparse_step=1, mlp_only_layers=[]),
+    "qwen3_moe": dict(
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=TINY["intermediate_size"],
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    ),
 }
 
 

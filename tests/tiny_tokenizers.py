@@ -57,15 +57,19 @@ def _byte_level_backend() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=600,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(TRAIN, trainer)
     # A nested post-processor, so remapping has to walk a Sequence.
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)]),
+        ]
+    )
     return tok
 
 
@@ -73,7 +77,10 @@ def tiny_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     """A fresh tokenizer of ``kind``: "byte_fallback" or "byte_level"."""
     if kind == "byte_fallback":
         return PreTrainedTokenizerFast(
-            tokenizer_object=_byte_fallback_backend(), bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+            tokenizer_object=_byte_fallback_backend(),
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
             unk_token="<unk>",
         )
     return PreTrainedTokenizerFast(

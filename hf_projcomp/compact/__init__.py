@@ -5,8 +5,8 @@ channels, refitted down_proj values, pruned tokenizer) and ``compact_build`` (th
 vanilla model); ``compact_prune`` runs both.
 """
 
-from .budget import Split, candidate_splits, resolve_budget
 from ..importance.calibration import load_calibration_texts, tokenize_calibration
+from .budget import Split, candidate_splits, resolve_budget
 from .build import compact_build
 from .calibration import generate_calibration_texts
 from .config import CompactConfig

@@ -19,8 +19,13 @@ def compact_build(
     base's); pair it with ``selection.tokenizer``."""
     if not isinstance(selection, CompactSelection):
         raise TypeError(f"selection must be a CompactSelection (from compact_select), got {type(selection).__name__}")
-    small = hard_prune(model, list(range(model.config.hidden_size)), selection.intermediate_indices,
-                       selection.kept_token_ids, dtype=dtype)
+    small = hard_prune(
+        model,
+        list(range(model.config.hidden_size)),
+        selection.intermediate_indices,
+        selection.kept_token_ids,
+        dtype=dtype,
+    )
     if selection.down_proj is not None:
         try:
             load_down_proj(small, get_arch_spec(model.config), selection.down_proj)

@@ -33,20 +33,29 @@ def generate_calibration_texts(
         raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples} and {max_new_tokens}")
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start_id is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start sampling from: pass calibration text")
+        raise ValueError(
+            "the tokenizer has neither a BOS nor an EOS token to start sampling from: pass calibration text"
+        )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     texts = []
     batch = 8
-    with tqdm(total=num_samples * max_new_tokens, desc="Sampling calibration text", unit="tok",
-              disable=not progress) as bar:
+    with tqdm(
+        total=num_samples * max_new_tokens, desc="Sampling calibration text", unit="tok", disable=not progress
+    ) as bar:
         try:
             for first in range(0, num_samples, batch):
                 n = min(batch, num_samples - first)
                 start = torch.full((n, 1), start_id, device=model.device)
-                out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=50,
-                                     max_new_tokens=max_new_tokens, pad_token_id=start_id,
-                                     logits_processor=LogitsProcessorList([_Ticker(bar, n)]))
+                out = model.generate(
+                    start,
+                    attention_mask=torch.ones_like(start),
+                    do_sample=True,
+                    top_k=50,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=start_id,
+                    logits_processor=LogitsProcessorList([_Ticker(bar, n)]),
+                )
                 texts += tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)
                 bar.update((first + n) * max_new_tokens - bar.n)  # a batch that stopped early counts whole
         finally:

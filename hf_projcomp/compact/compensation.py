@@ -31,7 +31,9 @@ REFIT_RIDGE = 0.1
 
 
 @torch.no_grad()
-def refit_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge: float = REFIT_RIDGE) -> torch.Tensor:
+def refit_columns(
+    weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge: float = REFIT_RIDGE
+) -> torch.Tensor:
     """The kept columns of ``weight`` (out × d_ff) refitted to reproduce the full product on ``gram``
     (d_ff × d_ff); returns out × len(kept), in float64. The ridge damps the correction, so a large
     one leaves the kept columns as they were."""
@@ -73,8 +75,11 @@ def refit_down_proj(
         kept = torch.as_tensor(kept)
         weight = layers[i].get_submodule(spec.ffn_down).weight
         weight = weight.mT if transposed else weight
-        fitted = (weight[:, kept.to(weight.device)] if len(kept) == grams.shape[-1]
-                  else refit_columns(weight, grams[i], kept, ridge).to(weight.device))
+        fitted = (
+            weight[:, kept.to(weight.device)]
+            if len(kept) == grams.shape[-1]
+            else refit_columns(weight, grams[i], kept, ridge).to(weight.device)
+        )
         weights.append((fitted.mT if transposed else fitted).float().contiguous())
     return weights
 
@@ -86,13 +91,14 @@ def load_down_proj(small: PreTrainedModel, spec: ArchSpec, weights: Sequence[tor
     layers = small.get_submodule(spec.layers)
     if len(weights) != len(layers):
         raise ValueError(f"down_proj has {len(weights)} layers, the model {len(layers)}")
-    for i, (layer, weight) in enumerate(zip(layers, weights)):
+    for i, (layer, weight) in enumerate(zip(layers, weights, strict=True)):
         target = layer.get_submodule(spec.ffn_down).weight
         if target.shape != weight.shape:
-            raise ValueError(f"down_proj[{i}] is {tuple(weight.shape)}, the pruned layer's "
-                             f"{tuple(target.shape)}: it belongs to other d_ff channels")
+            raise ValueError(
+                f"down_proj[{i}] is {tuple(weight.shape)}, the pruned layer's "
+                f"{tuple(target.shape)}: it belongs to other d_ff channels"
+            )
         target.copy_(weight)
 
 
 __all__ = ["REFIT_RIDGE", "load_down_proj", "refit_columns", "refit_down_proj"]
-

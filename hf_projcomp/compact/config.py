@@ -70,9 +70,14 @@ class CompactConfig:
 
     def __post_init__(self) -> None:
         if self.split is not None:
-            if (not isinstance(self.split, (tuple, list)) or len(self.split) != 2
-                    or not all(_is_int(v) and v > 0 for v in self.split)):
-                raise ValueError(f"split must be (vocab_size, intermediate_size), two positive ints, got {self.split!r}")
+            if (
+                not isinstance(self.split, (tuple, list))
+                or len(self.split) != 2
+                or not all(_is_int(v) and v > 0 for v in self.split)
+            ):
+                raise ValueError(
+                    f"split must be (vocab_size, intermediate_size), two positive ints, got {self.split!r}"
+                )
             self.split = tuple(self.split)
         else:  # the budget is checked against the model by resolve_budget
             if isinstance(self.target_params, bool) or not isinstance(self.target_params, (int, float)):
@@ -92,8 +97,9 @@ class CompactConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         fractions = tuple(self.ffn_fractions)
-        if not fractions or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
-                                    for f in fractions):
+        if not fractions or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions
+        ):
             raise ValueError(f"ffn_fractions must be fractions in (0, 1], got {self.ffn_fractions!r}")
         self.ffn_fractions = fractions
         if not isinstance(self.text_column, str):

@@ -97,7 +97,9 @@ def calibration_scripts(chars: Counter[str], min_share: float = SCRIPT_MIN_SHARE
     return {s for s, n in letters.items() if n >= min_share * total}
 
 
-def rank_prior(pieces: list[str], chars: Counter[str], vocab_size: int, offset: float = RANK_PRIOR_OFFSET) -> torch.Tensor:
+def rank_prior(
+    pieces: list[str], chars: Counter[str], vocab_size: int, offset: float = RANK_PRIOR_OFFSET
+) -> torch.Tensor:
     """The tokenizer's own unigram prior: BPE numbers its merges, and SentencePiece its pieces, in order
     of frequency in the tokenizer's training corpus, so the id order ranks tokens (code, names, word
     forms) that a calibration text never shows. Over the tokens whose letters all belong to the

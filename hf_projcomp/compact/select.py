@@ -39,7 +39,13 @@ from .budget import Split, candidate_splits, resolve_budget
 from .compensation import load_down_proj, refit_down_proj
 from .config import CompactConfig
 from .ranking import (
-    RARE_NEXT_COUNT, alphabet_mask, character_counts, frequent_characters, rank_prior, script_letters, token_ranking,
+    RARE_NEXT_COUNT,
+    alphabet_mask,
+    character_counts,
+    frequent_characters,
+    rank_prior,
+    script_letters,
+    token_ranking,
     token_texts,
 )
 
@@ -119,15 +125,22 @@ def compact_select(
     check_vocabularies(model, tokenizer)
     mismatches = special_token_mismatches(model.config, getattr(model, "generation_config", None), tokenizer)
     if mismatches:  # said now, not after the pruning, when save_compressed refuses the result
-        logger.warning("%s: the pruned model inherits this and save_compressed will refuse it; %s",
-                       "; ".join(mismatches), SPECIAL_TOKEN_FIX)
+        logger.warning(
+            "%s: the pruned model inherits this and save_compressed will refuse it; %s",
+            "; ".join(mismatches),
+            SPECIAL_TOKEN_FIX,
+        )
     budget = None if config.split is not None else resolve_budget(model, config.target_params)
     heldout_tokens = config.heldout_tokens
 
     # One token stream: held-out tail for choosing the split, the rest for statistics. Texts past
     # what it needs are never read (a streamed dataset may be endless).
-    texts, stream = read_tokens(tokenizer, iter_calibration_texts(calibration_data, config.text_column),
-                                config.frequency_tokens + heldout_tokens, progress=progress)
+    texts, stream = read_tokens(
+        tokenizer,
+        iter_calibration_texts(calibration_data, config.text_column),
+        config.frequency_tokens + heldout_tokens,
+        progress=progress,
+    )
     bos = tokenizer.bos_token_id
     stream = torch.tensor(([bos] if bos is not None else []) + stream, dtype=torch.long)
     if len(stream) < 2 * heldout_tokens:
@@ -157,8 +170,9 @@ def compact_select(
             )
         splits = [Split(vocab, inter, count_target_parameters(model, model.config.hidden_size, inter, vocab))]
     else:
-        splits = candidate_splits(model, budget, min_vocab, config.ffn_fractions if prune_vocabulary else (),
-                                  max_mixed=MAX_MIXED_CANDIDATES)
+        splits = candidate_splits(
+            model, budget, min_vocab, config.ffn_fractions if prune_vocabulary else (), max_mixed=MAX_MIXED_CANDIDATES
+        )
     if not splits:
         kept = "required tokens" if prune_vocabulary else "tokens of the unpruned vocabulary"
         raise ValueError(
@@ -181,21 +195,28 @@ def compact_select(
         logger.info("refit_ffn: the down_proj refit is for dense FFNs; skipped for this mixture of experts")
         refit = False
     # Float32 Gram matrices on the model's device: 0.3 GB for Gemma-3-270M, 2.3 GB for Qwen2.5-0.5B.
-    grams = (torch.zeros(model.config.num_hidden_layers, base_ffn, base_ffn, device=model.device)
-             if refit else None)
+    grams = torch.zeros(model.config.num_hidden_layers, base_ffn, base_ffn, device=model.device) if refit else None
     # From the counted part only: the held-out tail judges the splits, so no statistic may have seen it.
-    sequences = token_sequences(counted[1 if bos is not None else 0 :].tolist(), bos, config.num_sequences,
-                                config.sequence_length)
+    sequences = token_sequences(
+        counted[1 if bos is not None else 0 :].tolist(), bos, config.num_sequences, config.sequence_length
+    )
     activation_tokens = sum(s.numel() for s in sequences)
     scores = activation_importance(
-        model, spec, calibration_batches(sequences), power=2, progress=progress, predicted_mass=predicted_mass,
-        token_weight=lambda ids: kept_mask.to(ids.device)[ids], mass_weight=lambda nxt: rare_next.to(nxt.device)[nxt],
+        model,
+        spec,
+        calibration_batches(sequences),
+        power=2,
+        progress=progress,
+        predicted_mass=predicted_mass,
+        token_weight=lambda ids: kept_mask.to(ids.device)[ids],
+        mass_weight=lambda nxt: rare_next.to(nxt.device)[nxt],
         ffn_gram=grams,
     )
 
     in_alphabet = None
-    floors = ([frequent_characters(tokenizer, config.keep_characters)]
-              if prune_vocabulary and config.keep_characters else [])
+    floors = (
+        [frequent_characters(tokenizer, config.keep_characters)] if prune_vocabulary and config.keep_characters else []
+    )
     prior = None
     if prune_vocabulary:
         pieces, chars = token_texts(tokenizer), character_counts(texts)  # decoding 262k ids takes seconds
@@ -206,12 +227,20 @@ def compact_select(
         if config.vocab_prior:
             prior = rank_prior(pieces, chars, model.config.vocab_size)
     floor = torch.cat(floors).unique() if floors else None
-    ranking = token_ranking(counts, predicted_mass, config.prior_weight, in_alphabet, seen_once=floor,
-                            rank_prior=prior, rank_prior_weight=config.vocab_prior)
+    ranking = token_ranking(
+        counts,
+        predicted_mass,
+        config.prior_weight,
+        in_alphabet,
+        seen_once=floor,
+        rank_prior=prior,
+        rank_prior_weight=config.vocab_prior,
+    )
     ranking = ranking[ranking < len(tokenizer)].tolist()
     pruned = {
         s.vocab_size: pruner.prune(ranking, max_vocab_size=s.vocab_size)
-        if s.vocab_size < model.config.vocab_size else (tokenizer, None)
+        if s.vocab_size < model.config.vocab_size
+        else (tokenizer, None)
         for s in splits
     }
 
@@ -232,13 +261,18 @@ def compact_select(
             del small
         vocab_size = candidate.vocab_size if kept_ids is None else len(kept_ids)
         results[(vocab_size, candidate.intermediate_size)] = bpb
-        logger.info("candidate vocab %d, d_ff %d: %.4f bits/byte on held-out calibration text",
-                    vocab_size, candidate.intermediate_size, bpb)
+        logger.info(
+            "candidate vocab %d, d_ff %d: %.4f bits/byte on held-out calibration text",
+            vocab_size,
+            candidate.intermediate_size,
+            bpb,
+        )
         if best is None or bpb < best[0]:
             best = (bpb, candidate, small_tok, kept_ids, ffn, down_proj)
     _, chosen, small_tok, kept_ids, ffn, down_proj = best
-    return CompactSelection(config, chosen, results, len(counted), activation_tokens, kept_ids, ffn, scores, small_tok,
-                            down_proj)
+    return CompactSelection(
+        config, chosen, results, len(counted), activation_tokens, kept_ids, ffn, scores, small_tok, down_proj
+    )
 
 
 __all__ = ["CompactSelection", "compact_select"]

@@ -49,7 +49,7 @@ class _Unit(nn.Module):
         self.projections = nn.ModuleList(projections.values())
 
     def forward(self) -> dict[str, torch.Tensor]:
-        return {name: proj() for name, proj in zip(self.names, self.projections)}
+        return {name: proj() for name, proj in zip(self.names, self.projections, strict=True)}
 
 
 class ShardedProjections(nn.Module):
@@ -80,15 +80,17 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
 
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("shard() needs torch.distributed initialised: run under torchrun and call "
-                           "torch.distributed.init_process_group first")
+        raise RuntimeError(
+            "shard() needs torch.distributed initialised: run under torchrun and call "
+            "torch.distributed.init_process_group first"
+        )
     pc = unwrap(model)
     if pc.sharded_projections is not None:
         raise ValueError("this model is already sharded")
     # One unit per decoder layer; the embedding and the LM head (the largest tensors) one each.
     groups: dict[int | str, dict[str, nn.Module]] = {}
     owners: dict[int | str, dict[int, nn.Module]] = {}
-    for entry, proj in zip(pc.plan.weights, pc.projections.values()):
+    for entry, proj in zip(pc.plan.weights, pc.projections.values(), strict=True):
         path = entry.name.rsplit(".", 1)[0]
         key = path if entry.layer is None else entry.layer
         groups.setdefault(key, {})[entry.name] = proj
@@ -138,7 +140,11 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
     params = [p for p in unwrap(model).trainable_parameters() if p.grad is not None]
     sharded = [p.grad.to_local() for p in params if hasattr(p.grad, "to_local")]
     local = [p.grad for p in params if not hasattr(p.grad, "to_local")]
-    squares = torch.stack([g.double().pow(2).sum() for g in sharded]).sum() if sharded else torch.zeros((), dtype=torch.float64)
+    squares = (
+        torch.stack([g.double().pow(2).sum() for g in sharded]).sum()
+        if sharded
+        else torch.zeros((), dtype=torch.float64)
+    )
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(squares)  # each rank holds its own shards
     squares = squares + sum((g.double().pow(2).sum() for g in local), torch.zeros((), dtype=torch.float64))
@@ -191,13 +197,17 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     or not. Call it on every rank: rank 0 gets the state (on CPU), the others an empty dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    by_name = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    by_name = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if not by_name:
         return {}
     position = {name: i for i, name in enumerate(_names_in_order(model, optimizer))}
     return {
         "state": {position[name]: state for name, state in by_name["state"].items()},
-        "param_groups": [{**group, "params": [position[n] for n in group["params"]]} for group in by_name["param_groups"]],
+        "param_groups": [
+            {**group, "params": [position[n] for n in group["params"]]} for group in by_name["param_groups"]
+        ],
     }
 
 
@@ -234,6 +244,13 @@ def save_sharded(model: nn.Module, save_directory: str, **kwargs: Any) -> None:
 
 
 __all__ = [
-    "ShardedProjections", "clip_grad_norm_", "full_adapter_state_dict", "full_adapter_state_dict_names",
-    "full_optimizer_state_dict", "load_full_adapter_state_dict", "load_full_optimizer_state_dict", "save_sharded", "shard",
+    "ShardedProjections",
+    "clip_grad_norm_",
+    "full_adapter_state_dict",
+    "full_adapter_state_dict_names",
+    "full_optimizer_state_dict",
+    "load_full_adapter_state_dict",
+    "load_full_optimizer_state_dict",
+    "save_sharded",
+    "shard",
 ]

@@ -7,6 +7,16 @@ from .save import save_compressed
 from .verify import VerificationError, check_checkpoint, check_tokenizer, verify_checkpoint
 
 __all__ = [
-    "METHODS", "CompressionSummary", "GGUFExportError", "HubError", "VerificationError", "check_checkpoint",
-    "check_tokenizer", "push_to_hub", "render_model_card", "save_compressed", "save_gguf", "verify_checkpoint",
+    "METHODS",
+    "CompressionSummary",
+    "GGUFExportError",
+    "HubError",
+    "VerificationError",
+    "check_checkpoint",
+    "check_tokenizer",
+    "push_to_hub",
+    "render_model_card",
+    "save_compressed",
+    "save_gguf",
+    "verify_checkpoint",
 ]

@@ -58,12 +58,23 @@ class CompressionSummary:
 
     @classmethod
     def from_configs(
-        cls, method: str, base_config: PretrainedConfig, config: PretrainedConfig, base_parameters: int,
-        parameters: int, **kwargs: Any,
+        cls,
+        method: str,
+        base_config: PretrainedConfig,
+        config: PretrainedConfig,
+        base_parameters: int,
+        parameters: int,
+        **kwargs: Any,
     ) -> CompressionSummary:
-        return cls(method=method, base_model=kwargs.pop("base_model", None) or hub_id_of(base_config.name_or_path),
-                   parameters_before=base_parameters, parameters_after=parameters,
-                   base_config=base_config.to_dict(), config=config.to_dict(), **kwargs)
+        return cls(
+            method=method,
+            base_model=kwargs.pop("base_model", None) or hub_id_of(base_config.name_or_path),
+            parameters_before=base_parameters,
+            parameters_after=parameters,
+            base_config=base_config.to_dict(),
+            config=config.to_dict(),
+            **kwargs,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +105,9 @@ def project_url() -> str | None:
     return None
 
 
-def render_model_card(summary: CompressionSummary, repo_id: str | None = None, local_name: str | None = None) -> ModelCard:
+def render_model_card(
+    summary: CompressionSummary, repo_id: str | None = None, local_name: str | None = None
+) -> ModelCard:
     """The card: YAML metadata (base_model, library_name, tags) and a body from the template.
 
     The usage snippet loads ``repo_id``, or ``local_name`` (the directory's name) until it is pushed:
@@ -108,8 +121,11 @@ def render_model_card(summary: CompressionSummary, repo_id: str | None = None, l
         pipeline_tag="text-generation",
         tags=tags,
     )
-    sizes = [(name, summary.base_config.get(name), summary.config.get(name)) for name in SIZE_FIELDS
-             if name in summary.config]
+    sizes = [
+        (name, summary.base_config.get(name), summary.config.get(name))
+        for name in SIZE_FIELDS
+        if name in summary.config
+    ]
     base_name = summary.base_model or summary.base_config.get("model_type", "model")
     return ModelCard.from_template(
         data,

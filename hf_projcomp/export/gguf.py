@@ -27,8 +27,12 @@ from .gguf_vocab import GGUFVocab, gguf_vocab
 
 # outtype -> (GGML type of 2-D weights, llama.cpp file type). 1-D tensors (norms, biases) stay F32,
 # and a Q8_0 weight whose rows don't split into 32-value blocks falls back to F16, as the converter does.
-OUTTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
-            "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+OUTTYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
 
 
 _PLAIN = ("F32", "F16")  # stored as the numpy array itself; the others go through gguf.quants
@@ -105,8 +109,10 @@ def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
         layers = getattr(config, "no_rope_layers", None)
         fixed = [int((i + 1) % spec.no_rope_every != 0) for i in range(config.num_hidden_layers)]
         if layers is not None and list(layers) != fixed:
-            raise GGUFExportError(f"no_rope_layers={list(layers)}: llama.cpp's {spec.arch.lower()} skips RoPE in "
-                                  f"every {spec.no_rope_every}th layer only ({fixed})")
+            raise GGUFExportError(
+                f"no_rope_layers={list(layers)}: llama.cpp's {spec.arch.lower()} skips RoPE in "
+                f"every {spec.no_rope_every}th layer only ({fixed})"
+            )
     return _ResolvedSpec(spec)
 
 
@@ -226,8 +232,10 @@ def _split_fused(model: PreTrainedModel, spec: GGUFSpec) -> list[tuple[str, torc
     """(name, float32 tensor) of every parameter (tied ones once, as the embedding), fused linears
     split into the parts ``spec.splits`` names."""
     config = model.config
-    rows = {"q": config.num_attention_heads * head_dim(config),
-            "kv": (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim(config)}
+    rows = {
+        "q": config.num_attention_heads * head_dim(config),
+        "kv": (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim(config),
+    }
     out = []
     for name, param in model.named_parameters():
         data = param.detach().to(torch.float32).cpu()
@@ -238,13 +246,15 @@ def _split_fused(model: PreTrainedModel, spec: GGUFSpec) -> list[tuple[str, torc
             continue
         prefix = module_path.removesuffix(next(path for path, _ in spec.splits if module_path.endswith(path)))
         sizes = [data.shape[0] // 2 if size == "half" else rows[size] for _, size in fused]
-        out.extend((f"{prefix}{path}.{suffix}", part) for (path, _), part in zip(fused, data.split(sizes)))
+        out.extend((f"{prefix}{path}.{suffix}", part) for (path, _), part in zip(fused, data.split(sizes), strict=True))
     return out
 
 
 def _interleave_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Rows of each head from rotate-half order (HF) to interleaved pairs (llama.cpp's llama rope)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def _llama3_rope_factors(config: Any) -> np.ndarray | None:
@@ -269,8 +279,9 @@ def _llama3_rope_factors(config: Any) -> np.ndarray | None:
     return np.asarray(factors, dtype=np.float32)
 
 
-def verify_gguf(path: str | os.PathLike, metadata: dict[str, tuple[Any, Any, Any]],
-                tensors: dict[str, tuple[np.ndarray, Any]]) -> None:
+def verify_gguf(
+    path: str | os.PathLike, metadata: dict[str, tuple[Any, Any, Any]], tensors: dict[str, tuple[np.ndarray, Any]]
+) -> None:
     """Read ``path`` back and compare every key and tensor with what was meant to be written;
     ``GGUFExportError`` naming the first difference."""
     import gguf
@@ -299,4 +310,4 @@ def verify_gguf(path: str | os.PathLike, metadata: dict[str, tuple[Any, Any, Any
             raise GGUFExportError(f"{path}: tensor {name} reads back different from the model's")
 
 
-__all__ = ["GGUFExportError", "OUTTYPES", "gguf_metadata", "gguf_tensors", "save_gguf", "verify_gguf"]
+__all__ = ["OUTTYPES", "GGUFExportError", "gguf_metadata", "gguf_tensors", "save_gguf", "verify_gguf"]

@@ -27,11 +27,9 @@ NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 # The split regex of a byte-level pre-tokenizer -> llama.cpp's name for it (llama-vocab.cpp).
 PRE_TOKENIZERS = {
     # Llama-3 (and 3.1/3.2): digits in groups of up to three.
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",  # noqa: E501 (llama.cpp's regex, verbatim)
     # Qwen2 / Qwen2.5 / Qwen3: single digits.
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "qwen2",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",  # noqa: E501 (llama.cpp's regex, verbatim)
 }
 GPT2 = "gpt-2"  # ByteLevel with its built-in regex and no Split
 
@@ -108,8 +106,7 @@ def _sentencepiece_vocab(doc: Any, tokenizer: Any) -> GGUFVocab:
         types.append(int(piece.type))
         # Specials get the converter's -1000 (never merged); a byte piece's score is 0 in both.
         scores.append(-1000.0 if piece.type in (CONTROL, USER_DEFINED) else float(piece.score))
-    return GGUFVocab("llama", "default", tokens, types, scores=scores,
-                     add_space_prefix=bool(dummy_prefix(doc.data)))
+    return GGUFVocab("llama", "default", tokens, types, scores=scores, add_space_prefix=bool(dummy_prefix(doc.data)))
 
 
 def _bpe_vocab(doc: Any, pre_tokenizer: str | None) -> GGUFVocab:
@@ -145,4 +142,4 @@ def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
     )
 
 
-__all__ = ["GGUFVocab", "PRE_TOKENIZERS", "gguf_vocab"]
+__all__ = ["PRE_TOKENIZERS", "GGUFVocab", "gguf_vocab"]

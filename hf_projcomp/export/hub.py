@@ -22,7 +22,8 @@ def _is_network_error(err: Exception) -> bool:
     """An HTTP refusal or a transport failure, whichever HTTP client this huggingface_hub uses."""
     clients = ("httpx", "httpx2", "requests", "urllib3")
     return isinstance(err, (HfHubHTTPError, OSError)) or any(
-        cls.__module__.split(".")[0] in clients for cls in type(err).__mro__)
+        cls.__module__.split(".")[0] in clients for cls in type(err).__mro__
+    )
 
 
 def push_to_hub(
@@ -56,12 +57,16 @@ def push_to_hub(
         )
     check_checkpoint(root)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.relative_to(root).parts[0].startswith("."))
-    operations = [CommitOperationAdd(path_in_repo=p.relative_to(root).as_posix(), path_or_fileobj=str(p)) for p in files]
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(root).as_posix(), path_or_fileobj=str(p)) for p in files
+    ]
     # The card's usage snippet named the local directory; on the Hub it loads the repo.
     card = (root / "README.md").read_text(encoding="utf-8")
     card = card.replace(f'from_pretrained("{root.name}")', f'from_pretrained("{repo_id}")')
-    operations = [op if op.path_in_repo != "README.md" else CommitOperationAdd("README.md", card.encode("utf-8"))
-                  for op in operations]
+    operations = [
+        op if op.path_in_repo != "README.md" else CommitOperationAdd("README.md", card.encode("utf-8"))
+        for op in operations
+    ]
     token = token or get_token()
     if not token:
         raise ValueError("no Hugging Face token: pass one (--token), set HF_TOKEN, or log in with `hf auth login`")

@@ -7,14 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from ..target import SPECIAL_TOKEN_FIELDS
 from ..vocab.files import PROBE_TEXTS, side_file_mismatches
 
 # What to do about a special_token_mismatches finding (told by the verifier and, earlier, by COMPACT).
-SPECIAL_TOKEN_FIX = ("make them agree before saving, e.g. model.config.pad_token_id = "
-                     "model.generation_config.pad_token_id = tokenizer.pad_token_id")
+SPECIAL_TOKEN_FIX = (
+    "make them agree before saving, e.g. model.config.pad_token_id = "
+    "model.generation_config.pad_token_id = tokenizer.pad_token_id"
+)
 
 
 class VerificationError(RuntimeError):
@@ -38,8 +47,10 @@ def special_token_mismatches(config: PretrainedConfig, generation_config: Any, t
             ids = value if isinstance(value, (list, tuple)) else [value]
             names = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
             if str(token) not in names:
-                problems.append(f"{source}.{field} = {value} names {names}, but the tokenizer's "
-                                f"{field.removesuffix('_id')} is {str(token)!r}")
+                problems.append(
+                    f"{source}.{field} = {value} names {names}, but the tokenizer's "
+                    f"{field.removesuffix('_id')} is {str(token)!r}"
+                )
     return problems
 
 
@@ -64,8 +75,9 @@ def check_checkpoint(directory: str | Path) -> None:
     try:
         config = AutoConfig.from_pretrained(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        generation = (GenerationConfig.from_pretrained(directory)
-                      if (directory / "generation_config.json").is_file() else None)
+        generation = (
+            GenerationConfig.from_pretrained(directory) if (directory / "generation_config.json").is_file() else None
+        )
     except Exception as err:  # any load failure means the files are unusable
         raise VerificationError(f"{directory} does not load: {err}") from err
     check_tokenizer(config, generation, tokenizer, directory)
@@ -110,7 +122,8 @@ def verify_checkpoint(
         if expected[key] != got[key]:
             detail = "" if key in ("ids", "decoded") else f": {expected[key]!r} in memory, {got[key]!r} reloaded"
             raise VerificationError(
-                f"AutoTokenizer reloads the written tokenizer as a {type(reloaded_tok).__name__} whose {key} differ{detail}"
+                f"AutoTokenizer reloads the written tokenizer as a {type(reloaded_tok).__name__} "
+                f"whose {key} differ{detail}"
             )
     check_tokenizer(reloaded.config, reloaded.generation_config, reloaded_tok, directory)
     if type(reloaded) is not type(model) or reloaded.dtype != model.dtype:

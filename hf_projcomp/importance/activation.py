@@ -50,8 +50,9 @@ def activation_importance(
         raise ValueError("ffn_gram is for dense FFNs; this model is a mixture of experts")
     device = next(model.parameters()).device
     hidden = torch.zeros(config.hidden_size, dtype=torch.float64, device=device)
-    ffn = torch.zeros(config.num_hidden_layers, *spec.ffn_groups(config), ffn_size(config), dtype=torch.float64,
-                      device=device)
+    ffn = torch.zeros(
+        config.num_hidden_layers, *spec.ffn_groups(config), ffn_size(config), dtype=torch.float64, device=device
+    )
     weights: list[torch.Tensor] = []  # the current batch's per-position weights, shape (B, T, 1)
 
     def accumulate(acc: torch.Tensor, x: torch.Tensor) -> None:

@@ -117,8 +117,14 @@ def load_calibration_texts(data: Any, text_column: str = "text") -> list[str]:
 
 
 def read_tokens(
-    tokenizer: Any, texts: Iterable[str], max_tokens: int | None, progress: bool = True, *,
-    add_special_tokens: bool = False, desc: str = "Tokenising calibration text", name: str = "calibration_data",
+    tokenizer: Any,
+    texts: Iterable[str],
+    max_tokens: int | None,
+    progress: bool = True,
+    *,
+    add_special_tokens: bool = False,
+    desc: str = "Tokenising calibration text",
+    name: str = "calibration_data",
 ) -> tuple[list[str], list[int]]:
     """Tokenise ``texts`` one by one (no special tokens, unless ``add_special_tokens``) until
     ``max_tokens`` are gathered (``None``: all of them).
@@ -238,8 +244,9 @@ def calibration_batches(
     if is_text(data):
         if tokenizer is None:
             raise TypeError("calibration_data is text: pass tokenizer=... to tokenise it (or pass token ids)")
-        sequences = tokenize_calibration(tokenizer, data, num_sequences or DEFAULT_NUM_SEQUENCES, sequence_length,
-                                         progress=progress)
+        sequences = tokenize_calibration(
+            tokenizer, data, num_sequences or DEFAULT_NUM_SEQUENCES, sequence_length, progress=progress
+        )
         return [_as_batch(torch.cat(sequences[i : i + batch_size])) for i in range(0, len(sequences), batch_size)]
     if _is_dataset(data):
         streamed = not hasattr(data, "__len__")

@@ -87,8 +87,10 @@ def attach_saved_tokenizer(config: ProjCompConfig, prunes_vocabulary: bool) -> N
         return
     source = config.__dict__.get("_adapter_source")
     if source is None:
-        raise ValueError("this adapter prunes the vocabulary: load it with ProjCompConfig.from_pretrained or "
-                         "PeftModel.from_pretrained, so its tokenizer is read with it")
+        raise ValueError(
+            "this adapter prunes the vocabulary: load it with ProjCompConfig.from_pretrained or "
+            "PeftModel.from_pretrained, so its tokenizer is read with it"
+        )
     path, subfolder, kwargs = source
     options = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
     config.__dict__["_tokenizer"] = AutoTokenizer.from_pretrained(path, subfolder=subfolder or "", **options)

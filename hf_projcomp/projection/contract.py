@@ -19,13 +19,31 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 # What Trainer, TRL and PEFT read of the model that runs (the compressed network); looked up there.
-COMPRESSED_ATTRIBUTES = frozenset({
-    "generation_config", "main_input_name", "get_input_embeddings", "get_output_embeddings", "add_model_tags",
-    "model_tags", "enable_input_require_grads", "disable_input_require_grads", "gradient_checkpointing_enable",
-    "gradient_checkpointing_disable", "activation_checkpointing_enable", "activation_checkpointing_disable",
-    "is_gradient_checkpointing", "is_activation_checkpointing", "supports_gradient_checkpointing",
-    "prepare_inputs_for_generation", "can_generate", "dtype", "device", "num_parameters", "warnings_issued",
-})
+COMPRESSED_ATTRIBUTES = frozenset(
+    {
+        "generation_config",
+        "main_input_name",
+        "get_input_embeddings",
+        "get_output_embeddings",
+        "add_model_tags",
+        "model_tags",
+        "enable_input_require_grads",
+        "disable_input_require_grads",
+        "gradient_checkpointing_enable",
+        "gradient_checkpointing_disable",
+        "activation_checkpointing_enable",
+        "activation_checkpointing_disable",
+        "is_gradient_checkpointing",
+        "is_activation_checkpointing",
+        "supports_gradient_checkpointing",
+        "prepare_inputs_for_generation",
+        "can_generate",
+        "dtype",
+        "device",
+        "num_parameters",
+        "warnings_issued",
+    }
+)
 # What describes the checkpoint the adapter was built on; looked up on the base.
 BASE_ATTRIBUTES = frozenset({"name_or_path"})
 
@@ -147,7 +165,9 @@ class SingleAdapterTuner(BaseTuner):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
 
 
-__all__ = ["AdapterState", "BASE_ATTRIBUTES", "COMPRESSED_ATTRIBUTES", "SingleAdapterTuner"]
+__all__ = ["BASE_ATTRIBUTES", "COMPRESSED_ATTRIBUTES", "AdapterState", "SingleAdapterTuner"]

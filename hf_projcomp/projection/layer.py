@@ -42,7 +42,7 @@ class _ProjectedWeight(torch.autograd.Function):
     alive anyway) and at most one float32 product, instead of autograd's float32 cast of ``W``."""
 
     @staticmethod
-    def forward(ctx, weight, p_in, p_out, a, scale):  # noqa: D102
+    def forward(ctx, weight, p_in, p_out, a, scale):
         chunks = p_out.shape[-3] if p_out is not None else 1
         view = (*weight.shape[:-2], chunks, -1, weight.shape[-1])  # ([experts,] chunks, out_base, in_base)
         w = weight.to(a.dtype).reshape(view)
@@ -69,7 +69,7 @@ class _ProjectedWeight(torch.autograd.Function):
         return a + (product * scale if scale != 1.0 else product)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         weight, p_in, p_out, left, right = ctx.saved_tensors
         need_in, need_out, need_a = ctx.needs_input_grad[1:4]
         g = grad.reshape(ctx.product_shape)  # ([experts,] chunks, out_target, in_target)
@@ -215,7 +215,11 @@ class Projection(nn.Module):
             weight = self._project(leaves)
 
         def vjp(grad: torch.Tensor) -> dict[str, torch.Tensor]:
-            return dict(zip(leaves, torch.autograd.grad(weight, list(leaves.values()), grad, retain_graph=reusable)))
+            return dict(
+                zip(
+                    leaves, torch.autograd.grad(weight, list(leaves.values()), grad, retain_graph=reusable), strict=True
+                )
+            )
 
         return weight.detach(), vjp
 

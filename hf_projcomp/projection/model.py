@@ -36,11 +36,11 @@ from ..hard_pruning import pruned_tensors
 from ..peft_integration import register, require_registered
 from ..plan import Selection, build_plan
 from ..target import build_target_model, instantiate
+from .adapter_files import check_base_matches, current_key, record_base, resolve_selection
 from .contract import AdapterState, SingleAdapterTuner
 from .layer import Projection
 from .patches import mirror_forward_patch
 from .step import AmortizedStep, refuse_unsynchronised_ranks
-from .adapter_files import check_base_matches, current_key, record_base, resolve_selection
 
 
 def _key(param_name: str) -> str:
@@ -50,7 +50,11 @@ def _key(param_name: str) -> str:
 
 def _checkpointing(model: PreTrainedModel) -> bool:
     # Later transformers 5 releases renamed is_gradient_checkpointing (deprecated) is_activation_checkpointing.
-    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
     return bool(getattr(model, flag))
 
 
@@ -120,11 +124,17 @@ class ProjCompModel(SingleAdapterTuner):
         device = next(model.parameters()).device
         self.register_buffer("selection_hidden", selection.hidden.to(device, copy=True))
         self.register_buffer("selection_ffn", torch.stack(selection.ffn).to(device))
-        self.register_buffer("selection_vocab", None if selection.vocab is None else selection.vocab.to(device, copy=True))
+        self.register_buffer(
+            "selection_vocab", None if selection.vocab is None else selection.vocab.to(device, copy=True)
+        )
         self.plan = build_plan(model, spec, selection.hidden_size)
         self.projections = self._build_projections(model, selection)
-        self.step = AmortizedStep(self.projections.values(), [entry.name for entry in self.plan.weights],
-                                  lambda: self.sharded_projections, lambda: (p for _, p in self.adapter_parameters()))
+        self.step = AmortizedStep(
+            self.projections.values(),
+            [entry.name for entry in self.plan.weights],
+            lambda: self.sharded_projections,
+            lambda: (p for _, p in self.adapter_parameters()),
+        )
         if _meta_init():  # PeftModel.from_pretrained(..., low_cpu_mem_usage=True): built once loaded
             with torch.no_grad():
                 self.compressed = build_target_model(model, selection, {}, dtype=torch.float32, empty=True)
@@ -135,8 +145,9 @@ class ProjCompModel(SingleAdapterTuner):
         """The compressed network, as the hard-pruned model at ``selection`` (its planned weights are only
         placeholders for W_c), in float32 whatever the base holds, like P and A; ``loaded``: norms to keep."""
         with torch.no_grad():
-            small = build_target_model(self.model, selection, pruned_tensors(self.model, self.plan, selection),
-                                       dtype=torch.float32)
+            small = build_target_model(
+                self.model, selection, pruned_tensors(self.model, self.plan, selection), dtype=torch.float32
+            )
             if loaded:
                 small.load_state_dict(loaded, strict=False)
         small.name_or_path = getattr(self.model, "name_or_path", "")
@@ -180,8 +191,11 @@ class ProjCompModel(SingleAdapterTuner):
     @property
     def source_model(self) -> PreTrainedModel:
         """Deprecated name of :attr:`model` (the frozen base), kept for one release."""
-        warnings.warn("ProjCompModel.source_model is deprecated: use .model (PEFT's name for the base)",
-                      FutureWarning, stacklevel=2)
+        warnings.warn(
+            "ProjCompModel.source_model is deprecated: use .model (PEFT's name for the base)",
+            FutureWarning,
+            stacklevel=2,
+        )
         return self.model
 
     @property
@@ -241,7 +255,8 @@ class ProjCompModel(SingleAdapterTuner):
             refuse_unsynchronised_ranks()
             # Checkpointed layers recompute in backward, after functional_call would have put the placeholders
             # back. So W_c goes into the weights themselves, as in the amortised step, and every backward
-            # sends its ∂L/∂W_c straight on into P and A (AmortizedStep.push_after_backward): per micro-batch, as autograd
+            # sends its ∂L/∂W_c straight on into P and A (AmortizedStep.push_after_backward): per micro-batch, as
+            # autograd
             # through the products would.
             self.materialize(push_after_backward=True)
             return self.compressed(**kwargs)
@@ -344,7 +359,11 @@ class ProjCompModel(SingleAdapterTuner):
     # -- merge -----------------------------------------------------------------------------------
     @torch.no_grad()
     def merge_and_unload(
-        self, dtype: torch.dtype | None = None, *, progressbar: bool = False, safe_merge: bool = False,
+        self,
+        dtype: torch.dtype | None = None,
+        *,
+        progressbar: bool = False,
+        safe_merge: bool = False,
         adapter_names: list[str] | None = None,
     ) -> PreTrainedModel:
         """Compute every ``W_c`` once and return a vanilla model of the base class with the smaller config,
@@ -367,7 +386,11 @@ class ProjCompModel(SingleAdapterTuner):
         return {n: getattr(self.projcomp_config, n) for n in names if getattr(self.projcomp_config, n) is not None}
 
     def save_merged(
-        self, out_dir: str | os.PathLike, tokenizer: Any = None, summary: CompressionSummary | None = None, **kwargs: Any
+        self,
+        out_dir: str | os.PathLike,
+        tokenizer: Any = None,
+        summary: CompressionSummary | None = None,
+        **kwargs: Any,
     ) -> Path:
         """:meth:`merge_and_unload`, then :func:`~hf_projcomp.export.save_compressed`: config, safetensors,
         tokenizer (the pruned one when the vocabulary shrank) and model card, written atomically and
@@ -382,11 +405,20 @@ class ProjCompModel(SingleAdapterTuner):
         """What the model card of ``merged`` reports: base, sizes, settings and the training data and
         tokens the adapter recorded; ``kwargs`` add to or override those fields."""
         config = self.projcomp_config
-        fields = {"base_model": config.base_model_name_or_path, "settings": self.card_settings(),
-                  "training_data": config.training_data, "training_tokens": config.training_tokens, **kwargs}
+        fields = {
+            "base_model": config.base_model_name_or_path,
+            "settings": self.card_settings(),
+            "training_data": config.training_data,
+            "training_tokens": config.training_tokens,
+            **kwargs,
+        }
         return CompressionSummary.from_configs(
-            "projected-compression", self.model.config, merged.config, self.model.num_parameters(),
-            merged.num_parameters(), **fields,
+            "projected-compression",
+            self.model.config,
+            merged.config,
+            self.model.num_parameters(),
+            merged.num_parameters(),
+            **fields,
         )
 
     # -- save / load -----------------------------------------------------------------------------
@@ -429,8 +461,14 @@ class ProjCompModel(SingleAdapterTuner):
 
     # -- PEFT's hooks: which state-dict entries are the adapter's, and how checkpoint keys map back --
     @classmethod
-    def _get_adapter_state_dict(cls, model: nn.Module, config: ProjCompConfig, adapter_name: str,
-                                state_dict: dict[str, torch.Tensor], unwanted_adapter_names: list[str]) -> dict:
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: ProjCompConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict:
         # This tuner's state_dict() is its adapter already (base weights never enter it).
         return {k: v for k, v in state_dict.items() if k.startswith("base_model.")}
 
@@ -439,8 +477,9 @@ class ProjCompModel(SingleAdapterTuner):
         return key  # one adapter per model: keys carry no adapter name
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: ProjCompConfig, adapter_name: str,
-                                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: ProjCompConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         return {current_key(k): v for k, v in state_dict.items()}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import types
+
 from torch import nn
 
 

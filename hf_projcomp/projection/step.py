@@ -29,8 +29,13 @@ class AmortizedStep:
         norms: the replicated trainable parameters whose gradients are averaged over ranks when sharded.
     """
 
-    def __init__(self, projections: Iterable[nn.Module], names: list[str], sharded: Callable[[], Any],
-                 norms: Callable[[], Iterable[nn.Parameter]]) -> None:
+    def __init__(
+        self,
+        projections: Iterable[nn.Module],
+        names: list[str],
+        sharded: Callable[[], Any],
+        norms: Callable[[], Iterable[nn.Parameter]],
+    ) -> None:
         self.projections = list(projections)
         self.names = names
         self.sharded = sharded
@@ -110,8 +115,11 @@ class AmortizedStep:
     def _push_sharded(self) -> None:
         # A backward through each FSDP unit: it gathers its shards again and FSDP reduce-scatters the mean
         # gradient over ranks into P and A. The replicated norms are averaged here.
-        pending = {name: (weight, param.grad) for name, param, weight in self.vjps
-                   if param.grad is not None and weight.requires_grad}
+        pending = {
+            name: (weight, param.grad)
+            for name, param, weight in self.vjps
+            if param.grad is not None and weight.requires_grad
+        }
         # Unit by unit, last first as a backward pass runs: one backward for all of them would gather every
         # unit's shards at once (autograd starts from all the roots together).
         for unit in reversed(self.sharded().units):

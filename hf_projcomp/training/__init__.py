@@ -5,5 +5,13 @@ from .distill import DistillationMixin, Teacher, distillation_kl
 from .recovery import DistillationTrainer, DistillConfig, distill_pruned
 from .trainer import ProjCompTrainer, ProjCompTrainerMixin
 
-__all__ = ["DistillConfig", "DistillationMixin", "DistillationTrainer", "ProjCompTrainer", "ProjCompTrainerMixin",
-           "Teacher", "distill_pruned", "distillation_kl"]
+__all__ = [
+    "DistillConfig",
+    "DistillationMixin",
+    "DistillationTrainer",
+    "ProjCompTrainer",
+    "ProjCompTrainerMixin",
+    "Teacher",
+    "distill_pruned",
+    "distillation_kl",
+]

@@ -39,8 +39,14 @@ class Teacher:
             if getattr(head, "bias", None) is not None:
                 swapped[f"{self.head_name}.bias"] = head.bias.index_select(0, old_ids)
         # tie_weights=False: a tied input embedding keeps every base row (the ids are base ids).
-        out = functional_call(self.base, swapped, (), {"input_ids": input_ids, "attention_mask": attention_mask,
-                                                        "use_cache": False}, tie_weights=False, strict=False)
+        out = functional_call(
+            self.base,
+            swapped,
+            (),
+            {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False},
+            tie_weights=False,
+            strict=False,
+        )
         return out.logits.float()
 
 

@@ -77,11 +77,14 @@ class DistillConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
-                             f"({self.micro_batch_size})")
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
         if self.max_tokens < self.tokens_per_step:
-            raise ValueError(f"max_tokens ({self.max_tokens:,}) is less than one optimizer step "
-                             f"(batch_size × block_size = {self.tokens_per_step:,} tokens)")
+            raise ValueError(
+                f"max_tokens ({self.max_tokens:,}) is less than one optimizer step "
+                f"(batch_size × block_size = {self.tokens_per_step:,} tokens)"
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.warmup_steps < 0:
@@ -93,8 +96,10 @@ class DistillConfig:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.pool_tokens is not None and self.pool_tokens < self.tokens_per_step:
-            raise ValueError(f"pool_tokens must be None or at least one step's {self.tokens_per_step:,} tokens, "
-                             f"got {self.pool_tokens:,}")
+            raise ValueError(
+                f"pool_tokens must be None or at least one step's {self.tokens_per_step:,} tokens, "
+                f"got {self.pool_tokens:,}"
+            )
 
     @property
     def tokens_per_step(self) -> int:
@@ -113,8 +118,16 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
 
-def training_blocks(tokenizer: Any, data: Any, block_size: int, max_tokens: int | None = None,
-                    bos_each_block: bool = False, progress: bool = True, *, name: str = "data") -> Dataset:
+def training_blocks(
+    tokenizer: Any,
+    data: Any,
+    block_size: int,
+    max_tokens: int | None = None,
+    bos_each_block: bool = False,
+    progress: bool = True,
+    *,
+    name: str = "data",
+) -> Dataset:
     """``data`` (any form :func:`~hf_projcomp.importance.calibration.iter_calibration_texts` reads) as
     ``block_size``-token blocks (labels = inputs). Each text is tokenised as the tokenizer does by
     default (a BOS where it adds one), the texts concatenated and cut into blocks; with
@@ -122,8 +135,15 @@ def training_blocks(tokenizer: Any, data: Any, block_size: int, max_tokens: int 
     ``block_size - 1`` text tokens instead. At most ``max_tokens`` are read; later texts are not touched.
     Errors about the text call it ``name``."""
     bos = tokenizer.bos_token_id if bos_each_block else None
-    _, stream = read_tokens(tokenizer, iter_calibration_texts(data, name=name), max_tokens, progress,
-                            add_special_tokens=bos is None, desc="Tokenising training text", name=name)
+    _, stream = read_tokens(
+        tokenizer,
+        iter_calibration_texts(data, name=name),
+        max_tokens,
+        progress,
+        add_special_tokens=bos is None,
+        desc="Tokenising training text",
+        name=name,
+    )
     prefix = [] if bos is None else [bos]
     body = block_size - len(prefix)
     blocks = [prefix + stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
@@ -140,8 +160,14 @@ class DistillationTrainer(DistillationMixin, Trainer):
         distill_temperature: T > 0.
     """
 
-    def __init__(self, *args: Any, teacher: Teacher | None, distill_alpha: float = 1.0,
-                 distill_temperature: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        teacher: Teacher | None,
+        distill_alpha: float = 1.0,
+        distill_temperature: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         self.init_distillation(teacher, distill_alpha, distill_temperature)
         super().__init__(*args, **kwargs)
 
@@ -185,8 +211,10 @@ def distill_pruned(
         vocab_indices = vocab_indices.tolist()
     student_vocab = model.get_input_embeddings().num_embeddings
     if vocab_indices is None and student_vocab != base.get_input_embeddings().num_embeddings:
-        raise ValueError(f"the model's vocabulary ({student_vocab:,}) differs from the base's: pass vocab_indices "
-                         "(CompactSelection.kept_token_ids)")
+        raise ValueError(
+            f"the model's vocabulary ({student_vocab:,}) differs from the base's: pass vocab_indices "
+            "(CompactSelection.kept_token_ids)"
+        )
     if vocab_indices is not None and len(vocab_indices) != student_vocab:
         raise ValueError(f"vocab_indices has {len(vocab_indices):,} ids for a vocabulary of {student_vocab:,}")
     context = getattr(model.config, "max_position_embeddings", None)
@@ -194,33 +222,58 @@ def distill_pruned(
         raise ValueError(f"block_size ({config.block_size}) exceeds the model's max_position_embeddings ({context})")
 
     # A stream is read only as far as the run needs; finite data up to pool_tokens (blocks drawn at random).
-    limit = config.pool_tokens if isinstance(train_data, (str, Sized)) or hasattr(train_data, "__fspath__") \
+    limit = (
+        config.pool_tokens
+        if isinstance(train_data, (str, Sized)) or hasattr(train_data, "__fspath__")
         else config.trained_tokens + config.block_size
-    blocks = training_blocks(tokenizer, train_data, config.block_size, limit, config.bos_each_block, progress=progress,
-                             name="train_data")
+    )
+    blocks = training_blocks(
+        tokenizer, train_data, config.block_size, limit, config.bos_each_block, progress=progress, name="train_data"
+    )
     if len(blocks) < config.batch_size:
-        raise ValueError(f"train_data gives {len(blocks)} blocks of {config.block_size} tokens, fewer than one "
-                         f"step's batch_size ({config.batch_size})")
-    logger.info("Distilling from the base: %d steps of %d tokens, drawn from %d blocks", config.max_steps,
-                config.tokens_per_step, len(blocks))
+        raise ValueError(
+            f"train_data gives {len(blocks)} blocks of {config.block_size} tokens, fewer than one "
+            f"step's batch_size ({config.batch_size})"
+        )
+    logger.info(
+        "Distilling from the base: %d steps of %d tokens, drawn from %d blocks",
+        config.max_steps,
+        config.tokens_per_step,
+        len(blocks),
+    )
 
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     with tempfile.TemporaryDirectory(prefix="hf_projcomp-distill-") as scratch:
         args = TrainingArguments(
-            output_dir=scratch, per_device_train_batch_size=config.micro_batch_size,
+            output_dir=scratch,
+            per_device_train_batch_size=config.micro_batch_size,
             gradient_accumulation_steps=config.batch_size // config.micro_batch_size,
-            learning_rate=config.learning_rate, max_steps=config.max_steps, warmup_steps=config.warmup_steps,
-            lr_scheduler_type=config.lr_scheduler_type, weight_decay=0.0, seed=config.seed,
-            logging_steps=max(1, config.max_steps // 8), save_strategy="no", report_to=[],
-            use_cpu=base.device.type == "cpu", disable_tqdm=not progress,
+            learning_rate=config.learning_rate,
+            max_steps=config.max_steps,
+            warmup_steps=config.warmup_steps,
+            lr_scheduler_type=config.lr_scheduler_type,
+            weight_decay=0.0,
+            seed=config.seed,
+            logging_steps=max(1, config.max_steps // 8),
+            save_strategy="no",
+            report_to=[],
+            use_cpu=base.device.type == "cpu",
+            disable_tqdm=not progress,
         )
         if torch.device(args.device) != base.device:  # the teacher is not moved: it may be shared or large
-            raise ValueError(f"the base is on {base.device} but the Trainer trains on {args.device}: move the base "
-                             f"there first (base.to({str(args.device)!r}))")
+            raise ValueError(
+                f"the base is on {base.device} but the Trainer trains on {args.device}: move the base "
+                f"there first (base.to({str(args.device)!r}))"
+            )
         trainer = DistillationTrainer(
-            model=model, args=args, train_dataset=blocks, data_collator=default_data_collator,
+            model=model,
+            args=args,
+            train_dataset=blocks,
+            data_collator=default_data_collator,
             teacher=Teacher(base, vocab_indices) if config.alpha > 0 else None,
-            distill_alpha=config.alpha, distill_temperature=config.temperature, callbacks=callbacks,
+            distill_alpha=config.alpha,
+            distill_temperature=config.temperature,
+            callbacks=callbacks,
         )
         if not progress:
             trainer.remove_callback(PrinterCallback)

@@ -19,8 +19,8 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from itertools import chain
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -29,9 +29,9 @@ from transformers import HfArgumentParser, TrainingArguments, default_data_colla
 
 from ..config import ProjCompConfig
 from ..distributed import close_process_group
-from ..loading import load_model
 from ..evaluate import bits_per_byte, load_text
 from ..export import save_compressed
+from ..loading import load_model
 from ..mapping import get_projcomp_model
 from ..projection.model import unwrap
 from .trainer import ProjCompTrainer
@@ -47,8 +47,10 @@ class ModelArguments:
     gguf_file: str | None = field(default=None, metadata={"help": "Load this GGUF file from model_name_or_path."})
     dtype: str = field(
         default="auto",
-        metadata={"help": "dtype of the frozen base and of the merged model: auto (the checkpoint's), float32, "
-                  "bfloat16 or float16. P and A train in float32 regardless."},
+        metadata={
+            "help": "dtype of the frozen base and of the merged model: auto (the checkpoint's), float32, "
+            "bfloat16 or float16. P and A train in float32 regardless."
+        },
     )
 
 
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING, format="%(message)s")
     model, tokenizer = load_model(model_args.model_name_or_path, model_args.gguf_file, dtype=model_args.dtype)
     files = data_args.train_file.split(",")
-    eval_text = load_text(data_args.eval_text_file, max_chars=data_args.eval_chars) if data_args.eval_text_file else None
+    eval_text = (
+        load_text(data_args.eval_text_file, max_chars=data_args.eval_chars) if data_args.eval_text_file else None
+    )
     base_bpb = bits_per_byte(model, tokenizer, eval_text) if eval_text else None
 
     config = ProjCompConfig(
@@ -137,9 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     # Recorded in the adapter, so `projcomp merge` can put them on the card later.
     pc.projcomp_config.training_data = ", ".join(Path(f).name for f in files)
-    pc.projcomp_config.training_tokens = (trainer.state.global_step * training.train_batch_size
-                                          * training.gradient_accumulation_steps * training.world_size
-                                          * data_args.block_size)
+    pc.projcomp_config.training_tokens = (
+        trainer.state.global_step
+        * training.train_batch_size
+        * training.gradient_accumulation_steps
+        * training.world_size
+        * data_args.block_size
+    )
     trainer.save_model(training.output_dir)  # the final adapter
 
     # A sharded model (FSDP2) merges on every rank, as each unit gathers its shards; the main process writes.
@@ -147,11 +155,15 @@ def main(argv: list[str] | None = None) -> None:
     small = pc.merge_and_unload() if sharded or trainer.is_world_process_zero() else None
     if trainer.is_world_process_zero():
         summary = pc.compression_summary(
-            small, calibration_data=Path(files[0]).name, eval_data=data_args.eval_text_file, bits_per_byte_before=base_bpb,
+            small,
+            calibration_data=Path(files[0]).name,
+            eval_data=data_args.eval_text_file,
+            bits_per_byte_before=base_bpb,
             bits_per_byte_after=bits_per_byte(small, small_tokenizer, eval_text) if eval_text else None,
         )
-        merged_dir = save_compressed(small, small_tokenizer, os.path.join(training.output_dir, "merged"), summary,
-                                     overwrite=True)
+        merged_dir = save_compressed(
+            small, small_tokenizer, os.path.join(training.output_dir, "merged"), summary, overwrite=True
+        )
         params = f"{summary.parameters_before:,} -> {summary.parameters_after:,} parameters"
         if eval_text:
             params += f"; bits/byte {base_bpb:.4f} -> {summary.bits_per_byte_after:.4f}"

@@ -72,8 +72,13 @@ class ProjCompTrainerMixin:
             self.pc.set_amortized(amortize)
         selection = self.pc.selection()
         check_same_on_all_ranks(
-            (selection.hidden.tolist(), [f.tolist() for f in selection.ffn],
-             None if selection.vocab is None else selection.vocab.tolist()), "selections")
+            (
+                selection.hidden.tolist(),
+                [f.tolist() for f in selection.ffn],
+                None if selection.vocab is None else selection.vocab.tolist(),
+            ),
+            "selections",
+        )
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError(
                 "ProjCompTrainer supports one process, DDP (accelerate launch --multi_gpu) and FSDP2 "
@@ -227,8 +232,9 @@ class ProjCompTrainer(ProjCompTrainerMixin, DistillationMixin, Trainer):
     ) -> None:
         pc = unwrap(model)
         vocab = None if pc.selection_vocab is None else pc.selection_vocab.tolist()
-        self.init_distillation(Teacher(pc.model, vocab) if distill_alpha > 0 else None,
-                               distill_alpha, distill_temperature)
+        self.init_distillation(
+            Teacher(pc.model, vocab) if distill_alpha > 0 else None, distill_alpha, distill_temperature
+        )
         super().__init__(model, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -261,8 +267,11 @@ def _check_checkpoint_selections(pc: ProjCompModel, checkpoint: str) -> None:
         raise ValueError(f"{checkpoint} is not a projected-compression checkpoint (no {WEIGHTS_NAME})")
     with safe_open(path, framework="pt") as f:
         names = set(f.keys())
-        for name, own in (("selection_hidden", pc.selection_hidden), ("selection_ffn", pc.selection_ffn),
-                          ("selection_vocab", pc.selection_vocab)):
+        for name, own in (
+            ("selection_hidden", pc.selection_hidden),
+            ("selection_ffn", pc.selection_ffn),
+            ("selection_vocab", pc.selection_vocab),
+        ):
             key = f"base_model.{name}"
             saved = f.get_tensor(key) if key in names else None
             if (saved is None) != (own is None) or (saved is not None and not torch.equal(saved, own.cpu())):

@@ -8,4 +8,10 @@ from .agreement import segmentation_agreement
 from .prune import VocabularyPruner, prune_tokenizer, required_token_ids
 from .tokenizer_json import VocabularyPruningError
 
-__all__ = ["VocabularyPruner", "VocabularyPruningError", "prune_tokenizer", "required_token_ids", "segmentation_agreement"]
+__all__ = [
+    "VocabularyPruner",
+    "VocabularyPruningError",
+    "prune_tokenizer",
+    "required_token_ids",
+    "segmentation_agreement",
+]

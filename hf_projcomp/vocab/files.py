@@ -93,8 +93,10 @@ def dummy_prefix(data: dict[str, Any]) -> bool | None:
     normalizer, pre = data.get("normalizer"), data.get("pre_tokenizer")
     steps = normalizer.get("normalizers", [normalizer]) if normalizer else []
     kinds = [s.get("type") for s in steps]
-    replace_space = any(s.get("type") == "Replace" and s.get("pattern", {}).get("String") == " "
-                        and s.get("content") == "▁" for s in steps)
+    replace_space = any(
+        s.get("type") == "Replace" and s.get("pattern", {}).get("String") == " " and s.get("content") == "▁"
+        for s in steps
+    )
     if pre is None or (pre.get("type") == "Split" and pre.get("pattern", {}).get("String") == " "):
         if replace_space and set(kinds) <= {"Replace", "Prepend"}:  # Gemma, Llama-2 (legacy)
             return "Prepend" in kinds
@@ -199,8 +201,10 @@ def side_file_mismatches(directory: str | os.PathLike, tokenizer: Any, texts: It
 
         processor = SentencePieceProcessor(model_file=str(root / SENTENCEPIECE_FILE))
         if processor.get_piece_size() != len(tokenizer):
-            problems.append(f"{SENTENCEPIECE_FILE} has {processor.get_piece_size():,} pieces, the tokenizer "
-                            f"{len(tokenizer):,} tokens")
+            problems.append(
+                f"{SENTENCEPIECE_FILE} has {processor.get_piece_size():,} pieces, the tokenizer "
+                f"{len(tokenizer):,} tokens"
+            )
         elif any(processor.encode(t) != tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts):
             problems.append(f"{SENTENCEPIECE_FILE} encodes text differently from tokenizer.json")
     if VOCAB_FILE in present or MERGES_FILE in present:
@@ -212,6 +216,12 @@ def side_file_mismatches(directory: str | os.PathLike, tokenizer: Any, texts: It
 
 
 __all__ = [
-    "PROBE_TEXTS", "SIDE_FILES", "byte_level_files", "dummy_prefix", "save_tokenizer", "sentencepiece_model", "side_file_mismatches",
+    "PROBE_TEXTS",
+    "SIDE_FILES",
+    "byte_level_files",
+    "dummy_prefix",
+    "save_tokenizer",
+    "sentencepiece_model",
+    "side_file_mismatches",
     "side_files",
 ]

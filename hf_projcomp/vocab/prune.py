@@ -16,8 +16,17 @@ from .tokenizer_json import BPEDocument, VocabularyPruningError, read_document, 
 # init kwargs that describe the old files or old ids; the new tokenizer gets its vocabulary from
 # the rewritten backend instead.
 _STALE_INIT_KWARGS = frozenset(
-    {"added_tokens_decoder", "tokenizer_object", "tokenizer_file", "vocab", "merges", "vocab_file",
-     "merges_file", "name_or_path", "_commit_hash"}
+    {
+        "added_tokens_decoder",
+        "tokenizer_object",
+        "tokenizer_file",
+        "vocab",
+        "merges",
+        "vocab_file",
+        "merges_file",
+        "name_or_path",
+        "_commit_hash",
+    }
 )
 
 
@@ -88,10 +97,13 @@ class VocabularyPruner:
         doc, graph = self.doc, self.graph
         ranked = _ranked_tokens(doc, keep_ids)
         if reparent:
+
             def plan(n: int) -> tuple[set[str], list[tuple[str, str]]]:
                 return reparent_closure(graph, self.required.union(ranked[:n]), doc.vocab)
 
-            kept, merges = plan(len(ranked)) if max_vocab_size is None else _fit_budget(plan, len(ranked), max_vocab_size)
+            kept, merges = (
+                plan(len(ranked)) if max_vocab_size is None else _fit_budget(plan, len(ranked), max_vocab_size)
+            )
         else:
             kept = self._closure(ranked, max_vocab_size)
             merges = closure_merges(graph, kept)
@@ -152,9 +164,7 @@ def _fit_budget(plan: Callable[[int], Any], n: int, budget: int) -> Any:
     evaluations)."""
     lo_plan = plan(0)
     if len(lo_plan[0]) > budget:
-        raise VocabularyPruningError(
-            f"max_vocab_size={budget} is below the {len(lo_plan[0])} tokens that must be kept"
-        )
+        raise VocabularyPruningError(f"max_vocab_size={budget} is below the {len(lo_plan[0])} tokens that must be kept")
     hi_plan = plan(n)
     if len(hi_plan[0]) <= budget:
         return hi_plan
@@ -177,8 +187,15 @@ def _fit_budget(plan: Callable[[int], Any], n: int, budget: int) -> Any:
 # Tokenizer state users set after loading (``tok.pad_token = tok.eos_token``, a chat template...):
 # it lives on the instance, not in ``init_kwargs``, and the pruned tokenizer must keep it.
 _INSTANCE_SETTINGS = (
-    "chat_template", "padding_side", "truncation_side", "model_max_length", "model_input_names",
-    "clean_up_tokenization_spaces", "split_special_tokens", "response_template", "chat_control_tokens",
+    "chat_template",
+    "padding_side",
+    "truncation_side",
+    "model_max_length",
+    "model_input_names",
+    "clean_up_tokenization_spaces",
+    "split_special_tokens",
+    "response_template",
+    "chat_control_tokens",
 )
 
 
@@ -211,8 +228,14 @@ def _same_class(tokenizer: Any, backend: Tokenizer) -> Any:
 
 def _check_same_specials(old: Any, new: Any) -> None:
     """The pruned tokenizer names the same special tokens and template as the original, or fails."""
-    for what in ("special_tokens_map", "extra_special_tokens", "chat_template", "padding_side", "add_bos_token",
-                 "add_eos_token"):
+    for what in (
+        "special_tokens_map",
+        "extra_special_tokens",
+        "chat_template",
+        "padding_side",
+        "add_bos_token",
+        "add_eos_token",
+    ):
         if getattr(old, what, None) != getattr(new, what, None):
             raise VocabularyPruningError(
                 f"the pruned tokenizer's {what} ({getattr(new, what, None)!r}) differs from the original's "

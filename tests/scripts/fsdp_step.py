@@ -17,12 +17,16 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from hf_projcomp import ProjCompConfig, get_projcomp_model  # noqa: E402
-from hf_projcomp.distributed import (  # noqa: E402
-    clip_grad_norm_, close_process_group, full_adapter_state_dict, save_sharded, shard,
+from hf_projcomp import ProjCompConfig, get_projcomp_model
+from hf_projcomp.distributed import (
+    clip_grad_norm_,
+    close_process_group,
+    full_adapter_state_dict,
+    save_sharded,
+    shard,
 )
-from hf_projcomp.projection import unwrap  # noqa: E402
-from tests.tiny import tiny_model  # noqa: E402
+from hf_projcomp.projection import unwrap
+from tests.tiny import tiny_model
 
 STEPS, MICRO, GLOBAL_MICRO_BATCH = 3, 2, 4
 
@@ -34,8 +38,11 @@ def main(out: Path) -> None:
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
     torch.set_num_threads(1)
-    model = get_projcomp_model(tiny_model("llama"), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
-                               progress=False)
+    model = get_projcomp_model(
+        tiny_model("llama"),
+        ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
+        progress=False,
+    )
     pc = unwrap(model)
     if distributed:
         shard(model)

@@ -47,24 +47,38 @@ torch.set_num_threads(1)
 # ever at its first progress bar (a save's "Writing model shards"). No monitor thread, no such lock.
 tqdm.tqdm.monitor_interval = 0
 
-SAVE_SIZE = {"hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 16,
-             "num_key_value_heads": 8, "head_dim": 64}  # ~39M parameters, ~150 MB of fp32 weights
+SAVE_SIZE = {
+    "hidden_size": 1024,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+}  # ~39M parameters, ~150 MB of fp32 weights
 CLI_TARGETS = {"A": "0.8", "B": "0.6"}
 HANG_S = 120  # a save takes about a second: one silent this long is stuck
 
 
 def _token_ids(tokenizer) -> dict:
-    return {"vocab_size": len(tokenizer), "pad_token_id": None, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": None,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
 
 
 def save_writers(work: Path, target: Path) -> dict[str, Callable[[Path, bool], None]]:
     """Writers for ``save``: ``save_compressed`` of one of two same-shaped models (seeds 0 and 1)."""
     tokenizer = tiny_tokenizer("byte_level")
-    models = {name: tiny_model("llama", seed=seed, **SAVE_SIZE, **_token_ids(tokenizer))
-              for name, seed in (("A", 0), ("B", 1))}
-    return {name: (lambda out, overwrite, m=model: export.save_compressed(m, tokenizer, out, overwrite=overwrite))
-            for name, model in models.items()}
+    models = {
+        name: tiny_model("llama", seed=seed, **SAVE_SIZE, **_token_ids(tokenizer))
+        for name, seed in (("A", 0), ("B", 1))
+    }
+    return {
+        name: (lambda out, overwrite, m=model: export.save_compressed(m, tokenizer, out, overwrite=overwrite))
+        for name, model in models.items()
+    }
 
 
 def cli_writers(work: Path, target: Path) -> dict[str, Callable[[Path, bool], None]]:
@@ -76,9 +90,25 @@ def cli_writers(work: Path, target: Path) -> dict[str, Callable[[Path, bool], No
     (base / "train.txt").write_text("\n".join(TRAIN * 20), encoding="utf-8")
 
     def run(budget: str, out: Path, overwrite: bool) -> None:
-        cli.main(["compress", "--model", str(base), "--calibration", str(base / "train.txt"), "--target-params",
-                  budget, "--num-sequences", "4", "--sequence-length", "64", "--output", str(out), "-q",
-                  *(["--overwrite"] if overwrite else [])])
+        cli.main(
+            [
+                "compress",
+                "--model",
+                str(base),
+                "--calibration",
+                str(base / "train.txt"),
+                "--target-params",
+                budget,
+                "--num-sequences",
+                "4",
+                "--sequence-length",
+                "64",
+                "--output",
+                str(out),
+                "-q",
+                *(["--overwrite"] if overwrite else []),
+            ]
+        )
 
     return {name: (lambda out, overwrite, b=budget: run(b, out, overwrite)) for name, budget in CLI_TARGETS.items()}
 
@@ -92,8 +122,10 @@ def adapter_writers(work: Path, target: Path) -> dict[str, Callable[[Path, bool]
     states = {}
     for seed, name in enumerate("AB"):
         gen = torch.Generator().manual_seed(seed)
-        states[name] = {k: v + torch.randn(v.shape, generator=gen) * 0.01 if v.is_floating_point() else v
-                        for k, v in unwrap(pc).adapter_state_dict().items()}
+        states[name] = {
+            k: v + torch.randn(v.shape, generator=gen) * 0.01 if v.is_floating_point() else v
+            for k, v in unwrap(pc).adapter_state_dict().items()
+        }
 
     def save(name: str, out: Path, overwrite: bool) -> None:
         unwrap(pc).load_state_dict(states[name])
@@ -135,7 +167,7 @@ def fork_save(write: Callable[[Path, bool], None], target: Path) -> tuple[int, i
         PeftModel.save_pretrained = lambda *args, **kwargs: signalling_save(saving, written, *args, **kwargs)
         write(target, True)  # the writers look save_compressed and save_pretrained up when they call them
         os._exit(0)
-    except BaseException:  # noqa: BLE001 - whatever happens, the child must not go on as the parent
+    except BaseException:
         os._exit(1)
 
 
@@ -176,8 +208,13 @@ def run_once(write: Callable[[Path, bool], None], target: Path, delay: float, an
         # Reaped here: the pid is dead now, as after a crash (a zombie would count as a live writer).
         _, status = os.waitpid(pid, 0)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    return {"killed": killed, "status": status, "publish": times.get("p"), "end": times.get("e"),
-            "hung": "hung" in times}
+    return {
+        "killed": killed,
+        "status": status,
+        "publish": times.get("p"),
+        "end": times.get("e"),
+        "hung": "hung" in times,
+    }
 
 
 def main(argv: list[str]) -> None:

@@ -36,7 +36,9 @@ TEXT = "The European lobster is a species of clawed lobster."
 def snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> str:
     """Write ``files`` as a new commit of ``repo_id`` in the cache (the layout ``hf_hub_download`` reads)."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()).hexdigest()
+    commit = hashlib.sha1(
+        json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()
+    ).hexdigest()
     for name, data in files.items():
         path = repo / "snapshots" / commit / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +63,9 @@ def install_fake_hub(cache: Path, log: Path) -> None:
         with log.open("a") as f:
             f.write(json.dumps({"repo_id": repo_id, "files": sorted(files)}) + "\n")
         url = f"https://huggingface.co/{repo_id}/commit/{commit}"
-        return CommitInfo(commit_url=url, commit_message=kwargs.get("commit_message") or "", commit_description="",
-                          oid=commit)
+        return CommitInfo(
+            commit_url=url, commit_message=kwargs.get("commit_message") or "", commit_description="", oid=commit
+        )
 
     HfApi.create_repo = create_repo
     HfApi.create_commit = create_commit
@@ -81,8 +84,13 @@ def push(cache: Path, base_dir: Path, out: Path) -> None:
 
     snapshot(cache, BASE_ID, {p.name: p.read_bytes() for p in base_dir.iterdir() if p.is_file()})
     base = AutoModelForCausalLM.from_pretrained(BASE_ID)
-    config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=400, importance="compact",
-                            calibration_data=str(base_dir / "train.txt"))
+    config = ProjCompConfig(
+        hidden_size=48,
+        intermediate_size=64,
+        vocab_size=400,
+        importance="compact",
+        calibration_data=str(base_dir / "train.txt"),
+    )
     pc = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -22,10 +22,10 @@ from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model  # noqa: E402
-from hf_projcomp.distributed import close_process_group, full_adapter_state_dict  # noqa: E402
-from hf_projcomp.projection import unwrap  # noqa: E402
-from tests.tiny import tiny_model  # noqa: E402
+from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model
+from hf_projcomp.distributed import close_process_group, full_adapter_state_dict
+from hf_projcomp.projection import unwrap
+from tests.tiny import tiny_model
 
 GLOBAL_BATCH = 8
 ACCUMULATION = 2
@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--model-type", default="llama")
     parser.add_argument("--distill", type=float, default=0.3, help="distill_alpha")
     parser.add_argument("--fsdp", action="store_true", help="TrainingArguments(fsdp=True, fsdp_config={'version': 2})")
-    parser.add_argument("--trainer", choices=("projcomp", "plain"), default="projcomp",
-                        help="ProjCompTrainer, or a plain transformers.Trainer (no distillation)")
+    parser.add_argument(
+        "--trainer",
+        choices=("projcomp", "plain"),
+        default="projcomp",
+        help="ProjCompTrainer, or a plain transformers.Trainer (no distillation)",
+    )
     parser.add_argument("--checkpointing", action="store_true", help="gradient_checkpointing=True")
     parser.add_argument("--find-unused", choices=("true", "false"), default=None, help="ddp_find_unused_parameters")
     args = parser.parse_args(argv)
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None):
     ids = torch.randint(3, 96, (GLOBAL_BATCH, 16), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     pc = get_projcomp_model(
-        tiny_model(args.model_type), ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False
+        tiny_model(args.model_type),
+        ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"),
+        progress=False,
     )
     training = TrainingArguments(
         args.out,
