@@ -88,8 +88,8 @@ def main() -> None:
     # Keep compact_prune's Gram matrices, activation batches and position weights and skip its own
     # refit: every variant starts from the same pass.
     select_module.refit_down_proj = lambda base_model, spec, g, ffn, *a, **k: grams.append(g)
-    importance = select_module.activation_importance
-    select_module.activation_importance = lambda m, s, batches, **k: (
+    importance = select_module.activation_statistics
+    select_module.activation_statistics = lambda m, s, batches, **k: (
         second.append((batches, k["token_weight"])),
         importance(m, s, batches, **k),
     )[1]

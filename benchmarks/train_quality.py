@@ -33,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 from data import TEST, data_file, dev_text  # benchmarks/data.py
+from datasets import Dataset
 from machine import describe  # benchmarks/machine.py
 from peft import PeftModel
 from plotting import pyplot  # benchmarks/plotting.py
@@ -40,12 +41,13 @@ from trainers import BudgetEval  # benchmarks/trainers.py
 from transformers import AutoTokenizer, TrainingArguments, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
+from hf_projcomp.blocks import text_blocks
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte, load_text
+from hf_projcomp.importance.calibration import iter_calibration_texts
 from hf_projcomp.projection import unwrap
 from hf_projcomp.texts import CALIBRATION, bundled_text
 from hf_projcomp.training import DistillationTrainer, Teacher
-from hf_projcomp.training.recovery import training_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -101,7 +103,11 @@ def main() -> None:
     kept = unwrap(PeftModel.from_pretrained(base, adapter)).selection()
     vocab = kept.vocab.tolist()
     pool = max(args.pool_tokens, steps * TOKENS_PER_STEP)  # a shorter run's pool is a prefix of a longer one's
-    data = training_blocks(small_tok, bundled_text(CALIBRATION, path=True), SEQUENCE, pool + SEQUENCE, progress=False)
+    texts = iter_calibration_texts(bundled_text(CALIBRATION, path=True))
+    blocks = text_blocks(
+        small_tok, texts, SEQUENCE, add_special_tokens=True, max_tokens=pool + SEQUENCE, progress=False
+    )
+    data = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     if len(data) * SEQUENCE < pool:
         raise SystemExit(f"the calibration text has {len(data) * SEQUENCE:,} tokens in blocks, fewer than {pool:,}")
     previous = OUT / f"{args.name}.json"

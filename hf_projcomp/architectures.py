@@ -385,9 +385,11 @@ def ffn_size(config: PretrainedConfig) -> int:
     """The base's d_ff (per expert in a mixture of experts), from the family's own config field."""
     spec = get_arch_spec(config)
     value = getattr(config, spec.ffn_size, None)
-    if value is None and spec.ffn_size_from_hidden:
+    if value is not None:
+        return int(value)
+    if spec.ffn_size_from_hidden:
         return spec.ffn_size_from_hidden * config.hidden_size
-    return int(value)
+    raise ValueError(f"{type(config).__name__} has no {spec.ffn_size}")
 
 
 def head_dim(config: PretrainedConfig) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .model_ids import DTYPES
+from .model_ids import DTYPES, SCHEDULERS
 
 EXAMPLES = """examples:
   projcomp compress                                   # COMPACT, bundled Gemma-3-270M, 50% of its parameters
@@ -39,10 +39,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 # minute on 2 CPU cores (16 took 66 s). More sequences rank the vocabulary better on dev text, and
 # any of them beats the self-sampled calibration this replaced (benchmarks/results/cli_default.md).
 COMPRESS_SEQUENCES = 8
-# DistillConfig's defaults (chosen on dev text) and schedules, repeated so that --help and argument checks
-# need no torch.
+# DistillConfig's defaults (chosen on dev text), repeated so that --help and argument checks
+# need no torch (hf_projcomp.training imports it); tests/test_cli.py checks that the flags build its config.
 DISTILL_LR, DISTILL_STEP_TOKENS = 1e-5, 2048
-DISTILL_SCHEDULES = ("constant_with_warmup", "linear", "cosine")
 logger = logging.getLogger("hf_projcomp.cli")
 
 
@@ -120,25 +119,15 @@ def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 # -- compress ------------------------------------------------------------------------------------
 def compress(args: argparse.Namespace) -> None:
-    from .compact import compact_prune, generate_calibration_texts
+    from .compact import compact_prune
     from .evaluate import bits_per_byte, load_text
     from .export import CompressionSummary, save_compressed
     from .loading import hub_id_of, load_model
-    from .texts import CALIBRATION, DESCRIPTIONS, bundled_text
 
     start = time.perf_counter()
     distill = _distill_config(args) if args.distill_tokens else None
     model, tokenizer = load_model(args.model, args.gguf_file, dtype=args.dtype)
-    if args.samples:
-        logger.info("Sampling %d calibration texts of %d tokens from the model", args.samples, args.sample_tokens)
-        calibration = generate_calibration_texts(
-            model, tokenizer, args.samples, args.sample_tokens, seed=args.seed, progress=not args.quiet
-        )
-        described = f"{len(calibration)} texts sampled from the base model (top-k 50, seed {args.seed})"
-    elif args.calibration:
-        calibration, described = _calibration_source(args.calibration), Path(args.calibration).name
-    else:
-        calibration, described = str(bundled_text(CALIBRATION, path=True)), DESCRIPTIONS[CALIBRATION]
+    calibration, described = _calibration(args, model, tokenizer)
     eval_text = load_text(args.eval_text, max_chars=args.eval_chars) if args.eval_text else None
     before = bits_per_byte(model, tokenizer, eval_text, progress=not args.quiet) if eval_text else None
     logger.info(
@@ -203,6 +192,23 @@ def compress(args: argparse.Namespace) -> None:
     print(_card_section(out / "README.md", "Sizes"))
 
 
+def _calibration(args: argparse.Namespace, model: Any, tokenizer: Any) -> tuple[Any, str]:
+    """(what compact_prune calibrates on: texts sampled from the model, a file's path or a saved dataset;
+    how the model card describes it)."""
+    from .compact import generate_calibration_texts
+    from .texts import CALIBRATION, DESCRIPTIONS, bundled_text
+
+    if args.samples:
+        logger.info("Sampling %d calibration texts of %d tokens from the model", args.samples, args.sample_tokens)
+        texts = generate_calibration_texts(
+            model, tokenizer, args.samples, args.sample_tokens, seed=args.seed, progress=not args.quiet
+        )
+        return texts, f"{len(texts)} texts sampled from the base model (top-k 50, seed {args.seed})"
+    if args.calibration:
+        return _calibration_source(args.calibration), Path(args.calibration).name
+    return str(bundled_text(CALIBRATION, path=True)), DESCRIPTIONS[CALIBRATION]
+
+
 def _distill_config(args: argparse.Namespace) -> Any:
     from .training import DistillConfig
 
@@ -253,7 +259,7 @@ def merge(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     adapter = Path(args.adapter)
     # The base's local directory when it is still there, else its Hub id (see ProjCompConfig).
-    base = args.model or ProjCompConfig.from_pretrained(adapter).base_model_name_or_path
+    base = args.model or ProjCompConfig.from_pretrained(str(adapter)).base_model_name_or_path
     model, tokenizer = load_model(base, args.gguf_file, dtype=args.dtype)
     pc = ProjCompModel.from_pretrained(model, adapter)
     out = pc.save_merged(args.output, tokenizer, overwrite=args.overwrite, repo_id=args.repo_id)
@@ -306,7 +312,7 @@ def forward_seconds(model: Any, vocab_size: int, tokens: int = 256, repeats: int
 def evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_text, load_text
     from .loading import load_model
-    from .texts import DESCRIPTIONS, EVALUATION, bundled_text
+    from .texts import DESCRIPTIONS, TEST_HEAD, bundled_text
 
     model, tokenizer = load_model(args.model, dtype=args.dtype)
     base, base_tok = load_model(args.base, args.gguf_file, dtype=args.dtype)
@@ -316,7 +322,7 @@ def evaluate(args: argparse.Namespace) -> None:
             f"the first {args.chars:,} characters of {Path(args.text).name}",
         )
     else:
-        text, described = bundled_text(EVALUATION)[: args.chars], DESCRIPTIONS[EVALUATION]
+        text, described = str(bundled_text(TEST_HEAD))[: args.chars], DESCRIPTIONS[TEST_HEAD]
     progress = not (args.json or args.quiet)
     ours, theirs = (
         evaluate_text(model, tokenizer, text, progress=progress),
@@ -369,6 +375,9 @@ def _check_push(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 # -- parser --------------------------------------------------------------------------------------
+_Subparsers = argparse._SubParsersAction  # what add_subparsers returns
+
+
 def build_parser() -> tuple[Parser, dict[str, Parser]]:
     parser = Parser(
         prog="projcomp",
@@ -377,32 +386,61 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity = _verbosity_parser()
+    parsers = {
+        "compress": _compress_parser(sub, verbosity),
+        "train": _train_parser(sub),
+        "merge": _merge_parser(sub, verbosity),
+        "export": _export_parser(sub, verbosity),
+        "eval": _eval_parser(sub, verbosity),
+        "push": _push_parser(sub, verbosity),
+    }
+    return parser, parsers
+
+
+def _verbosity_parser() -> Parser:
+    """-q / -v, shared by every command but ``train``."""
+    verbosity = Parser(add_help=False)
     group = verbosity.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     group.add_argument("-v", "--verbose", action="store_true", help="debug messages, transformers' info too")
-    common = {"epilog": EXAMPLES, "formatter_class": argparse.RawDescriptionHelpFormatter, "parents": [verbosity]}
-    parsers: dict[str, Parser] = {}
+    return verbosity
 
-    def model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
-        p.add_argument(
-            flag, type=_model, default=None, help="Hub id or local directory (default: the demo Gemma-3-270M)"
-        )
-        p.add_argument("--gguf-file", default=None, help="load this GGUF file of the model")
-        p.add_argument(
-            "--dtype",
-            default="auto",
-            choices=DTYPES,
-            help="dtype to load the model in; outputs keep it (default: the checkpoint's own)",
-        )
 
-    p = parsers["compress"] = sub.add_parser(
+def _command(
+    sub: _Subparsers[Parser], name: str, verbosity: Parser, help: str, description: str | None = None
+) -> Parser:
+    """A sub-command that shows the examples after its help and takes -q / -v."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbosity],
+    )
+
+
+def _model_args(p: argparse.ArgumentParser, flag: str = "--model") -> None:
+    p.add_argument(flag, type=_model, default=None, help="Hub id or local directory (default: the demo Gemma-3-270M)")
+    p.add_argument("--gguf-file", default=None, help="load this GGUF file of the model")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="dtype to load the model in; outputs keep it (default: the checkpoint's own)",
+    )
+
+
+def _compress_parser(sub: _Subparsers[Parser], verbosity: Parser) -> Parser:
+    p = _command(
+        sub,
         "compress",
+        verbosity,
         help="COMPACT: vocabulary + FFN pruning, training-free or then distilled from the base",
         description="COMPACT pruning to a parameter budget; writes a verified checkpoint + model card.",
-        **common,
     )
-    model_args(p)
+    _model_args(p)
     p.add_argument(
         "--calibration",
         type=_existing_file,
@@ -428,6 +466,12 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     p.add_argument("--output", default="compressed-model", help="output directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id", help="Hub repo id shown in the model card's usage snippet")
+    _distill_args(p)
+    p.set_defaults(func=compress, check=_check_output)
+    return p
+
+
+def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--distill-tokens",
         type=_natural,
@@ -443,17 +487,18 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     )
     p.add_argument(
         "--distill-schedule",
-        choices=DISTILL_SCHEDULES,
-        default=DISTILL_SCHEDULES[0],
+        choices=SCHEDULERS,
+        default=SCHEDULERS[0],
         help="learning-rate schedule after 2 warm-up steps (default: %(default)s; from 65,536 tokens "
         "on, dev text preferred cosine from 2e-5)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="sampling seed (with --samples) and block order (with --distill-tokens)"
     )
-    p.set_defaults(func=compress, check=_check_output)
 
-    p = parsers["train"] = sub.add_parser(
+
+def _train_parser(sub: _Subparsers[Parser]) -> Parser:
+    p = sub.add_parser(
         "train",
         help="projected compression through the HF Trainer (HF-style arguments)",
         add_help=False,
@@ -462,19 +507,25 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     )
     p.add_argument("training_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=train)
+    return p
 
-    p = parsers["merge"] = sub.add_parser("merge", help="adapter -> verified vanilla checkpoint", **common)
+
+def _merge_parser(sub: _Subparsers[Parser], verbosity: Parser) -> Parser:
+    p = _command(sub, "merge", verbosity, help="adapter -> verified vanilla checkpoint")
     p.add_argument(
         "adapter", type=_existing_file, help="directory with adapter_config.json + adapter_model.safetensors"
     )
-    model_args(p)
+    _model_args(p)
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id")
     p.set_defaults(func=merge, check=_check_output)
+    return p
 
-    p = parsers["export"] = sub.add_parser(
-        "export", help="model directory -> GGUF file for llama.cpp (verified by reading it back)", **common
+
+def _export_parser(sub: _Subparsers[Parser], verbosity: Parser) -> Parser:
+    p = _command(
+        sub, "export", verbosity, help="model directory -> GGUF file for llama.cpp (verified by reading it back)"
     )
     p.add_argument(
         "model",
@@ -497,12 +548,13 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=export, check=_check_export)
+    return p
 
-    p = parsers["eval"] = sub.add_parser(
-        "eval", help="bits per byte, word perplexity, parameters, latency vs the base", **common
-    )
+
+def _eval_parser(sub: _Subparsers[Parser], verbosity: Parser) -> Parser:
+    p = _command(sub, "eval", verbosity, help="bits per byte, word perplexity, parameters, latency vs the base")
     p.add_argument("model", type=_model, help="the compressed model (directory or Hub id)")
-    model_args(p, "--base")
+    _model_args(p, "--base")
     p.add_argument(
         "--text",
         type=_existing_file,
@@ -511,15 +563,18 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     p.add_argument("--chars", type=_positive, default=20_000, help="characters of the text to score")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=evaluate)
+    return p
 
-    p = parsers["push"] = sub.add_parser("push", help="upload a saved model directory in one commit", **common)
+
+def _push_parser(sub: _Subparsers[Parser], verbosity: Parser) -> Parser:
+    p = _command(sub, "push", verbosity, help="upload a saved model directory in one commit")
     p.add_argument("directory", type=_existing_file)
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.add_argument("--message", default="Upload compressed model (hf_projcomp)")
     p.set_defaults(func=push, check=_check_push)
-    return parser, parsers
+    return p
 
 
 def configure_logging(args: argparse.Namespace) -> None:

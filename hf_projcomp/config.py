@@ -114,6 +114,19 @@ class ProjCompConfig(PeftConfig):
             raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {self.importance!r}")
         if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:
             raise ValueError(f"base_dtype must be None or one of {BASE_DTYPES}, got {self.base_dtype!r}")
+        self._check_sizes()
+        sizes_given = any(v is not None for v in (self.hidden_size, self.intermediate_size, self.vocab_size))
+        if self.target_params is not None:
+            # A recorded config carries both: the request and the sizes it resolved to.
+            if sizes_given and self.base_hidden_size is None:
+                raise ValueError("give either target_params or hidden_size/intermediate_size, not both")
+            _check_target_params(self.target_params)
+        elif not sizes_given:
+            raise ValueError(
+                "a target is required: set hidden_size, intermediate_size (or vocab_size), or target_params"
+            )
+
+    def _check_sizes(self) -> None:
         for name in ("hidden_size", "intermediate_size", "vocab_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -122,22 +135,6 @@ class ProjCompConfig(PeftConfig):
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if self.vocab_size is not None and self.importance != "compact":
             raise ValueError("vocab_size is only used with importance='compact' (which prunes the tokenizer)")
-        sizes_given = any(v is not None for v in (self.hidden_size, self.intermediate_size, self.vocab_size))
-        if self.target_params is not None:
-            # A recorded config carries both: the request and the sizes it resolved to.
-            if sizes_given and self.base_hidden_size is None:
-                raise ValueError("give either target_params or hidden_size/intermediate_size, not both")
-            tp = self.target_params
-            if isinstance(tp, bool) or not isinstance(tp, (int, float)):
-                raise TypeError(f"target_params must be a float fraction or an int count, got {type(tp).__name__}")
-            if isinstance(tp, float) and not 0.0 < tp < 1.0:
-                raise ValueError(f"target_params as a fraction must lie in (0, 1), got {tp}")
-            if isinstance(tp, int) and tp <= 1:
-                raise ValueError(f"target_params as a parameter count must be > 1, got {tp}")
-        elif not sizes_given:
-            raise ValueError(
-                "a target is required: set hidden_size, intermediate_size (or vocab_size), or target_params"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as PEFT serialises them; legacy fields only when set."""
@@ -155,23 +152,11 @@ class ProjCompConfig(PeftConfig):
             raise ValueError(f"unknown ProjCompConfig fields: {unknown}")
         return cls(**data)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """``adapter_config.json`` (PEFT's writer), and the pruned tokenizer of a vocabulary-pruning adapter:
-        every PEFT save path (``PeftModel.save_pretrained``, ``Trainer.save_model``, checkpoints) writes
-        the config through here, so the tokenizer always travels with the adapter."""
-        super().save_pretrained(os.fspath(save_directory), **kwargs)
-        tokenizer = self.__dict__.get("_tokenizer")
-        if tokenizer is not None:
-            from .vocab.files import save_tokenizer
 
-            save_tokenizer(tokenizer, save_directory)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
-    ) -> ProjCompConfig:
-        """PEFT's reader (local directory or Hub id), marking the config as one whose selections come with
-        the adapter's weights (building the model then skips the importance pass)."""
-        config = super().from_pretrained(os.fspath(pretrained_model_name_or_path), subfolder=subfolder, **kwargs)
-        config.__dict__["_adapter_source"] = (os.fspath(pretrained_model_name_or_path), subfolder, kwargs)
-        return config
+def _check_target_params(tp: object) -> None:
+    if isinstance(tp, bool) or not isinstance(tp, (int, float)):
+        raise TypeError(f"target_params must be a float fraction or an int count, got {type(tp).__name__}")
+    if isinstance(tp, float) and not 0.0 < tp < 1.0:
+        raise ValueError(f"target_params as a fraction must lie in (0, 1), got {tp}")
+    if isinstance(tp, int) and tp <= 1:
+        raise ValueError(f"target_params as a parameter count must be > 1, got {tp}")

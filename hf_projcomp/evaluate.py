@@ -123,6 +123,12 @@ def _window_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
     return total
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Where the inputs go: the model's ``device`` (transformers models have one), else its first parameter's."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
 def _score(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -149,7 +155,7 @@ def _score(
     if not windows:
         raise ValueError("text is too short to score: it has no token that can be predicted")
 
-    device = model.device if hasattr(model, "device") else next(model.parameters()).device
+    device = _device_of(model)
     was_training = model.training
     model.eval()
     nats = 0.0

@@ -3,6 +3,7 @@ built by plain index gathers, and a compressor of its own (the "hard-prune + ret
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +15,7 @@ from .sizing import validate_target_sizes
 from .target import build_target_model
 
 
-def select(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
+def gather_weight(tensor: torch.Tensor, entry: WeightPlan, selection: Selection) -> torch.Tensor:
     """Gather the kept rows/columns of one planned weight (times its fixed scale); a bias as one column."""
     if entry.is_bias:
         return _gather(tensor.unsqueeze(-1), entry, selection).squeeze(-1)
@@ -58,7 +59,7 @@ def gathered_norm(weight: torch.Tensor, hidden: torch.Tensor, offset: float, div
 def pruned_tensors(model: PreTrainedModel, plan: CompressionPlan, selection: Selection) -> dict[str, torch.Tensor]:
     """Every planned weight and norm of ``model`` gathered at ``selection``, by target parameter name."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    tensors = {e.name: select(params[e.name], e, selection) for e in plan.weights}
+    tensors = {e.name: gather_weight(params[e.name], e, selection) for e in plan.weights}
     for norm in plan.norms:
         offset = plan.norm_offset if norm.name.endswith(".weight") else 0.0  # Gemma's 1 + w is the weight's
         tensors[norm.name] = gathered_norm(params[norm.name], selection.hidden, offset, norm.divide_by)
@@ -68,7 +69,7 @@ def pruned_tensors(model: PreTrainedModel, plan: CompressionPlan, selection: Sel
 def hard_prune(
     model: PreTrainedModel,
     hidden_indices: Sequence[int] | torch.Tensor,
-    intermediate_indices: Sequence[Sequence[int]],
+    intermediate_indices: Sequence[Sequence[int]] | Sequence[torch.Tensor],
     kept_token_ids: Sequence[int] | torch.Tensor | None = None,
     *,
     dtype: torch.dtype | None = None,
@@ -84,4 +85,11 @@ def hard_prune(
     return build_target_model(model, selection, pruned_tensors(model, plan, selection), dtype=dtype)
 
 
-__all__ = ["gathered_norm", "hard_prune", "pruned_tensors", "select"]
+def __getattr__(name: str) -> object:
+    if name == "select":  # renamed: hf_projcomp.selection.select is the other, unrelated one
+        warnings.warn("hf_projcomp.hard_pruning.select is deprecated: use gather_weight", FutureWarning, stacklevel=2)
+        return gather_weight
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["gather_weight", "gathered_norm", "hard_prune", "pruned_tensors"]

@@ -32,7 +32,7 @@ def load_model(
     if name_or_path is None:
         from .demo import load_demo_model
 
-        return load_demo_model(dtype=torch.float32 if dtype == "auto" else dtype)
+        return load_demo_model(dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
     name = os.fspath(name_or_path)
     if looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelLoadError(f"model path {name} does not exist")

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from .architectures import get_arch_spec
 from .config import ProjCompConfig
+from .projection import unwrap
 from .ranks import on_rank0_then_broadcast
 from .selection import select
 
@@ -50,5 +51,7 @@ def get_projcomp_model(
     recorded, selection, pruned_tokenizer = on_rank0_then_broadcast(
         lambda: select(model, config, calibration_data, tokenizer, progress)
     )
-    recorded.__dict__.update(_selection=selection, _tokenizer=pruned_tokenizer)
-    return get_peft_model(model, recorded, adapter_name=adapter_name)
+    # The recorded config builds a placeholder of its sizes (no second importance pass), then takes the selection.
+    peft_model = get_peft_model(model, recorded, adapter_name=adapter_name)
+    unwrap(peft_model).set_selection(selection, pruned_tokenizer)
+    return peft_model

@@ -18,6 +18,8 @@ DEMO_BASE = "google/gemma-3-270m"
 DEMO_MARKER = "hf_projcomp_demo.json"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# DistillConfig's learning-rate schedules, here (no torch) so that the CLI offers the same tuple.
+SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 
 
 def hub_id_of(name_or_path: str | os.PathLike[str] | None) -> str | None:
@@ -48,4 +50,4 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
     return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
-__all__ = ["DEMO_BASE", "DEMO_MARKER", "DTYPES", "hub_id_of", "resolve_dtype"]
+__all__ = ["DEMO_BASE", "DEMO_MARKER", "DTYPES", "SCHEDULERS", "hub_id_of", "resolve_dtype"]

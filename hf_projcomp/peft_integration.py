@@ -7,7 +7,9 @@ tuner class, state-dict prefix) are written directly otherwise, after the same c
 PEFT writes an adapter file by file into the target folder, so a save killed half-way leaves a folder
 that mixes old and new (or a huge ``.tmp`` file): registering also routes ``PeftModel.save_pretrained``
 of *this* method's adapters (Trainer checkpoints and ``save_sharded`` call it too) through
-:func:`hf_projcomp.io.atomic_directory`; every other method's save runs exactly as PEFT wrote it.
+:func:`hf_projcomp.io.atomic_directory`, with the pruned tokenizer of a vocabulary-pruning adapter beside
+its files, and ``PeftModel.load_adapter`` reads that tokenizer back; every other method's save and load
+run exactly as PEFT wrote them.
 
 Registering runs inside ``import peft`` (see :mod:`hf_projcomp._peft_hook`), so it never raises: a
 failure is kept and raised by :func:`require_registered` where projected compression is used, and a
@@ -21,7 +23,7 @@ import os
 import shutil
 import warnings
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Protocol
 
 from packaging.version import Version
 
@@ -48,13 +50,20 @@ TOKENIZER_FILES = (
 )
 
 
-def register(config_cls: type, tuner_cls: type) -> None:
+class Tuner(Protocol):
+    """What PEFT's method tables need of a tuner class besides being one: its state-dict prefix."""
+
+    prefix: str
+
+
+def register(config_cls: type, tuner_cls: type[Tuner]) -> None:
     """Register ``tuner_cls`` (with ``config_cls``) as PEFT method ``"PROJCOMP"``; idempotent, never raises."""
     global _failure
     try:
         _warn_if_untested(Version(version("peft")))
         _register(config_cls, tuner_cls)
         _save_atomically()
+        _load_companions()
         _failure = None
     except Exception as error:
         failed(error)
@@ -82,7 +91,7 @@ def _warn_if_untested(installed: Version) -> None:
         )
 
 
-def _register(config_cls: type, tuner_cls: type) -> None:
+def _register(config_cls: type, tuner_cls: type[Tuner]) -> None:
     import peft.mapping as mapping
 
     missing = [name for name in _TABLES if not isinstance(getattr(mapping, name, None), dict)]
@@ -102,7 +111,7 @@ def _register(config_cls: type, tuner_cls: type) -> None:
         _write(config_table, tuner_table, prefix_table, config_cls, tuner_cls)
 
 
-def _register_publicly(config_cls: type, tuner_cls: type) -> bool:
+def _register_publicly(config_cls: type, tuner_cls: type[Tuner]) -> bool:
     """PEFT's ``register_peft_method``, where it accepts the name; False where it does not."""
     try:
         from peft.utils import register_peft_method
@@ -121,8 +130,8 @@ def _register_publicly(config_cls: type, tuner_cls: type) -> bool:
 
 def _save_atomically() -> None:
     """Wrap ``PeftModel.save_pretrained`` once: a projected-compression adapter is written into a temporary
-    folder beside the target and published whole (other files of the target, such as a Trainer
-    checkpoint's ``optimizer.pt``, are kept)."""
+    folder beside the target, with the tuner's companion files (a pruned tokenizer), and published whole
+    (other files of the target, such as a Trainer checkpoint's ``optimizer.pt``, are kept)."""
     from peft import PeftModel
 
     original = PeftModel.save_pretrained
@@ -132,22 +141,45 @@ def _save_atomically() -> None:
     @functools.wraps(original)
     def save_pretrained(self: Any, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         if getattr(self, "peft_type", None) != PEFT_TYPE or not kwargs.get("is_main_process", True):
-            return original(self, save_directory, *args, **kwargs)
+            return original(self, os.fspath(save_directory), *args, **kwargs)
         from .io import atomic_directory
 
-        prunes_vocabulary = any(c.__dict__.get("_tokenizer") is not None for c in self.peft_config.values())
+        prunes_vocabulary = getattr(self.base_model, "tokenizer", None) is not None
         owned = ADAPTER_FILES + (TOKENIZER_FILES if prunes_vocabulary else ())
         with atomic_directory(save_directory, keep_other_files=True, owned=owned) as tmp:
             card = os.path.join(save_directory, "README.md")
             if os.path.isfile(card):  # PEFT updates an existing model card rather than replacing it
                 shutil.copy2(card, tmp / "README.md")
             original(self, os.fspath(tmp), *args, **kwargs)
+            self.base_model.save_companion_files(tmp)
 
     save_pretrained._projcomp_atomic = True  # type: ignore[attr-defined]
     PeftModel.save_pretrained = save_pretrained  # type: ignore[method-assign]
 
 
-def _write(config_table: dict, tuner_table: dict, prefix_table: dict, config_cls: type, tuner_cls: type) -> None:
+def _load_companions() -> None:
+    """Wrap ``PeftModel.load_adapter`` once (``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM``
+    load through it): after a projected-compression adapter's weights, the tuner reads its companion
+    files (a pruned tokenizer) from the same place, with the same Hub arguments."""
+    from peft import PeftModel
+
+    original = PeftModel.load_adapter
+    if getattr(original, "_projcomp_companions", False):
+        return
+
+    @functools.wraps(original)
+    def load_adapter(self: Any, model_id: str | os.PathLike, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, model_id, adapter_name, *args, **kwargs)
+        if self.peft_config[adapter_name].peft_type == PEFT_TYPE:
+            hub = {k: kwargs[k] for k in ("subfolder", "revision", "token", "cache_dir") if k in kwargs}
+            self.base_model.load_companion_files(model_id, **hub)
+        return result
+
+    load_adapter._projcomp_companions = True  # type: ignore[attr-defined]
+    PeftModel.load_adapter = load_adapter  # type: ignore[method-assign]
+
+
+def _write(config_table: dict, tuner_table: dict, prefix_table: dict, config_cls: type, tuner_cls: type[Tuner]) -> None:
     config_table[PEFT_TYPE] = config_cls
     tuner_table[PEFT_TYPE] = tuner_cls
     prefix_table[PEFT_TYPE] = tuner_cls.prefix

@@ -7,11 +7,12 @@ index gathers. Tensors not in the plan keep their shape and are copied (q/k/v bi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from .architectures import FFN, HIDDEN, VOCAB, ArchSpec, block_norm_modules
 
@@ -80,6 +81,8 @@ class Selection:
         if side == HIDDEN:
             return self.hidden
         if side == FFN:
+            if layer is None:
+                raise ValueError("the d_ff side is chosen per layer: pass layer")
             return self.ffn[layer]
         if side == VOCAB:
             return self.vocab
@@ -103,7 +106,7 @@ def is_tied(model: nn.Module, spec: ArchSpec) -> bool:
     return head.weight is model.get_submodule(spec.embed).weight
 
 
-def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> CompressionPlan:
+def build_plan(model: PreTrainedModel, spec: ArchSpec, target_hidden: int) -> CompressionPlan:
     """Map every shrinking tensor of ``model`` for a target d_model of ``target_hidden``."""
     base_hidden = model.config.hidden_size
     embed_ratio = spec.embedding_scale(base_hidden) / spec.embedding_scale(target_hidden)
@@ -111,8 +114,8 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
 
     # The embedding is V × D: rows are tokens, columns d_model (a "linear" whose input side is hidden).
     weights = [WeightPlan(f"{spec.embed}.weight", VOCAB, HIDDEN, scale=embed_ratio)]
-    norms = []
-    for i in range(len(model.get_submodule(spec.layers))):
+    norms: list[tuple[NormPlan, ...]] = []
+    for i in range(_layer_count(model, spec)):
         prefix = f"{spec.layers}.{i}"
         for lin in spec.linears:
             name = f"{prefix}.{lin.path}" if lin.experts else f"{prefix}.{lin.path}.weight"
@@ -134,6 +137,13 @@ def build_plan(model: nn.Module, spec: ArchSpec, target_hidden: int) -> Compress
     # The tied head reuses the scaled embedding; the final norm absorbs 1/scale so logits match.
     norms.append(_norm_plans(model, spec.final_norm, divide_by=embed_ratio if tied else 1.0))
     return CompressionPlan(tuple(weights), tuple(n for group in norms for n in group), tied, spec.norm_offset)
+
+
+def _layer_count(model: nn.Module, spec: ArchSpec) -> int:
+    layers = model.get_submodule(spec.layers)
+    if not isinstance(layers, Sized):
+        raise TypeError(f"{spec.layers} of {type(model).__name__} is a {type(layers).__name__}, not a list of layers")
+    return len(layers)
 
 
 def _norm_plans(model: nn.Module, path: str, divide_by: float = 1.0) -> tuple[NormPlan, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from accelerate import init_empty_weights
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -21,13 +22,16 @@ def count_parameters(model_class: type[PreTrainedModel], config: PretrainedConfi
         model = model_class(config)
     model.tie_weights()  # accelerate's empty init unties them
     total = sum(p.numel() for p in model.parameters())  # tied tensors are yielded once
-    embedding = sum(
-        p.numel()
-        for p in {
-            id(p): p for p in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)
-        }.values()
-    )
+    tables = (_weight(model.get_input_embeddings()), _weight(model.get_output_embeddings()))
+    embedding = sum(p.numel() for p in {id(p): p for p in tables}.values())
     return total, embedding
+
+
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return weight
 
 
 def count_target_parameters(

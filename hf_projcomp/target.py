@@ -78,32 +78,12 @@ class TokenIdMap:
         logger.warning("%s.%s: token id %s was pruned from the vocabulary; dropped", source, name, what)
 
     def _optional(self, name: str, value: Any, source: str) -> Any:
-        if name == "forced_decoder_ids":  # [[position, id], ...]
-            kept = [[pos, self.new_id[i]] for pos, i in value if i in self.new_id]
-            for pos, i in value:
-                if i not in self.new_id:
-                    self._dropped(name, f"{i} (position {pos})", source)
-            return kept or None
-        if name == "sequence_bias":  # {(ids...): bias} or [[[ids...], bias], ...]
-            pairs = value.items() if isinstance(value, Mapping) else [(tuple(k), b) for k, b in value]
-            kept = {}
-            for ids, bias in pairs:
-                if all(i in self.new_id for i in ids):
-                    kept[tuple(self.new_id[i] for i in ids)] = bias
-                else:
-                    self._dropped(name, list(ids), source)
-            if not isinstance(value, Mapping):
-                return [[list(k), b] for k, b in kept.items()] or None
-            return kept or None
-        if name in _ID_SEQUENCES:  # a banned/forced word is a token sequence: it goes as a whole
-            kept_sequences = []
-            for seq in value:
-                flat = _flatten(seq)
-                if all(i in self.new_id for i in flat):
-                    kept_sequences.append(_map_nested(seq, self.new_id))
-                else:
-                    self._dropped(name, seq, source)
-            return kept_sequences or None
+        if name == "forced_decoder_ids":
+            return self._position_pairs(name, value, source)
+        if name == "sequence_bias":
+            return self._sequence_bias(name, value, source)
+        if name in _ID_SEQUENCES:
+            return self._sequences(name, value, source)
         if isinstance(value, (list, tuple)):
             for i in value:
                 if i not in self.new_id:
@@ -113,6 +93,38 @@ class TokenIdMap:
             self._dropped(name, value, source)
             return None
         return self.new_id[value]
+
+    def _position_pairs(self, name: str, value: Any, source: str) -> list[list[int]] | None:
+        """``[[position, id], ...]``: a pair whose token was pruned is dropped."""
+        kept = [[pos, self.new_id[i]] for pos, i in value if i in self.new_id]
+        for pos, i in value:
+            if i not in self.new_id:
+                self._dropped(name, f"{i} (position {pos})", source)
+        return kept or None
+
+    def _sequence_bias(self, name: str, value: Any, source: str) -> Any:
+        """``{(ids...): bias}`` or ``[[[ids...], bias], ...]``, returned in the same form; a sequence
+        with a pruned token is dropped."""
+        pairs = value.items() if isinstance(value, Mapping) else [(tuple(k), b) for k, b in value]
+        kept: dict[tuple[int, ...], Any] = {}
+        for ids, bias in pairs:
+            if all(i in self.new_id for i in ids):
+                kept[tuple(self.new_id[i] for i in ids)] = bias
+            else:
+                self._dropped(name, list(ids), source)
+        if not isinstance(value, Mapping):
+            return [[list(k), b] for k, b in kept.items()] or None
+        return kept or None
+
+    def _sequences(self, name: str, value: Any, source: str) -> list[Any] | None:
+        """Banned or forced words: each is a token sequence (possibly nested), kept or dropped whole."""
+        kept = []
+        for seq in value:
+            if all(i in self.new_id for i in _flatten(seq)):
+                kept.append(_map_nested(seq, self.new_id))
+            else:
+                self._dropped(name, seq, source)
+        return kept or None
 
 
 def _flatten(value: Any) -> list[int]:
@@ -215,7 +227,7 @@ def instantiate(
         model = cls(config)
     model.tie_weights()  # accelerate's empty init re-registers parameters, which unties them
     canonical: dict[int, str] = {}
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for name, param in model.state_dict(keep_vars=True).items():
         first = canonical.setdefault(id(param), name)
         if first != name:
@@ -224,7 +236,9 @@ def instantiate(
         state[name] = tensors[name].detach().to(dtype=dtype if param.is_floating_point() else param.dtype, copy=True)
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
-    model.to(device)  # buffers the empty init created on the CPU
+    # Buffers the empty init created on the CPU. (PreTrainedModel.to is functools.wraps(Module.to), whose
+    # stub leaves the wrapper unbound: mypy reads the device as self.)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model
 

@@ -337,13 +337,30 @@ def test_quiet_silences_plain_tqdm(quiet):
     assert ("converting" in run.stderr) is not quiet, run.stderr
 
 
-def test_distillation_defaults_match_the_library():
-    from hf_projcomp import DistillConfig
-    from hf_projcomp.cli import DISTILL_LR, DISTILL_SCHEDULES, DISTILL_STEP_TOKENS
+def test_distill_flags_build_the_library_config(tmp_path):
+    """What ``compress`` hands to distill_pruned is the library's own recipe: --distill-tokens alone gives
+    DistillConfig's defaults, the parser offers exactly the schedules DistillConfig runs, and the shortest
+    run it lets through is one optimizer step."""
+    from hf_projcomp.cli import _distill_config, build_parser
+    from hf_projcomp.training import DistillConfig
     from hf_projcomp.training.recovery import SCHEDULERS
 
-    assert (DISTILL_LR, DISTILL_STEP_TOKENS) == (DistillConfig().learning_rate, DistillConfig().tokens_per_step)
-    assert DISTILL_SCHEDULES == SCHEDULERS and DISTILL_SCHEDULES[0] == DistillConfig().lr_scheduler_type
+    parser, parsers = build_parser()
+    step = DistillConfig().tokens_per_step
+
+    def parse(*flags: str):
+        args = parser.parse_args(["compress", "--output", str(tmp_path / "out"), *flags])
+        args.check(parsers["compress"], args)
+        return args
+
+    assert _distill_config(parse("--distill-tokens", str(step))) == DistillConfig(max_tokens=step)
+    offered = parsers["compress"]._option_string_actions["--distill-schedule"].choices
+    assert sorted(offered) == sorted(SCHEDULERS)
+    for schedule in offered:
+        config = _distill_config(parse("--distill-tokens", str(step), "--distill-schedule", schedule))
+        assert config == DistillConfig(max_tokens=step, lr_scheduler_type=schedule)
+    with pytest.raises(SystemExit):
+        parse("--distill-tokens", str(step - 1))
 
 
 def test_help_does_not_import_torch():

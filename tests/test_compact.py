@@ -288,7 +288,7 @@ def test_compact_importance_initialises_the_projected_model(tmp_path, model_type
     reference = hard_prune(model, sel.hidden, sel.ffn, sel.vocab)
     with torch.no_grad():
         assert torch.allclose(pc(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
-    pc.save_pretrained(tmp_path)  # PEFT's save; the config writes the pruned tokenizer beside it
+    pc.save_pretrained(tmp_path)  # PEFT's save, and the pruned tokenizer beside it
     assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == pc.tokenizer.get_vocab()
     reloaded = ProjCompModel.from_pretrained(model_for(model_type, tokenizer), tmp_path)
     assert reloaded.tokenizer.get_vocab() == pc.tokenizer.get_vocab()
@@ -412,9 +412,9 @@ def test_held_out_tail_reaches_no_statistic(monkeypatch):
     model = model_for("llama", tokenizer)
     texts = [*TRAIN[:2], "ʘ ʘ ʘ and the lobster"]  # shorter than the activation pass wants, which read the tail
     batches, alphabets = [], []
-    real_importance, real_letters = select_module.activation_importance, select_module.script_letters
+    real_statistics, real_letters = select_module.activation_statistics, select_module.script_letters
     monkeypatch.setattr(
-        select_module, "activation_importance", lambda m, s, b, **k: batches.extend(b) or real_importance(m, s, b, **k)
+        select_module, "activation_statistics", lambda m, s, b, **k: batches.extend(b) or real_statistics(m, s, b, **k)
     )
     monkeypatch.setattr(select_module, "script_letters", lambda p, c: alphabets.append(c) or real_letters(p, c))
     compact_prune(
@@ -439,9 +439,9 @@ def test_model_prior_counts_positions_whose_next_token_is_rare(monkeypatch):
     model = model_for("llama", tokenizer)
     texts = TRAIN * 4
     weights: list = []
-    real = select_module.activation_importance
+    real = select_module.activation_statistics
     monkeypatch.setattr(
-        select_module, "activation_importance", lambda *a, **k: weights.append(k["mass_weight"]) or real(*a, **k)
+        select_module, "activation_statistics", lambda *a, **k: weights.append(k["mass_weight"]) or real(*a, **k)
     )
     compact_prune(model, tokenizer, texts, split=(len(tokenizer) - 40, model.config.intermediate_size), **CALIBRATION)
     rare = weights[0](torch.arange(len(tokenizer)))
@@ -573,9 +573,8 @@ def test_compact_prune_is_select_then_build():
     assert not torch.allclose(downs[0], base_downs[0][:, selection.intermediate_indices[0]])
     plain = compact_select(model, tokenizer, TRAIN * 4, config, refit_ffn=False, progress=False)
     assert plain.down_proj is None
-    other = selection.with_intermediate_indices(
-        [c[:48].sort().values for c in plain.scores.ffn.argsort(-1)]
-    )  # the lowest
+    lowest = [c[:48].sort().values for c in plain.scores.ffn.argsort(-1)]
+    other = dataclasses.replace(selection, intermediate_indices=lowest, down_proj=None)  # base down_proj values
     assert not torch.equal(other.intermediate_indices[0], selection.intermediate_indices[0])
     assert other.down_proj is None and isinstance(other, CompactSelection)
     rebuilt = compact_build(model, other)
@@ -634,3 +633,33 @@ def test_compact_config_round_trips_and_refuses_unknown_or_inconsistent_fields()
     assert json.loads(json.dumps(config.to_dict()))["split"] == [100, 32]
     with pytest.raises(ValueError, match=r"unknown CompactConfig fields \['ffn_importance'\]"):
         CompactConfig.from_dict({"ffn_importance": "act2"})
+
+
+def test_a_reloaded_vocabulary_adapter_remaps_the_generation_config(tmp_path):
+    """The compressed network's generation config follows the loaded vocabulary, not the placeholder the
+    tuner is built with before PEFT loads the weights: an end-of-turn id past the kept count (here the
+    last kept token) is remapped to its position, as when the adapter was built (it used to be dropped)."""
+    from hf_projcomp import ProjCompConfig, ProjCompModel, get_projcomp_model
+
+    tokenizer = tiny_tokenizer("byte_fallback")
+
+    def build(model):
+        config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
+        return get_projcomp_model(model, config, calibration_data=TRAIN * 4, tokenizer=tokenizer, progress=False)
+
+    kept = build(model_for("gemma3_text", tokenizer)).base_model.selection_vocab.tolist()
+    end = kept[-1]
+    assert end >= len(kept)  # a placeholder of the kept count cannot hold it
+
+    def base():
+        model = model_for("gemma3_text", tokenizer)
+        model.generation_config.eos_token_id = [1, end]
+        return model
+
+    pc = build(base())
+    assert pc.base_model.compressed.generation_config.eos_token_id == [kept.index(1), len(kept) - 1]
+    pc.save_pretrained(tmp_path / "adapter")
+    reloaded = ProjCompModel.from_pretrained(base(), tmp_path, subfolder="adapter")  # the tokenizer from there too
+    assert reloaded.tokenizer.get_vocab() == pc.tokenizer.get_vocab()
+    assert reloaded.base_model.compressed.generation_config.eos_token_id == [kept.index(1), len(kept) - 1]
+    assert reloaded.merge_and_unload().generation_config.eos_token_id == [kept.index(1), len(kept) - 1]

@@ -8,7 +8,12 @@ import torch
 
 from hf_projcomp import ProjCompConfig, get_projcomp_model
 from hf_projcomp.architectures import get_arch_spec
-from hf_projcomp.importance import activation_importance, calibration_batches, magnitude_importance
+from hf_projcomp.importance import (
+    activation_importance,
+    activation_statistics,
+    calibration_batches,
+    magnitude_importance,
+)
 from hf_projcomp.plan import build_plan
 from tests.tiny import TINY, tiny_model
 
@@ -88,23 +93,48 @@ def test_predicted_mass_sums_next_token_probabilities_where_mass_weight_says():
     with torch.no_grad():
         probs = [model(input_ids=torch.tensor([r])).logits[0].double().softmax(-1) for r in rows]
     spec, vocab = get_arch_spec(model.config), model.config.vocab_size
-    everywhere = torch.zeros(vocab, dtype=torch.float64)
-    activation_importance(model, spec, calibration_batches(rows), predicted_mass=everywhere, progress=False)
+    everywhere = activation_statistics(
+        model, spec, calibration_batches(rows), predicted_mass=True, progress=False
+    ).predicted_mass
+    assert everywhere is not None and everywhere.shape == (vocab,) and everywhere.dtype == torch.float64
     assert torch.allclose(everywhere, sum(p[:-1].sum(0) for p in probs), rtol=1e-4)
     assert everywhere.sum().item() == pytest.approx(11 + 6, rel=1e-5)
 
-    odd_next = torch.zeros(vocab, dtype=torch.float64)
-    activation_importance(
+    odd_next = activation_statistics(
         model,
         spec,
         calibration_batches(rows),
-        predicted_mass=odd_next,
+        predicted_mass=True,
         progress=False,
         mass_weight=lambda nxt: nxt % 2 == 1,
-    )
+    ).predicted_mass
+    assert odd_next is not None
     expected = sum((torch.tensor(r[1:]) % 2 == 1).double() @ p[:-1] for r, p in zip(rows, probs, strict=True))
     assert torch.allclose(odd_next, expected, rtol=1e-4)
     assert 0 < odd_next.sum() < everywhere.sum()
+
+
+def test_activation_statistics_returns_what_it_is_asked_for():
+    """activation_importance is activation_statistics' scores; the predicted mass and the Gram matrices
+    come back only when asked, the Gram's diagonal being the act² scores of the same positions."""
+    model = tiny_model("llama")
+    spec = get_arch_spec(model.config)
+    ids = torch.randint(3, TINY["vocab_size"], (2, 10), generator=torch.Generator().manual_seed(5))
+    plain = activation_statistics(model, spec, calibration_batches(ids), progress=False)
+    assert plain.predicted_mass is None and plain.ffn_gram is None
+    scores = activation_importance(model, spec, calibration_batches(ids), progress=False)
+    assert torch.equal(scores.hidden, plain.scores.hidden) and torch.equal(scores.ffn, plain.scores.ffn)
+    weight = lambda t: (t % 3 > 0).double()  # noqa: E731
+    stats = activation_statistics(
+        model, spec, calibration_batches(ids), power=2, token_weight=weight, ffn_gram=True, progress=False
+    )
+    assert stats.ffn_gram is not None and stats.ffn_gram.dtype == torch.float32
+    d_ff = TINY["intermediate_size"]
+    assert stats.ffn_gram.shape == (TINY["num_hidden_layers"], d_ff, d_ff)
+    torch.testing.assert_close(stats.ffn_gram.diagonal(dim1=1, dim2=2).double(), stats.scores.ffn, rtol=1e-4, atol=1e-6)
+    moe = tiny_model("mixtral")
+    with pytest.raises(ValueError, match="ffn_gram is for dense FFNs"):
+        activation_statistics(moe, get_arch_spec(moe.config), calibration_batches(ids), ffn_gram=True)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_projcomp"
 # Bottom to top: a module may import from its own layer and the layers below it.
 LAYERS = [
     # leaves: no import of the package
-    {"_version", "io", "ranks", "model_ids", "texts", "peft_integration", "_peft_hook", "data"},
+    {"_version", "io", "ranks", "model_ids", "texts", "blocks", "peft_integration", "_peft_hook", "data"},
     {"architectures"},  # the family table
     {"plan", "sizing", "target", "hard_pruning", "vocab", "importance", "evaluate", "config"},
     {"compact", "selection", "export", "demo"},  # pruning, selections, saving vanilla checkpoints

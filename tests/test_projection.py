@@ -208,11 +208,11 @@ def test_projections_live_on_the_base_device_and_the_base_is_not_copied():
     source = tiny_model("llama")
     built = get_projcomp_model(source, ProjCompConfig(**TARGET), progress=False)
     recorded = built.projcomp_config
-    recorded.__dict__["_selection"] = built.selection()  # what get_projcomp_model hands the tuner
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(source.config)
     before = {name: p for name, p in base.named_parameters()}
-    pc = ProjCompModel(base, recorded)
+    pc = ProjCompModel(base, {"default": recorded})  # a recorded config builds a placeholder of its sizes
+    pc.set_selection(built.selection())
     assert {p.device.type for p in pc.parameters()} == {"meta"} and {b.device.type for b in pc.buffers()} == {"meta"}
     assert pc.model is base and all(p is before[n] for n, p in base.named_parameters())
     projections = list(pc.projections.values())

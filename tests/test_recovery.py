@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hf_projcomp import DistillConfig, compact_prune, distill_pruned
-from hf_projcomp.training import Teacher, distillation_kl
-from hf_projcomp.training.recovery import DistillationTrainer, training_blocks
+from hf_projcomp.blocks import text_blocks
+from hf_projcomp.training import DistillationTrainer, Teacher, distillation_kl
 from tests.test_compact import model_for
 from tests.tiny_tokenizers import TRAIN, tiny_tokenizer
 
@@ -59,7 +59,7 @@ def pruned():
 
 def kl_to_base(base, small, small_tok, kept) -> float:
     """Mean KL(base ‖ small) per position over every training block: the loss the run lowers."""
-    ids = torch.tensor(training_blocks(small_tok, TRAIN * 4, FAST["block_size"], progress=False)["input_ids"])
+    ids = torch.tensor(text_blocks(small_tok, TRAIN * 4, FAST["block_size"], add_special_tokens=True, progress=False))
     with torch.no_grad():
         kl, positions = distillation_kl(small(input_ids=ids).logits, Teacher(base, kept.tolist()).logits(ids), ids)
     return (kl / positions).item()
@@ -132,17 +132,38 @@ def test_a_stream_is_read_only_as_far_as_the_run_needs(pruned):
     assert 0 < len(read) < 100
 
 
-def test_blocks_cut_one_stream_or_start_each_with_bos():
+def test_blocks_cut_one_stream_or_start_each_with_bos(monkeypatch):
+    """distill_pruned trains on one stream of the texts as the tokenizer encodes them, or on blocks that
+    each start with BOS (bos_each_block)."""
     tokenizer = tiny_tokenizer("byte_fallback")
     texts = TRAIN[:6]
-    plain = training_blocks(tokenizer, texts, 16, progress=False)["input_ids"]
+    seen = []
+    monkeypatch.setattr(DistillationTrainer, "train", lambda trainer: seen.append(trainer.train_dataset))
+    model = model_for("llama", tokenizer)
+    for each in (False, True):
+        config = dict(FAST, block_size=16, max_tokens=16 * 4, bos_each_block=each)
+        distill_pruned(copy.deepcopy(model), model, tokenizer, texts, progress=False, **config)
+    plain, each = (dataset["input_ids"] for dataset in seen)
+    assert all(dataset["labels"] == dataset["input_ids"] for dataset in seen)
     stream = [i for text in texts for i in tokenizer(text)["input_ids"]]  # each text as the tokenizer encodes it
     assert plain == [stream[i : i + 16] for i in range(0, len(stream) - 15, 16)]
     bos = tokenizer.bos_token_id
-    each = training_blocks(tokenizer, texts, 16, bos_each_block=True, progress=False)["input_ids"]
     body = [i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
     assert all(len(block) == 16 and block[0] == bos and bos not in block[1:] for block in each)
     assert [i for block in each for i in block[1:]] == body[: 15 * len(each)] and len(body) - 15 * len(each) < 15
+
+
+def test_old_import_paths_still_work():
+    """hf_projcomp.training.recovery re-exports the distillation names; training_blocks warns."""
+    from hf_projcomp.training import distill, recovery
+
+    for name in ("SCHEDULERS", "DistillConfig", "DistillationTrainer", "distill_pruned"):
+        assert getattr(recovery, name) is getattr(distill, name)
+    tokenizer = tiny_tokenizer("byte_fallback")
+    with pytest.warns(DeprecationWarning, match="text_blocks"):
+        blocks = recovery.training_blocks(tokenizer, TRAIN[:6], 16, bos_each_block=True, progress=False)
+    bos = tokenizer.bos_token_id
+    assert blocks["input_ids"] == text_blocks(tokenizer, TRAIN[:6], 16, bos=bos, progress=False)
 
 
 def test_bad_input_names_the_parameter(pruned):

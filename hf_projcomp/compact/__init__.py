@@ -5,7 +5,7 @@ channels, refitted down_proj values, pruned tokenizer) and ``compact_build`` (th
 vanilla model); ``compact_prune`` runs both.
 """
 
-from ..importance.calibration import load_calibration_texts, tokenize_calibration
+from ..importance.calibration import tokenize_calibration
 from .budget import Split, candidate_splits, resolve_budget
 from .build import compact_build
 from .calibration import generate_calibration_texts
@@ -23,7 +23,6 @@ __all__ = [
     "compact_prune",
     "compact_select",
     "generate_calibration_texts",
-    "load_calibration_texts",
     "resolve_budget",
     "tokenize_calibration",
 ]

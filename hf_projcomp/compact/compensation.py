@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..architectures import ArchSpec
+from ..importance.activation import decoder_layers
 
 # λ / mean(diag G[S, S]). Chosen on dev text: docs/decisions.md#refit-ridge
 REFIT_RIDGE = 0.1
@@ -61,7 +62,7 @@ def refit_down_proj(
 ) -> list[torch.Tensor]:
     """Every layer's down_proj weight for these kept d_ff channels (and the whole d_model, as COMPACT
     prunes): refitted where the layer lost channels, the base's kept columns where it lost none;
-    ``grams`` (layers, d_ff, d_ff) from :func:`~hf_projcomp.importance.activation_importance`'s
+    ``grams`` (layers, d_ff, d_ff) from :func:`~hf_projcomp.importance.activation_statistics`'s
     ``ffn_gram``. In float32, whatever the base's dtype (a bf16 base built in float32 keeps the
     solve's precision), and in the module's own layout (GPT-2's Conv1D: in × out); load them into
     the pruned model with :func:`load_down_proj`."""
@@ -69,11 +70,11 @@ def refit_down_proj(
         raise ValueError("the down_proj refit is for dense FFNs; this model is a mixture of experts")
     # GPT-2's Conv1D stores in × out: work on the out × in view.
     transposed = any(lin.transposed for lin in spec.linears if lin.path == spec.ffn_down)
-    layers = base.get_submodule(spec.layers)
+    layers = decoder_layers(base, spec)
     weights = []
     for i, kept in enumerate(intermediate_indices):
         kept = torch.as_tensor(kept)
-        weight = layers[i].get_submodule(spec.ffn_down).weight
+        weight: torch.Tensor = layers[i].get_parameter(f"{spec.ffn_down}.weight")
         weight = weight.mT if transposed else weight
         fitted = (
             weight[:, kept.to(weight.device)]
@@ -88,11 +89,11 @@ def refit_down_proj(
 def load_down_proj(small: PreTrainedModel, spec: ArchSpec, weights: Sequence[torch.Tensor]) -> None:
     """Copy per-layer down_proj ``weights`` (from :func:`refit_down_proj`) into ``small``, in its dtype;
     a ``ValueError`` when they do not fit its layers (other d_ff channels, another model)."""
-    layers = small.get_submodule(spec.layers)
+    layers = decoder_layers(small, spec)
     if len(weights) != len(layers):
         raise ValueError(f"down_proj has {len(weights)} layers, the model {len(layers)}")
     for i, (layer, weight) in enumerate(zip(layers, weights, strict=True)):
-        target = layer.get_submodule(spec.ffn_down).weight
+        target = layer.get_parameter(f"{spec.ffn_down}.weight")
         if target.shape != weight.shape:
             raise ValueError(
                 f"down_proj[{i}] is {tuple(weight.shape)}, the pruned layer's "

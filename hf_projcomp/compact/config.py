@@ -69,41 +69,49 @@ class CompactConfig:
     text_column: str = "text"
 
     def __post_init__(self) -> None:
-        if self.split is not None:
-            if (
-                not isinstance(self.split, (tuple, list))
-                or len(self.split) != 2
-                or not all(_is_int(v) and v > 0 for v in self.split)
-            ):
-                raise ValueError(
-                    f"split must be (vocab_size, intermediate_size), two positive ints, got {self.split!r}"
-                )
-            self.split = tuple(self.split)
-        else:  # the budget is checked against the model by resolve_budget
+        self._check_budget()
+        self._check_counts()
+        self._check_weights()
+        for name in ("keep_script_letters", "refit_ffn", "prune_vocabulary"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        self.ffn_fractions = _fractions(self.ffn_fractions)
+        if not isinstance(self.text_column, str):
+            raise TypeError(f"text_column must be a str, got {self.text_column!r}")
+
+    def _check_budget(self) -> None:
+        """``split`` as a tuple of two positive ints or, without it, ``target_params`` a number (checked
+        against the model by ``resolve_budget``)."""
+        if self.split is None:
             if isinstance(self.target_params, bool) or not isinstance(self.target_params, (int, float)):
                 raise TypeError(f"target_params must be a float fraction or an int count, got {self.target_params!r}")
-        for name in ("num_sequences", "frequency_tokens", "heldout_tokens"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if not _is_int(self.sequence_length) or self.sequence_length < 2:
-            raise ValueError(f"sequence_length must be an int >= 2, got {self.sequence_length!r}")
-        if not _is_int(self.keep_characters) or self.keep_characters < 0:
-            raise ValueError(f"keep_characters must be an int >= 0, got {self.keep_characters!r}")
+            return
+        if (
+            not isinstance(self.split, (tuple, list))
+            or len(self.split) != 2
+            or not all(_is_int(v) and v > 0 for v in self.split)
+        ):
+            raise ValueError(f"split must be (vocab_size, intermediate_size), two positive ints, got {self.split!r}")
+        vocab, inter = self.split
+        self.split = (vocab, inter)
+
+    def _check_counts(self) -> None:
+        for name, least in (
+            ("num_sequences", 1),
+            ("frequency_tokens", 1),
+            ("heldout_tokens", 1),
+            ("sequence_length", 2),
+            ("keep_characters", 0),
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+    def _check_weights(self) -> None:
         for name in ("prior_weight", "vocab_prior"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("keep_script_letters", "refit_ffn", "prune_vocabulary"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        fractions = tuple(self.ffn_fractions)
-        if not fractions or not all(
-            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions
-        ):
-            raise ValueError(f"ffn_fractions must be fractions in (0, 1], got {self.ffn_fractions!r}")
-        self.ffn_fractions = fractions
-        if not isinstance(self.text_column, str):
-            raise TypeError(f"text_column must be a str, got {self.text_column!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists), as the model card records them."""
@@ -121,6 +129,16 @@ class CompactConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fractions(values: Any) -> tuple[float, ...]:
+    """``ffn_fractions`` as a non-empty tuple of numbers in (0, 1]."""
+    fractions = tuple(values)
+    if not fractions or not all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions
+    ):
+        raise ValueError(f"ffn_fractions must be fractions in (0, 1], got {values!r}")
+    return fractions
 
 
 __all__ = ["DEFAULT_FFN_FRACTIONS", "VOCAB_PRIOR_WEIGHT", "CompactConfig"]

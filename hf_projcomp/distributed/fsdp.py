@@ -33,10 +33,13 @@ A custom loop::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 class _Unit(nn.Module):
@@ -138,8 +141,9 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
     from ..projection.model import unwrap
 
     params = [p for p in unwrap(model).trainable_parameters() if p.grad is not None]
-    sharded = [p.grad.to_local() for p in params if hasattr(p.grad, "to_local")]
-    local = [p.grad for p in params if not hasattr(p.grad, "to_local")]
+    grads: list[Any] = [p.grad for p in params]  # DTensor (sharded P, A) or Tensor (replicated norms)
+    sharded = [g.to_local() for g in grads if hasattr(g, "to_local")]
+    local = [g for g in grads if not hasattr(g, "to_local")]
     squares = (
         torch.stack([g.double().pow(2).sum() for g in sharded]).sum()
         if sharded
@@ -197,7 +201,7 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     or not. Call it on every rank: rank 0 gets the state (on CPU), the others an empty dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    by_name = get_optimizer_state_dict(
+    by_name: dict[str, Any] = get_optimizer_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if not by_name:
@@ -221,7 +225,7 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Opti
     saved = [i for group in state["param_groups"] for i in group["params"]]
     if len(saved) != len(names):
         raise ValueError(f"optimizer state holds {len(saved)} parameters, the optimizer {len(names)}")
-    by_name = {
+    by_name: dict[str, Any] = {
         "state": {names[i]: value for i, value in state["state"].items()},
         "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
     }
@@ -234,7 +238,7 @@ def _names_in_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def save_sharded(model: nn.Module, save_directory: str, **kwargs: Any) -> None:
+def save_sharded(model: PeftModel, save_directory: str, **kwargs: Any) -> None:
     """Save a sharded model's adapter as one ordinary, rank-independent adapter folder: tensors are
     gathered on every rank (call it on all of them) and rank 0 writes."""
     state = full_adapter_state_dict(model)

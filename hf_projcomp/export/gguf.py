@@ -99,6 +99,10 @@ def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
         raise GGUFExportError(f"no GGUF layout is known for model_type {arch.model_type!r}")
     config, spec = model.config, arch.gguf
     if spec.square_attention and config.num_attention_heads * head_dim(config) != config.hidden_size:
+        if spec.fallback is None:
+            raise GGUFExportError(
+                f"llama.cpp's {spec.arch.lower()} needs hidden_size = heads × head_dim, and no other layout is known"
+            )
         spec = spec.fallback
     for field_name, equals, why in spec.requires:
         value = getattr(config, field_name, None)
@@ -118,74 +122,118 @@ def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
 
 def gguf_metadata(model: PreTrainedModel, vocab: GGUFVocab, outtype: str) -> dict[str, tuple[Any, Any, Any]]:
     """Every GGUF key -> (value, GGUFValueType, element type of an array) this model's file holds."""
+    resolved = _gguf_spec(model)
+    keys = _Metadata(resolved.arch_name)
+    _general_keys(keys, model, outtype)
+    _shape_keys(keys, model.config)
+    _rope_keys(keys, model.config)
+    _family_keys(keys, model.config, resolved.spec)
+    _tokenizer_keys(keys, vocab)
+    return keys.items
+
+
+class _Metadata:
+    """GGUF keys in the order they are written; ``{arch}`` in a key stands for the architecture's name."""
+
+    def __init__(self, arch: str) -> None:
+        self.arch = arch
+        self.items: dict[str, tuple[Any, Any, Any]] = {}
+
+    def put(self, key: str, value: Any, vtype: Any, sub_type: Any = None) -> None:
+        self.items[key.format(arch=self.arch)] = (value, vtype, sub_type)
+
+
+def _general_keys(keys: _Metadata, model: PreTrainedModel, outtype: str) -> None:
     import gguf
 
-    resolved = _gguf_spec(model)
-    config, arch = model.config, resolved.arch_name
+    V, K = gguf.GGUFValueType, gguf.Keys
+    keys.put(K.General.ARCHITECTURE, keys.arch, V.STRING)
+    # llama.cpp keys some per-token attributes on this name (a "phi3" name expects Phi-3's specials).
+    keys.put(K.General.NAME, Path(getattr(model, "name_or_path", "") or model.config.model_type).name, V.STRING)
+    keys.put(K.General.FILE_TYPE, int(gguf.LlamaFileType[OUTTYPES[outtype][1]]), V.UINT32)
+
+
+def _shape_keys(keys: _Metadata, config: Any) -> None:
+    """Widths, depth, heads and the norm epsilon, written explicitly (compression changes them)."""
+    import gguf
+
+    V, K = gguf.GGUFValueType, gguf.Keys
+    u32 = V.UINT32
+    keys.put(K.LLM.CONTEXT_LENGTH, config.max_position_embeddings, u32)
+    keys.put(K.LLM.EMBEDDING_LENGTH, config.hidden_size, u32)
+    keys.put(K.LLM.BLOCK_COUNT, config.num_hidden_layers, u32)
+    keys.put(K.LLM.FEED_FORWARD_LENGTH, config.intermediate_size, u32)
+    keys.put(K.LLM.VOCAB_SIZE, config.vocab_size, u32)
+    keys.put(K.Attention.HEAD_COUNT, config.num_attention_heads, u32)
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    keys.put(K.Attention.HEAD_COUNT_KV, kv_heads, u32)
+    keys.put(K.Attention.KEY_LENGTH, head_dim(config), u32)
+    keys.put(K.Attention.VALUE_LENGTH, head_dim(config), u32)
+    keys.put(K.Attention.LAYERNORM_RMS_EPS, float(config.rms_norm_eps), V.FLOAT32)
+
+
+def _rope_keys(keys: _Metadata, config: Any) -> None:
+    """The full-attention layers' RoPE: rotary width, base and scaling (linear or YaRN)."""
+    import gguf
+
     V, K = gguf.GGUFValueType, gguf.Keys
     u32, f32 = V.UINT32, V.FLOAT32
-    out: dict[str, tuple[Any, Any, Any]] = {}
-
-    def put(key: str, value: Any, vtype: Any, sub_type: Any = None) -> None:
-        out[key.format(arch=arch)] = (value, vtype, sub_type)
-
-    put(K.General.ARCHITECTURE, arch, V.STRING)
-    # llama.cpp keys some per-token attributes on this name (a "phi3" name expects Phi-3's specials).
-    put(K.General.NAME, Path(getattr(model, "name_or_path", "") or config.model_type).name, V.STRING)
-    put(K.General.FILE_TYPE, int(gguf.LlamaFileType[OUTTYPES[outtype][1]]), u32)
-    put(K.LLM.CONTEXT_LENGTH, config.max_position_embeddings, u32)
-    put(K.LLM.EMBEDDING_LENGTH, config.hidden_size, u32)
-    put(K.LLM.BLOCK_COUNT, config.num_hidden_layers, u32)
-    put(K.LLM.FEED_FORWARD_LENGTH, config.intermediate_size, u32)
-    put(K.LLM.VOCAB_SIZE, config.vocab_size, u32)
-    put(K.Attention.HEAD_COUNT, config.num_attention_heads, u32)
-    put(K.Attention.HEAD_COUNT_KV, getattr(config, "num_key_value_heads", None) or config.num_attention_heads, u32)
-    put(K.Attention.KEY_LENGTH, head_dim(config), u32)
-    put(K.Attention.VALUE_LENGTH, head_dim(config), u32)
-    put(K.Attention.LAYERNORM_RMS_EPS, float(config.rms_norm_eps), f32)
     rope = _rope(config, "full_attention")
-    put(K.Rope.DIMENSION_COUNT, int(head_dim(config) * rope.get("partial_rotary_factor", 1.0)), u32)
-    put(K.Rope.FREQ_BASE, float(rope.get("rope_theta", 10000.0)), f32)
+    keys.put(K.Rope.DIMENSION_COUNT, int(head_dim(config) * rope.get("partial_rotary_factor", 1.0)), u32)
+    keys.put(K.Rope.FREQ_BASE, float(rope.get("rope_theta", 10000.0)), f32)
     rope_type = rope.get("rope_type", "default")
     if rope_type == "linear":
-        put(K.Rope.SCALING_TYPE, "linear", V.STRING)
-        put(K.Rope.SCALING_FACTOR, float(rope["factor"]), f32)
+        keys.put(K.Rope.SCALING_TYPE, "linear", V.STRING)
+        keys.put(K.Rope.SCALING_FACTOR, float(rope["factor"]), f32)
     elif rope_type == "yarn":
-        put(K.Rope.SCALING_TYPE, "yarn", V.STRING)
-        put(K.Rope.SCALING_FACTOR, float(rope["factor"]), f32)
-        put(K.Rope.SCALING_ORIG_CTX_LEN, int(rope["original_max_position_embeddings"]), u32)
+        keys.put(K.Rope.SCALING_TYPE, "yarn", V.STRING)
+        keys.put(K.Rope.SCALING_FACTOR, float(rope["factor"]), f32)
+        keys.put(K.Rope.SCALING_ORIG_CTX_LEN, int(rope["original_max_position_embeddings"]), u32)
     elif rope_type not in ("default", "llama3"):  # llama3's factors are the rope_freqs tensor
         raise GGUFExportError(f"rope_type {rope_type!r} is not written to GGUF by hf_projcomp")
-    for key, field_name in resolved.spec.constants:
+
+
+def _family_keys(keys: _Metadata, config: Any, spec: GGUFSpec) -> None:
+    """The family's own constants, logit soft-capping, and the sliding-window layout."""
+    import gguf
+
+    V, K = gguf.GGUFValueType, gguf.Keys
+    f32 = V.FLOAT32
+    for key, field_name in spec.constants:
         if getattr(config, field_name, None) is not None:
-            put(f"{{arch}}.{key}", float(getattr(config, field_name)), f32)
+            keys.put(f"{{arch}}.{key}", float(getattr(config, field_name)), f32)
     if getattr(config, "final_logit_softcapping", None):
-        put(K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.final_logit_softcapping), f32)
+        keys.put(K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.final_logit_softcapping), f32)
     layer_types = getattr(config, "layer_types", None)
-    if resolved.spec.sliding_window and getattr(config, "sliding_window", None) and layer_types:
-        put(K.Attention.SLIDING_WINDOW, int(config.sliding_window), u32)
-        put(K.Attention.SLIDING_WINDOW_PATTERN, [t == "sliding_attention" for t in layer_types], V.ARRAY, V.BOOL)
+    if spec.sliding_window and getattr(config, "sliding_window", None) and layer_types:
+        keys.put(K.Attention.SLIDING_WINDOW, int(config.sliding_window), V.UINT32)
+        pattern = [t == "sliding_attention" for t in layer_types]
+        keys.put(K.Attention.SLIDING_WINDOW_PATTERN, pattern, V.ARRAY, V.BOOL)
         local = _rope(config, "sliding_attention")
         if "rope_theta" in local:
-            put(K.Rope.FREQ_BASE_SWA, float(local["rope_theta"]), f32)
+            keys.put(K.Rope.FREQ_BASE_SWA, float(local["rope_theta"]), f32)
 
-    put(K.Tokenizer.MODEL, vocab.model, V.STRING)
-    put(K.Tokenizer.PRE, vocab.pre, V.STRING)
-    put(K.Tokenizer.LIST, vocab.tokens, V.ARRAY, V.STRING)
-    put(K.Tokenizer.TOKEN_TYPE, vocab.types, V.ARRAY, V.INT32)
+
+def _tokenizer_keys(keys: _Metadata, vocab: GGUFVocab) -> None:
+    import gguf
+
+    V, K = gguf.GGUFValueType, gguf.Keys
+    keys.put(K.Tokenizer.MODEL, vocab.model, V.STRING)
+    keys.put(K.Tokenizer.PRE, vocab.pre, V.STRING)
+    keys.put(K.Tokenizer.LIST, vocab.tokens, V.ARRAY, V.STRING)
+    keys.put(K.Tokenizer.TOKEN_TYPE, vocab.types, V.ARRAY, V.INT32)
     if vocab.scores is not None:
-        put(K.Tokenizer.SCORES, vocab.scores, V.ARRAY, V.FLOAT32)
+        keys.put(K.Tokenizer.SCORES, vocab.scores, V.ARRAY, V.FLOAT32)
     if vocab.merges is not None:
-        put(K.Tokenizer.MERGES, vocab.merges, V.ARRAY, V.STRING)
+        keys.put(K.Tokenizer.MERGES, vocab.merges, V.ARRAY, V.STRING)
     if vocab.add_space_prefix is not None:
-        put(K.Tokenizer.ADD_PREFIX, vocab.add_space_prefix, V.BOOL)
+        keys.put(K.Tokenizer.ADD_PREFIX, vocab.add_space_prefix, V.BOOL)
     for name, token_id in vocab.special_ids.items():
-        put(getattr(K.Tokenizer, f"{name.upper()}_ID"), token_id, u32)
-    put(K.Tokenizer.ADD_BOS, vocab.add_bos, V.BOOL)
-    put(K.Tokenizer.ADD_EOS, vocab.add_eos, V.BOOL)
+        keys.put(getattr(K.Tokenizer, f"{name.upper()}_ID"), token_id, V.UINT32)
+    keys.put(K.Tokenizer.ADD_BOS, vocab.add_bos, V.BOOL)
+    keys.put(K.Tokenizer.ADD_EOS, vocab.add_eos, V.BOOL)
     if vocab.chat_template is not None:
-        put(K.Tokenizer.CHAT_TEMPLATE, vocab.chat_template, V.STRING)
-    return out
+        keys.put(K.Tokenizer.CHAT_TEMPLATE, vocab.chat_template, V.STRING)
 
 
 def _rope(config: Any, layer_type: str) -> dict[str, Any]:

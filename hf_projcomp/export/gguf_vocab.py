@@ -95,7 +95,7 @@ def _sentencepiece_vocab(doc: Any, tokenizer: Any) -> GGUFVocab:
             "this byte-fallback tokenizer has no exact sentencepiece equivalent, which llama.cpp's "
             "'llama' vocabulary needs (see hf_projcomp.vocab.files.sentencepiece_model)"
         )
-    proto = pb.ModelProto()
+    proto = pb.ModelProto()  # type: ignore[attr-defined]  # generated at import by protobuf: no stub declares it
     proto.ParseFromString(data)
     tokens, types, scores = [], [], []
     for piece in proto.pieces:

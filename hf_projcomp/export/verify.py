@@ -113,7 +113,8 @@ def verify_checkpoint(
     directory = Path(directory)
     texts = list(texts)
     try:
-        reloaded = AutoModelForCausalLM.from_pretrained(directory).to(model.device).eval()
+        # PreTrainedModel.to is functools.wraps(Module.to), whose stub leaves it unbound (device read as self)
+        reloaded = AutoModelForCausalLM.from_pretrained(directory).to(model.device).eval()  # type: ignore[arg-type]
         reloaded_tok = AutoTokenizer.from_pretrained(directory)
     except Exception as err:  # any load failure means the files are unusable
         raise VerificationError(f"the written checkpoint does not load: {err}") from err

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+
+from ..blocks import cut_blocks, text_blocks
+from ..blocks import read_tokens as read_tokens  # re-exported: compact/select.py imports it from here
 
 Batch = dict[str, torch.Tensor]
 
@@ -108,63 +110,20 @@ def _column(row: Any, column: str, name: str = "calibration_data") -> Any:
     return row[column]
 
 
-def load_calibration_texts(data: Any, text_column: str = "text") -> list[str]:
-    """Every text of ``data`` (see :func:`iter_calibration_texts`); ``ValueError`` when there is none."""
-    texts = list(iter_calibration_texts(data, text_column))
-    if not texts:
-        raise ValueError("calibration_data is empty")
-    return texts
-
-
-def read_tokens(
-    tokenizer: Any,
-    texts: Iterable[str],
-    max_tokens: int | None,
-    progress: bool = True,
-    *,
-    add_special_tokens: bool = False,
-    desc: str = "Tokenising calibration text",
-    name: str = "calibration_data",
-) -> tuple[list[str], list[int]]:
-    """Tokenise ``texts`` one by one (no special tokens, unless ``add_special_tokens``) until
-    ``max_tokens`` are gathered (``None``: all of them).
-
-    Returns the texts read and their concatenated token ids (at most ``max_tokens``); later texts are
-    never read. ``ValueError`` (calling the texts ``name``) when there is no text at all.
-    """
-    read: list[str] = []
-    stream: list[int] = []
-    with tqdm(total=max_tokens, desc=desc, disable=not progress, unit="tok") as bar:
-        for text in texts:
-            read.append(text)
-            ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-            take = len(ids) if max_tokens is None else min(len(ids), max_tokens - len(stream))
-            stream.extend(ids[:take])
-            bar.update(take)
-            if max_tokens is not None and len(stream) >= max_tokens:
-                break
-        else:
-            bar.total = bar.n  # the text ran out before the budget: the bar ends at what there was
-            bar.refresh()
-    if not read:
-        raise ValueError(f"{name} is empty")
-    return read, stream
+def _check_sequences(num_sequences: int, sequence_length: int) -> None:
+    if num_sequences < 1 or sequence_length < 2:
+        raise ValueError(
+            f"num_sequences must be >= 1 and sequence_length >= 2, got {num_sequences} and {sequence_length}"
+        )
 
 
 def token_sequences(stream: list[int], bos: int | None, num_sequences: int, sequence_length: int) -> list[torch.Tensor]:
     """Up to ``num_sequences`` sequences of ``sequence_length`` tokens cut from the start of ``stream``,
     each starting with ``bos`` when given (as the model saw in training); a short stream gives one
     shorter sequence."""
-    if num_sequences < 1 or sequence_length < 2:
-        raise ValueError(
-            f"num_sequences must be >= 1 and sequence_length >= 2, got {num_sequences} and {sequence_length}"
-        )
-    body = sequence_length - (bos is not None)
-    needed = num_sequences * body
-    chunks = [stream[i : i + body] for i in range(0, min(len(stream), needed), body)]
-    chunks = [c for c in chunks if len(c) == body] or [stream[:body]]
-    prefix = [bos] if bos is not None else []
-    return [torch.tensor([prefix + c]) for c in chunks]
+    _check_sequences(num_sequences, sequence_length)
+    blocks = cut_blocks(stream, sequence_length, bos, max_blocks=num_sequences, keep_short=True)
+    return [torch.tensor([block]) for block in blocks]
 
 
 def tokenize_calibration(
@@ -177,11 +136,20 @@ def tokenize_calibration(
 ) -> list[torch.Tensor]:
     """Token sequences (1, ``sequence_length``) from calibration text (any form
     :func:`iter_calibration_texts` takes), reading only the text they need."""
-    bos = tokenizer.bos_token_id
-    body = sequence_length - (bos is not None)
+    _check_sequences(num_sequences, sequence_length)
     texts = data if isinstance(data, Iterator) else iter_calibration_texts(data, text_column)
-    _, stream = read_tokens(tokenizer, texts, num_sequences * body, progress=progress)
-    return token_sequences(stream, bos, num_sequences, sequence_length)
+    blocks = text_blocks(
+        tokenizer,
+        texts,
+        sequence_length,
+        bos=tokenizer.bos_token_id,
+        max_blocks=num_sequences,
+        keep_short=True,
+        progress=progress,
+        desc="Tokenising calibration text",
+        name="calibration_data",
+    )
+    return [torch.tensor([block]) for block in blocks]
 
 
 def _as_batch(item: Any) -> Batch:
@@ -214,7 +182,7 @@ def _padded(rows: list[Any]) -> Batch:
 
 
 def _dataset_batches(dataset: Any, batch_size: int, limit: int | None) -> Iterator[Batch]:
-    rows = (_column(row, "input_ids") for row in dataset)
+    rows: Iterator[Any] = (_column(row, "input_ids") for row in dataset)
     if limit is not None:
         rows = islice(rows, limit)
     while chunk := list(islice(rows, batch_size)):

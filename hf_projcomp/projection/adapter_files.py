@@ -1,11 +1,13 @@
-"""What an adapter carries besides its tensors, and how a tuner is set up from it: the selection (given,
-computed from the config, or a placeholder the saved weights overwrite), the pruned tokenizer, the base
-it was built on, and checkpoint keys of earlier versions."""
+"""What an adapter carries besides its tensors, and how a tuner starts from its config: the selection it
+is built with (computed from the config's importance, or a placeholder of the recorded sizes that the
+saved weights or :meth:`~hf_projcomp.ProjCompModel.set_selection` replace), the pruned tokenizer saved
+beside it, the base it was built on, and checkpoint keys and configs of earlier versions."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
@@ -15,6 +17,9 @@ from ..config import LEGACY_FIELDS, ProjCompConfig
 from ..model_ids import hub_id_of
 from ..plan import Selection
 from ..ranks import on_rank0_then_broadcast
+
+# Hub arguments of PeftModel.from_pretrained / load_adapter that say where the adapter's files are.
+_HUB_ARGUMENTS = ("revision", "token", "cache_dir")
 
 
 def current_key(key: str) -> str:
@@ -30,40 +35,54 @@ def current_key(key: str) -> str:
     return key
 
 
-def resolve_selection(model: PreTrainedModel, config: ProjCompConfig) -> Selection:
-    """The selection an adapter is built with, and the pruned tokenizer attached to its config:
+def initial_selection(model: PreTrainedModel, config: ProjCompConfig) -> tuple[Selection, Any]:
+    """(the selection a tuner is built with, the pruned tokenizer or None):
 
-    * given by :func:`~hf_projcomp.get_projcomp_model` (computed there, with its arguments);
-    * recorded in a legacy ``adapter_config.json`` (lists of indices);
-    * coming with the adapter's weights (a config read by :meth:`ProjCompConfig.from_pretrained`): a
-      placeholder of the recorded sizes, overwritten when PEFT loads the weights;
-    * otherwise computed here from the config alone (``peft.get_peft_model``, TRL's ``peft_config``).
+    * a config that records what was built (an adapter's, or :func:`~hf_projcomp.get_projcomp_model`'s):
+      a placeholder of the recorded sizes, replaced by the loaded weights or by ``set_selection``;
+    * a 0.1 adapter's config, which lists the indices themselves: those (:func:`legacy_selection`);
+    * otherwise (``peft.get_peft_model``, TRL's ``peft_config``): computed from the config's importance,
+      on rank 0 and broadcast, with what was built recorded in ``config``.
     """
-    given = config.__dict__.pop("_selection", None)
-    if given is not None:
-        return given
     if config.hidden_indices is not None:
-        selection = Selection.from_lists(config.hidden_indices, config.intermediate_indices, config.vocab_indices)
-        for name in LEGACY_FIELDS:  # saved again, the adapter takes the current format
-            setattr(config, name, None)
-        attach_saved_tokenizer(config, selection.vocab is not None)
-        return selection
-    if "_adapter_source" in config.__dict__:
-        if config.hidden_size is None or config.intermediate_size is None:
-            raise ValueError("this adapter_config.json records no sizes: it was not written by hf_projcomp")
-        layers = config.num_hidden_layers or model.config.num_hidden_layers
-        vocab = None if config.vocab_size is None else torch.arange(config.vocab_size)
-        attach_saved_tokenizer(config, vocab is not None)
-        groups = get_arch_spec(model.config).ffn_groups(model.config)  # (experts,) in a mixture
-        ffn = torch.arange(config.intermediate_size).expand(*groups, config.intermediate_size)
-        return Selection(torch.arange(config.hidden_size), (ffn,) * layers, vocab)
+        return legacy_selection(config), None
+    if config.base_hidden_size is not None:
+        return placeholder_selection(model.config, config), None
     from ..selection import select
 
     recorded, selection, tokenizer = on_rank0_then_broadcast(lambda: select(model, config, None, None, progress=True))
     for field in recorded.__dataclass_fields__:
         setattr(config, field, getattr(recorded, field))
-    config.__dict__["_tokenizer"] = tokenizer
+    return selection, tokenizer
+
+
+def placeholder_selection(base_config: PretrainedConfig, config: ProjCompConfig) -> Selection:
+    """The first indices of every recorded size: the shapes an adapter's weights load into."""
+    if config.hidden_size is None or config.intermediate_size is None:
+        raise ValueError("this adapter_config.json records no sizes: it was not written by hf_projcomp")
+    layers = config.num_hidden_layers or base_config.num_hidden_layers
+    vocab = None if config.vocab_size is None else torch.arange(config.vocab_size)
+    groups = get_arch_spec(base_config).ffn_groups(base_config)  # (experts,) in a mixture
+    ffn = torch.arange(config.intermediate_size).expand(*groups, config.intermediate_size)
+    return Selection(torch.arange(config.hidden_size), (ffn,) * layers, vocab)
+
+
+def legacy_selection(config: ProjCompConfig) -> Selection:
+    """The indices a 0.1 ``adapter_config.json`` lists; the config drops them (saved again, the adapter
+    takes the current format, indices in the weights file)."""
+    hidden, ffn = config.hidden_indices, config.intermediate_indices
+    if hidden is None or ffn is None:
+        raise ValueError("a legacy adapter_config.json lists hidden_indices and intermediate_indices together")
+    selection = Selection.from_lists(hidden, ffn, config.vocab_indices)
+    for name in LEGACY_FIELDS:
+        setattr(config, name, None)
     return selection
+
+
+def load_saved_tokenizer(model_id: str | os.PathLike, subfolder: str | None = None, **hub: Any) -> Any:
+    """The pruned tokenizer saved beside a vocabulary-pruning adapter (a directory or a Hub id)."""
+    options = {k: hub[k] for k in _HUB_ARGUMENTS if hub.get(k) is not None}
+    return AutoTokenizer.from_pretrained(os.fspath(model_id), subfolder=subfolder or "", **options)
 
 
 def record_base(config: ProjCompConfig) -> None:
@@ -79,21 +98,6 @@ def record_base(config: ProjCompConfig) -> None:
         config.base_model_name_or_path = hub_id or os.fspath(local)
         if config.revision is None and hub_id and local.parent.name == "snapshots":
             config.revision = local.name
-
-
-def attach_saved_tokenizer(config: ProjCompConfig, prunes_vocabulary: bool) -> None:
-    """A vocabulary-pruning adapter's tokenizer, read from where its config was read."""
-    if not prunes_vocabulary or config.__dict__.get("_tokenizer") is not None:
-        return
-    source = config.__dict__.get("_adapter_source")
-    if source is None:
-        raise ValueError(
-            "this adapter prunes the vocabulary: load it with ProjCompConfig.from_pretrained or "
-            "PeftModel.from_pretrained, so its tokenizer is read with it"
-        )
-    path, subfolder, kwargs = source
-    options = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
-    config.__dict__["_tokenizer"] = AutoTokenizer.from_pretrained(path, subfolder=subfolder or "", **options)
 
 
 def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) -> None:
@@ -114,4 +118,26 @@ def check_base_matches(base_config: PretrainedConfig, config: ProjCompConfig) ->
         raise ValueError(f"the adapter was built for a base model with different shapes ({detail})")
 
 
-__all__ = ["attach_saved_tokenizer", "check_base_matches", "current_key", "record_base", "resolve_selection"]
+def check_selection_fits(config: ProjCompConfig, selection: Selection) -> None:
+    """``ValueError`` when ``selection`` has other sizes than the adapter's config records."""
+    sizes = {
+        "hidden_size": selection.hidden_size,
+        "intermediate_size": selection.intermediate_size,
+        "vocab_size": None if selection.vocab is None else len(selection.vocab),
+    }
+    diff = {k: (getattr(config, k), v) for k, v in sizes.items() if getattr(config, k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: config {a!r} vs selection {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"selection does not fit this adapter's config ({detail})")
+
+
+__all__ = [
+    "check_base_matches",
+    "check_selection_fits",
+    "current_key",
+    "initial_selection",
+    "legacy_selection",
+    "load_saved_tokenizer",
+    "placeholder_selection",
+    "record_base",
+]

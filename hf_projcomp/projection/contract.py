@@ -68,6 +68,8 @@ class SingleAdapterTuner(BaseTuner):
     adapter is enabled. Subclasses set both, ``self.adapter_state``, ``self.peft_config`` and
     ``self.active_adapter``, and implement :meth:`adapter_parameters`."""
 
+    active_adapter: str  # one adapter: never PEFT's list
+
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(state-dict name, parameter) of everything the adapter trains."""
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -134,6 +134,8 @@ class Projection(nn.Module):
     side whose index has a row per expert (d_ff), and one shared P on the other side (d_model).
     """
 
+    row_index: torch.Tensor | None  # a buffer
+
     def __init__(
         self,
         base_module: nn.Module,
@@ -190,7 +192,7 @@ class Projection(nn.Module):
     def _trainable(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in (("p_in", self.p_in), ("p_out", self.p_out), ("a", self.a)) if p is not None}
 
-    def _project(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _project(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         weight = self.base_weight
         if self.row_index is not None:
             weight = weight.index_select(0, self.row_index)

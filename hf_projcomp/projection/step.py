@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..ranks import world_size
+from .layer import Projection
 
 
 class AmortizedStep:
@@ -31,7 +32,7 @@ class AmortizedStep:
 
     def __init__(
         self,
-        projections: Iterable[nn.Module],
+        projections: Iterable[Projection],
         names: list[str],
         sharded: Callable[[], Any],
         norms: Callable[[], Iterable[nn.Parameter]],

@@ -1,8 +1,7 @@
 """Training with ``transformers.Trainer``: projections (the amortised step), distillation from the
 frozen base, and recovery of a hard-pruned model (:func:`distill_pruned`)."""
 
-from .distill import DistillationMixin, Teacher, distillation_kl
-from .recovery import DistillationTrainer, DistillConfig, distill_pruned
+from .distill import DistillationMixin, DistillationTrainer, DistillConfig, Teacher, distill_pruned, distillation_kl
 from .trainer import ProjCompTrainer, ProjCompTrainerMixin
 
 __all__ = [

@@ -1,121 +1,15 @@
-"""Recovery after hard pruning: a short distillation of the pruned model from its base.
-
-COMPACT (or :func:`~hf_projcomp.hard_prune`) gives a vanilla model at once; a few tens of thousands
-of tokens of distillation from the base recover part of what pruning lost (reported figures:
-``docs/decisions.md#recovery-results``).
-:func:`distill_pruned` runs it with a plain ``transformers.Trainer``: every weight of the pruned
-model trains on ``KL(base ‖ pruned)`` (:class:`~hf_projcomp.training.Teacher`: the base's next-token
-distribution renormalised over the kept vocabulary), so it learns what the base predicts on the text,
-not the text's own quirks. The base stays frozen and is not copied.
-"""
+"""Recovery after hard pruning, by its former path: :func:`distill_pruned`, :class:`DistillConfig` and
+:class:`DistillationTrainer` live in :mod:`hf_projcomp.training.distill` (import them from
+``hf_projcomp`` or ``hf_projcomp.training``); this module re-exports them."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import tempfile
-from collections.abc import Sized
-from dataclasses import dataclass
+import warnings
 from typing import Any
 
-import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator
-from transformers.trainer_callback import PrinterCallback
 
-from ..importance.calibration import iter_calibration_texts, read_tokens
-from .distill import DistillationMixin, Teacher
-
-logger = logging.getLogger(__name__)
-SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
-
-
-@dataclass
-class DistillConfig:
-    """How :func:`distill_pruned` trains (serialisable with :meth:`to_dict`).
-
-    The defaults (``learning_rate``, ``bos_each_block``, ``lr_scheduler_type``) were chosen on dev
-    text by ``benchmarks/heal_gemma.py``: ``docs/decisions.md#distill-config``. ``max_tokens`` trades
-    time for quality and was not chosen. For 65,536 tokens or more, pass ``learning_rate=2e-5,
-    lr_scheduler_type="cosine"`` (dev's pick at those budgets, same place).
-
-    Args:
-        max_tokens: tokens trained on (whole optimizer steps of ``batch_size × block_size`` tokens).
-        learning_rate: peak AdamW learning rate, for every weight.
-        block_size: tokens per training sequence.
-        batch_size: sequences per optimizer step.
-        micro_batch_size: sequences per forward (gradients accumulate over ``batch_size /
-            micro_batch_size`` of them); lower it to save memory, the step stays the same.
-        warmup_steps: linear warm-up steps.
-        lr_scheduler_type: one of ``SCHEDULERS``, after the warm-up.
-        alpha: weight of the distillation loss; ``1 - alpha`` goes to cross-entropy on the text.
-        temperature: distillation temperature.
-        pool_tokens: at most this many tokens of the training text are read, and blocks are drawn
-            from them at random (``seed``), so a large corpus is not tokenised for a short run.
-            ``None`` reads all of it.
-        bos_each_block: start every block with BOS (tokenizers that have one), as the model sees
-            text when it serves; ``False`` cuts one stream (a BOS at each text's start) into blocks.
-        seed: orders the blocks (and seeds the Trainer).
-    """
-
-    max_tokens: int = 32_768
-    learning_rate: float = 1e-5
-    block_size: int = 256
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    warmup_steps: int = 2
-    lr_scheduler_type: str = "constant_with_warmup"
-    alpha: float = 1.0
-    temperature: float = 1.0
-    pool_tokens: int | None = 262_144
-    bos_each_block: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("max_tokens", "block_size", "batch_size", "micro_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
-            )
-        if self.max_tokens < self.tokens_per_step:
-            raise ValueError(
-                f"max_tokens ({self.max_tokens:,}) is less than one optimizer step "
-                f"(batch_size × block_size = {self.tokens_per_step:,} tokens)"
-            )
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_scheduler_type not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler_type must be one of {SCHEDULERS}, got {self.lr_scheduler_type!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.pool_tokens is not None and self.pool_tokens < self.tokens_per_step:
-            raise ValueError(
-                f"pool_tokens must be None or at least one step's {self.tokens_per_step:,} tokens, "
-                f"got {self.pool_tokens:,}"
-            )
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.block_size
-
-    @property
-    def max_steps(self) -> int:
-        return self.max_tokens // self.tokens_per_step
-
-    @property
-    def trained_tokens(self) -> int:
-        """Tokens a run trains on: ``max_tokens`` rounded down to whole steps."""
-        return self.max_steps * self.tokens_per_step
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from .distill import SCHEDULERS, DistillationTrainer, DistillConfig, _block_dataset, distill_pruned
 
 
 def training_blocks(
@@ -128,166 +22,15 @@ def training_blocks(
     *,
     name: str = "data",
 ) -> Dataset:
-    """``data`` (any form :func:`~hf_projcomp.importance.calibration.iter_calibration_texts` reads) as
-    ``block_size``-token blocks (labels = inputs). Each text is tokenised as the tokenizer does by
-    default (a BOS where it adds one), the texts concatenated and cut into blocks; with
-    ``bos_each_block`` (and a tokenizer with a BOS token) every block is BOS + the next
-    ``block_size - 1`` text tokens instead. At most ``max_tokens`` are read; later texts are not touched.
-    Errors about the text call it ``name``."""
-    bos = tokenizer.bos_token_id if bos_each_block else None
-    _, stream = read_tokens(
-        tokenizer,
-        iter_calibration_texts(data, name=name),
-        max_tokens,
-        progress,
-        add_special_tokens=bos is None,
-        desc="Tokenising training text",
-        name=name,
+    """Deprecated (removed in the next release): use :func:`hf_projcomp.blocks.text_blocks`, which
+    returns the blocks as lists (``Dataset.from_dict({"input_ids": blocks, "labels": blocks})``)."""
+    warnings.warn(
+        "hf_projcomp.training.recovery.training_blocks is deprecated and will be removed in the next release: "
+        "use hf_projcomp.blocks.text_blocks",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    prefix = [] if bos is None else [bos]
-    body = block_size - len(prefix)
-    blocks = [prefix + stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
-    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-
-
-class DistillationTrainer(DistillationMixin, Trainer):
-    """A plain ``transformers.Trainer`` with distillation from a frozen teacher: the loss is
-    ``(1-α)·CE + α·T²·KL(teacher ‖ student)`` (:class:`~hf_projcomp.training.DistillationMixin`).
-
-    Args:
-        teacher: the base as a :class:`~hf_projcomp.training.Teacher` (with the kept vocabulary).
-        distill_alpha: α in [0, 1].
-        distill_temperature: T > 0.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        teacher: Teacher | None,
-        distill_alpha: float = 1.0,
-        distill_temperature: float = 1.0,
-        **kwargs: Any,
-    ) -> None:
-        self.init_distillation(teacher, distill_alpha, distill_temperature)
-        super().__init__(*args, **kwargs)
-
-
-def distill_pruned(
-    model: PreTrainedModel,
-    base: PreTrainedModel,
-    tokenizer: Any,
-    train_data: Any,
-    *,
-    vocab_indices: list[int] | torch.Tensor | None = None,
-    config: DistillConfig | None = None,
-    callbacks: list[TrainerCallback] | None = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> PreTrainedModel:
-    """Train a pruned ``model`` on ``KL(base ‖ model)`` over ``train_data``; returns it, trained in place.
-
-    ``small, small_tok, selection = compact_prune(base, tok, text)`` then
-    ``distill_pruned(small, base, small_tok, text, vocab_indices=selection.kept_token_ids)``.
-
-    The weights train in float32 (a bf16 AdamW step of 1e-5 would mostly round away) and return to
-    the model's dtype at the end. Training runs where ``base`` is (its device); the base is frozen
-    and only read.
-
-    Args:
-        model: the pruned model (any vanilla causal LM); all its weights train.
-        base: the model it was pruned from, the teacher.
-        tokenizer: ``model``'s tokenizer (the pruned one when the vocabulary shrank).
-        train_data: text in any calibration form: a ``.txt``/``.jsonl`` path, a list of strings, a
-            ``datasets`` ``Dataset``/``IterableDataset`` with a ``text`` column.
-        vocab_indices: base token id of each of ``model``'s ids (``CompactSelection.kept_token_ids``);
-            ``None`` when the vocabulary is the base's.
-        config: a :class:`DistillConfig` (default: its defaults).
-        callbacks: ``TrainerCallback``s added to the Trainer's (to score along the run, log...).
-        progress: progress bars (tokenising, training).
-        **kwargs: fields of ``DistillConfig`` overriding ``config``'s (``max_tokens=8192``).
-    """
-    config = dataclasses.replace(config or DistillConfig(), **kwargs)
-    if isinstance(vocab_indices, torch.Tensor):
-        vocab_indices = vocab_indices.tolist()
-    student_vocab = model.get_input_embeddings().num_embeddings
-    if vocab_indices is None and student_vocab != base.get_input_embeddings().num_embeddings:
-        raise ValueError(
-            f"the model's vocabulary ({student_vocab:,}) differs from the base's: pass vocab_indices "
-            "(CompactSelection.kept_token_ids)"
-        )
-    if vocab_indices is not None and len(vocab_indices) != student_vocab:
-        raise ValueError(f"vocab_indices has {len(vocab_indices):,} ids for a vocabulary of {student_vocab:,}")
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None and config.block_size > context:
-        raise ValueError(f"block_size ({config.block_size}) exceeds the model's max_position_embeddings ({context})")
-
-    # A stream is read only as far as the run needs; finite data up to pool_tokens (blocks drawn at random).
-    limit = (
-        config.pool_tokens
-        if isinstance(train_data, (str, Sized)) or hasattr(train_data, "__fspath__")
-        else config.trained_tokens + config.block_size
-    )
-    blocks = training_blocks(
-        tokenizer, train_data, config.block_size, limit, config.bos_each_block, progress=progress, name="train_data"
-    )
-    if len(blocks) < config.batch_size:
-        raise ValueError(
-            f"train_data gives {len(blocks)} blocks of {config.block_size} tokens, fewer than one "
-            f"step's batch_size ({config.batch_size})"
-        )
-    logger.info(
-        "Distilling from the base: %d steps of %d tokens, drawn from %d blocks",
-        config.max_steps,
-        config.tokens_per_step,
-        len(blocks),
-    )
-
-    dtypes = {name: p.dtype for name, p in model.named_parameters()}
-    with tempfile.TemporaryDirectory(prefix="hf_projcomp-distill-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_train_batch_size=config.micro_batch_size,
-            gradient_accumulation_steps=config.batch_size // config.micro_batch_size,
-            learning_rate=config.learning_rate,
-            max_steps=config.max_steps,
-            warmup_steps=config.warmup_steps,
-            lr_scheduler_type=config.lr_scheduler_type,
-            weight_decay=0.0,
-            seed=config.seed,
-            logging_steps=max(1, config.max_steps // 8),
-            save_strategy="no",
-            report_to=[],
-            use_cpu=base.device.type == "cpu",
-            disable_tqdm=not progress,
-        )
-        if torch.device(args.device) != base.device:  # the teacher is not moved: it may be shared or large
-            raise ValueError(
-                f"the base is on {base.device} but the Trainer trains on {args.device}: move the base "
-                f"there first (base.to({str(args.device)!r}))"
-            )
-        trainer = DistillationTrainer(
-            model=model,
-            args=args,
-            train_dataset=blocks,
-            data_collator=default_data_collator,
-            teacher=Teacher(base, vocab_indices) if config.alpha > 0 else None,
-            distill_alpha=config.alpha,
-            distill_temperature=config.temperature,
-            callbacks=callbacks,
-        )
-        if not progress:
-            trainer.remove_callback(PrinterCallback)
-        # Parameters only: buffers a checkpoint keeps in float32 (RoPE's inv_freq, Gemma's embed_scale)
-        # must stay so, or the saved model no longer reloads to the same logits.
-        for param in model.parameters():
-            param.data = param.data.float()
-        try:
-            trainer.train()
-        finally:  # a stopped run (a non-finite loss, Ctrl-C) leaves the model in its dtypes too
-            for name, param in model.named_parameters():
-                param.data = param.data.to(dtypes[name])
-            model.eval()
-    return model
+    return _block_dataset(tokenizer, data, block_size, max_tokens, bos_each_block, progress, name)
 
 
 __all__ = ["SCHEDULERS", "DistillConfig", "DistillationTrainer", "distill_pruned", "training_blocks"]

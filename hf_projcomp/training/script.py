@@ -19,14 +19,14 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator
 
+from ..blocks import text_blocks
 from ..config import ProjCompConfig
 from ..distributed import close_process_group
 from ..evaluate import bits_per_byte, load_text
@@ -37,6 +37,7 @@ from ..projection.model import unwrap
 from .trainer import ProjCompTrainer
 
 logger = logging.getLogger(__name__)
+_MAP_BATCH_LINES = 1000  # run_clm's (Dataset.map's default): lines concatenated before cutting
 
 
 @dataclass
@@ -78,19 +79,18 @@ class CompressionArguments:
     )
 
 
-def token_blocks(tokenizer, files: list[str], block_size: int, training: TrainingArguments):
-    """run_clm's recipe: tokenise the ``text`` dataset, concatenate, cut into ``block_size`` blocks."""
+def token_blocks(tokenizer: Any, files: list[str], block_size: int, training: TrainingArguments) -> Dataset:
+    """run_clm's recipe: the lines of the ``text`` dataset, each as the tokenizer encodes it by default,
+    concatenated 1,000 lines at a time and cut into ``block_size``-token blocks, labels = inputs
+    (:func:`~hf_projcomp.blocks.text_blocks`; each batch's tail shorter than a block is dropped)."""
     raw = load_dataset("text", data_files={"train": files})["train"]
+
+    def group(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        blocks = text_blocks(tokenizer, batch["text"], block_size, add_special_tokens=True, progress=False)
+        return {"input_ids": blocks, "labels": blocks}
+
     with training.main_process_first(desc="tokenising"):
-        tokens = raw.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
-
-        def group(batch):
-            ids = list(chain.from_iterable(batch["input_ids"]))
-            n = len(ids) // block_size * block_size
-            blocks = [ids[i : i + block_size] for i in range(0, n, block_size)]
-            return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
-
-        return tokens.map(group, batched=True, remove_columns=tokens.column_names)
+        return raw.map(group, batched=True, batch_size=_MAP_BATCH_LINES, remove_columns=["text"])
 
 
 class _Parser(HfArgumentParser):
@@ -100,7 +100,9 @@ class _Parser(HfArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = _Parser((ModelArguments, DataArguments, CompressionArguments, TrainingArguments), prog="projcomp train")
+    # DataClassType is a NewType of Any in transformers: a tuple of dataclasses, as its own examples pass, fails it.
+    arguments = (ModelArguments, DataArguments, CompressionArguments, TrainingArguments)
+    parser = _Parser(arguments, prog="projcomp train")  # type: ignore[arg-type]
     model_args, data_args, comp_args, training = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training.should_log else logging.WARNING, format="%(message)s")
     model, tokenizer = load_model(model_args.model_name_or_path, model_args.gguf_file, dtype=model_args.dtype)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     # A sharded model (FSDP2) merges on every rank, as each unit gathers its shards; the main process writes.
     sharded = unwrap(pc).sharded_projections is not None
     small = pc.merge_and_unload() if sharded or trainer.is_world_process_zero() else None
-    if trainer.is_world_process_zero():
+    if small is not None and trainer.is_world_process_zero():
         summary = pc.compression_summary(
             small,
             calibration_data=Path(files[0]).name,

@@ -25,9 +25,10 @@ SFTTrainer)``. :class:`ProjCompTrainer` is the ready class (with distillation fr
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch import nn
 from transformers import Trainer
 
 from ..distributed import check_same_on_all_ranks
@@ -43,8 +44,13 @@ SCHEDULER_NAME = "scheduler.pt"
 # P's learning rate as a fraction of A's. Chosen on dev text: docs/decisions.md#projection-lr-ratio
 DEFAULT_PROJECTION_LR_RATIO = 0.01
 
+if TYPE_CHECKING:
+    _TrainerBase = Trainer  # the mixin's attributes and super() calls are the Trainer's
+else:
+    _TrainerBase = object
 
-class ProjCompTrainerMixin:
+
+class ProjCompTrainerMixin(_TrainerBase):
     """The amortised step (module docstring) for a ``Trainer`` subclass; the model may be given built
     (a projected-compression ``PeftModel``) or built by the Trainer (TRL's ``peft_config=``).
 
@@ -57,6 +63,8 @@ class ProjCompTrainerMixin:
         amortize: compute ``W_c`` once per optimizer step (True) or per micro-batch with autograd
             (False, what a plain ``Trainer`` does). A sharded model trains with the amortised step only.
     """
+
+    model: nn.Module  # the Trainer's model, set in its __init__ (given, or built there by model_init)
 
     def __init__(
         self, *args: Any, projection_learning_rate: float | None = None, amortize: bool = True, **kwargs: Any
@@ -123,7 +131,9 @@ class ProjCompTrainerMixin:
     # -- optimizer -------------------------------------------------------------------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.pc)
+            # transformers annotates the model PreTrainedModel; it only hands it to optimizers that walk its
+            # modules (GaLore, LOMO), which any nn.Module allows.
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.pc)  # type: ignore[arg-type]
             self.optimizer = optimizer_cls(self.parameter_groups(), **optimizer_kwargs)
         return self.optimizer
 
@@ -171,7 +181,9 @@ class ProjCompTrainerMixin:
 
     def _load_best_model(self) -> None:
         if self.pc.sharded_projections is not None:
-            self._load_sharded_adapter(self.state.best_model_checkpoint)
+            best = self.state.best_model_checkpoint
+            assert best is not None  # the Trainer loads the best model only once it has one
+            self._load_sharded_adapter(best)
         else:
             super()._load_best_model()
         self.pc.forget_materialized()
@@ -203,6 +215,7 @@ class ProjCompTrainerMixin:
         # Full tensors keyed by parameter name: the checkpoint resumes on any number of ranks.
         state = sharding.full_optimizer_state_dict(self.model, inner_optimizer(self.optimizer))
         if self.args.should_save:
+            assert self.lr_scheduler is not None  # created with the optimizer, before any checkpoint
             torch.save(state, os.path.join(output_dir, OPTIMIZER_NAME))
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
@@ -212,6 +225,7 @@ class ProjCompTrainerMixin:
             return
         state = torch.load(os.path.join(checkpoint, OPTIMIZER_NAME), map_location="cpu", weights_only=True)
         sharding.load_full_optimizer_state_dict(self.model, inner_optimizer(self.optimizer), state)
+        assert self.lr_scheduler is not None  # created with the optimizer, before a checkpoint is loaded
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
 
 
@@ -240,7 +254,8 @@ class ProjCompTrainer(ProjCompTrainerMixin, DistillationMixin, Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The adapter (PEFT's files, and the pruned tokenizer if any); the tokenizer given as
         ``processing_class`` only when the vocabulary was not pruned, so it never overwrites that one."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # TrainingArguments fills in output_dir (its annotation is the constructor argument's, Optional).
+        output_dir = output_dir if output_dir is not None else cast(str, self.args.output_dir)
         self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None and self.pc.tokenizer is None:
             self.processing_class.save_pretrained(output_dir)
@@ -274,5 +289,7 @@ def _check_checkpoint_selections(pc: ProjCompModel, checkpoint: str) -> None:
         ):
             key = f"base_model.{name}"
             saved = f.get_tensor(key) if key in names else None
-            if (saved is None) != (own is None) or (saved is not None and not torch.equal(saved, own.cpu())):
+            if (saved is None) != (own is None) or (
+                saved is not None and own is not None and not torch.equal(saved, own.cpu())
+            ):
                 raise ValueError(f"checkpoint {checkpoint} was trained with other selections ({name} differs)")

@@ -1,11 +1,7 @@
 """Which tokens must stay, and which extra tokens keep every kept token reachable through the merges.
 
-Two strategies decide reachability:
-
-* :class:`GrowingClosure`: a kept token keeps its ancestors, the tokens the original BPE forms on the
-  way to it (see :meth:`MergeGraph.ancestors`).
-* :func:`reparent_closure`: a kept token whose ancestors are not kept gets a new merge ``(x, y)`` from
-  kept tokens, at the rank of its original merge; only when none works are the ancestors kept.
+:class:`GrowingClosure` decides reachability: a kept token keeps its ancestors, the tokens the
+original BPE forms on the way to it (see :meth:`MergeGraph.ancestors`).
 """
 
 from __future__ import annotations
@@ -107,7 +103,7 @@ class MergeGraph:
                     for rank, (a, b) in enumerate(self.merges):
                         table[a, b] = (rank, a + b)  # a repeated pair keeps its last rank, as in tokenizers
                     self._table = table
-                pieces, formed = _segment(token, self._table, len(self.merges), record=True)
+                pieces, formed = _segment(token, self._table, len(self.merges))
                 cached = tuple(set(token) | formed - {token}) if pieces == [token] else self.first_parts(token)
             self._ancestors[token] = cached
         return cached
@@ -169,60 +165,9 @@ def closure_merges(graph: MergeGraph, kept: set[str]) -> list[tuple[str, str]]:
     return [m for _, m in sorted(graph.kept_merges(kept))]
 
 
-def reparent_closure(
-    graph: MergeGraph, targets: Iterable[str], vocab: Mapping[str, int]
-) -> tuple[set[str], list[tuple[str, str]]]:
-    """Kept tokens and merges (in rank order) when unreachable tokens are re-parented.
-
-    A structural check ("some split x + y has both parts kept") is not enough: BPE applies merges
-    greedily, so x may never form inside t because a lower-rank merge grabs one of its characters
-    first. So each kept token, in rank order, is segmented by the pruned merges decided so far
-    (those ranked below it); if that leaves exactly two pieces ``x, y`` the merge ``(x, y)`` at t's
-    rank makes t, otherwise t's ancestors are kept too. Adding tokens can change the
-    segmentation of tokens decided earlier, so passes repeat until nothing is added.
-    """
-    kept = set(targets)
-    kept |= _chars_of(kept, graph, vocab)
-    while True:
-        table: dict[tuple[str, str], tuple[int, str]] = {}
-        extra: list[tuple[int, tuple[str, str]]] = []
-        grow: set[str] = set()
-        for t in sorted((t for t in kept if graph.needs_merge(t)), key=graph.first_rank):
-            ranks = graph.producers[t]
-            # Keys: original merge of rank r -> 2r; a re-parented merge sits just before t's first
-            # original merge (2 * first_rank - 1), i.e. "at the rank of t's original merge".
-            key = 2 * ranks[0] - 1
-            pieces = _segment(t, table, key)
-            originals = {graph.merges[r] for r in ranks}
-            if len(pieces) == 2:
-                pair = (pieces[0], pieces[1])
-                if pair not in originals:
-                    extra.append((key, pair))
-                    table[pair] = (key, t)
-            else:
-                grow.update(p for p in graph.ancestors(t) if p not in kept)
-            for r in ranks:
-                a, b = graph.merges[r]
-                if a in kept and b in kept:
-                    table[(a, b)] = (2 * r, t)
-        if not grow:
-            break
-        kept |= grow | _chars_of(grow, graph, vocab)
-    merges = [(2 * r, m) for r, m in graph.kept_merges(kept)] + extra
-    merges.sort()
-    return kept, [m for _, m in merges]
-
-
-def _chars_of(tokens: Iterable[str], graph: MergeGraph, vocab: Mapping[str, int]) -> set[str]:
-    """Single characters of tokens built by merges: the symbols BPE starts from."""
-    return {c for t in tokens if graph.needs_merge(t) for c in t if c in vocab}
-
-
-def _segment(
-    word: str, table: Mapping[tuple[str, str], tuple[int, str]], limit: int, record: bool = False
-) -> list[str] | tuple[list[str], set[str]]:
+def _segment(word: str, table: Mapping[tuple[str, str], tuple[int, str]], limit: int) -> tuple[list[str], set[str]]:
     """BPE on ``word`` with the merges of ``table`` whose key is below ``limit`` (lowest key first,
-    leftmost on ties, as the tokenizers library does). With ``record``, also the set of tokens formed."""
+    leftmost on ties, as the tokenizers library does): the final pieces and the set of tokens formed."""
     symbols = list(word)
     formed: set[str] = set()
     while len(symbols) > 1:
@@ -235,6 +180,5 @@ def _segment(
             break
         _, i, merged = best
         symbols[i : i + 2] = [merged]
-        if record:
-            formed.add(merged)
-    return (symbols, formed) if record else symbols
+        formed.add(merged)
+    return symbols, formed

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -126,9 +127,7 @@ def sentencepiece_model(doc: BPEDocument, tokenizer: Any = None, texts: Iterable
     add_dummy_prefix = dummy_prefix(doc.data)
     if add_dummy_prefix is None or doc.kind != "byte_fallback":
         return None
-    merges = set(doc.merges)
-    added = {a["content"]: a for a in doc.added}
-    if _missing_splits(doc, merges, set(added)):
+    if _missing_splits(doc, set(doc.merges), {a["content"] for a in doc.added}):
         logger.info("tokenizer.json is not a converted sentencepiece model: no tokenizer.model written")
         return None
     try:
@@ -137,25 +136,26 @@ def sentencepiece_model(doc: BPEDocument, tokenizer: Any = None, texts: Iterable
     except ImportError:  # pragma: no cover - both are dependencies
         logger.warning("sentencepiece/protobuf not installed: no tokenizer.model written")
         return None
+    data = _model_proto(pb, doc, tokenizer, add_dummy_prefix).SerializeToString()
+    try:
+        processor = SentencePieceProcessor(model_proto=data)
+    except RuntimeError as err:
+        logger.warning("the derived tokenizer.model does not load (%s): not written", err)
+        return None
+    backend = backend_of(tokenizer) if tokenizer is not None else Tokenizer.from_str(json.dumps(doc.data))
+    for text in texts:
+        if processor.encode(text) != backend.encode(text, add_special_tokens=False).ids:
+            logger.warning("the derived tokenizer.model encodes %r differently from tokenizer.json: not written", text)
+            return None
+    return data
 
-    first_rank: dict[str, int] = {}
-    for rank, (a, b) in enumerate(doc.merges):
-        first_rank.setdefault(a + b, rank)
+
+def _model_proto(pb: ModuleType, doc: BPEDocument, tokenizer: Any, add_dummy_prefix: bool) -> Any:
+    """The ``ModelProto`` (of ``pb``, sentencepiece's protobuf module) of ``doc``'s pieces: a BPE model
+    with byte fallback and no normalisation beyond the dummy prefix and escaped spaces."""
     unk = doc.data["model"].get("unk_token")
     proto = pb.ModelProto()
-    for i in range(doc.size):
-        token = doc.id_to_token[i]
-        piece = proto.pieces.add()
-        piece.piece = token
-        if token == unk:
-            piece.type = _UNKNOWN
-        elif token in added:
-            piece.type = _CONTROL if added[token].get("special") else _USER_DEFINED
-        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-            piece.type = _BYTE
-        else:
-            piece.type = _NORMAL
-            piece.score = -float(first_rank.get(token, 0))
+    _add_pieces(proto, doc, unk)
     spec = proto.trainer_spec
     spec.model_type = pb.TrainerSpec.BPE
     spec.vocab_size = doc.size
@@ -170,19 +170,28 @@ def sentencepiece_model(doc: BPEDocument, tokenizer: Any = None, texts: Iterable
     norm.add_dummy_prefix = add_dummy_prefix
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
-    data = proto.SerializeToString()
+    return proto
 
-    try:
-        processor = SentencePieceProcessor(model_proto=data)
-    except RuntimeError as err:
-        logger.warning("the derived tokenizer.model does not load (%s): not written", err)
-        return None
-    backend = backend_of(tokenizer) if tokenizer is not None else Tokenizer.from_str(json.dumps(doc.data))
-    for text in texts:
-        if processor.encode(text) != backend.encode(text, add_special_tokens=False).ids:
-            logger.warning("the derived tokenizer.model encodes %r differently from tokenizer.json: not written", text)
-            return None
-    return data
+
+def _add_pieces(proto: Any, doc: BPEDocument, unk: str | None) -> None:
+    """One piece per id, typed; a normal piece scores ``-rank`` of the first merge that builds it."""
+    added = {a["content"]: a for a in doc.added}
+    first_rank: dict[str, int] = {}
+    for rank, (a, b) in enumerate(doc.merges):
+        first_rank.setdefault(a + b, rank)
+    for i in range(doc.size):
+        token = doc.id_to_token[i]
+        piece = proto.pieces.add()
+        piece.piece = token
+        if token == unk:
+            piece.type = _UNKNOWN
+        elif token in added:
+            piece.type = _CONTROL if added[token].get("special") else _USER_DEFINED
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            piece.type = _BYTE
+        else:
+            piece.type = _NORMAL
+            piece.score = -float(first_rank.get(token, 0))
 
 
 def side_file_mismatches(directory: str | os.PathLike, tokenizer: Any, texts: Iterable[str] = PROBE_TEXTS) -> list[str]:

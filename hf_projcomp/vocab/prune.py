@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
-from .closure import GrowingClosure, MergeGraph, closure_merges, reparent_closure, required_strings
+from .closure import GrowingClosure, MergeGraph, closure_merges, required_strings
 from .tokenizer_json import BPEDocument, VocabularyPruningError, read_document, write_document
 
 # init kwargs that describe the old files or old ids; the new tokenizer gets its vocabulary from
@@ -46,7 +46,6 @@ def prune_tokenizer(
     tokenizer: Any,
     keep_ids: Iterable[int],
     *,
-    reparent: bool = False,
     max_vocab_size: int | None = None,
     keep_placeholders: bool = False,
 ) -> tuple[Any, torch.Tensor]:
@@ -54,16 +53,14 @@ def prune_tokenizer(
 
     Kept = ``keep_ids`` ∪ :func:`required_token_ids` ∪ the ancestors that keep every kept token
     reachable through the merges. Any text whose original tokens are all kept is then segmented
-    exactly as before. ``reparent=True`` first tries new merges between kept tokens instead of
-    ancestors (:func:`~hf_projcomp.vocab.closure.reparent_closure`).
-    With ``max_vocab_size``, ``keep_ids`` is read as a ranking (best first; a set is taken in
-    ascending id order) and the longest prefix whose kept total fits is used.
+    exactly as before. With ``max_vocab_size``, ``keep_ids`` is read as a ranking (best first; a set
+    is taken in ascending id order) and the longest prefix whose kept total fits is used.
 
     Returns ``(new_tokenizer, kept_old_ids)`` with ``kept_old_ids[new_id] = old_id`` (ascending), ready
     to gather embedding rows. To prune one tokenizer to several sizes, use :class:`VocabularyPruner`.
     """
     pruner = VocabularyPruner(tokenizer, keep_placeholders=keep_placeholders)
-    return pruner.prune(keep_ids, max_vocab_size=max_vocab_size, reparent=reparent)
+    return pruner.prune(keep_ids, max_vocab_size=max_vocab_size)
 
 
 class VocabularyPruner:
@@ -85,28 +82,14 @@ class VocabularyPruner:
         """Ids every pruned vocabulary keeps (see :func:`required_token_ids`)."""
         return _ids(self.doc, self.required)
 
-    def prune(
-        self, keep_ids: Iterable[int], *, max_vocab_size: int | None = None, reparent: bool = False
-    ) -> tuple[Any, torch.Tensor]:
+    def prune(self, keep_ids: Iterable[int], *, max_vocab_size: int | None = None) -> tuple[Any, torch.Tensor]:
         """See :func:`prune_tokenizer`."""
-        # Why reparent defaults to False: once ancestors are the pieces the original BPE really forms
-        # (MergeGraph.ancestors), they are almost all needed to build the kept tokens anyway, and
-        # re-parenting has no exactness guarantee (a re-parented token builds through other pieces,
-        # which may merge with a neighbour first), while the ancestor closure provably keeps covered
-        # text canonical. Measurements: docs/decisions.md#reparent
+        # Ancestors, not new merges between kept tokens ("re-parenting", removed): the ancestors are
+        # the pieces the original BPE really forms (MergeGraph.ancestors), almost all needed anyway, and
+        # their closure provably keeps covered text canonical. Measurements: docs/decisions.md#reparent
         doc, graph = self.doc, self.graph
-        ranked = _ranked_tokens(doc, keep_ids)
-        if reparent:
-
-            def plan(n: int) -> tuple[set[str], list[tuple[str, str]]]:
-                return reparent_closure(graph, self.required.union(ranked[:n]), doc.vocab)
-
-            kept, merges = (
-                plan(len(ranked)) if max_vocab_size is None else _fit_budget(plan, len(ranked), max_vocab_size)
-            )
-        else:
-            kept = self._closure(ranked, max_vocab_size)
-            merges = closure_merges(graph, kept)
+        kept = self._closure(_ranked_tokens(doc, keep_ids), max_vocab_size)
+        merges = closure_merges(graph, kept)
         kept_old_ids = sorted(_ids(doc, kept))
         backend = write_document(doc, kept_old_ids, merges)
         new_tokenizer = _same_class(self.tokenizer, backend)
@@ -156,32 +139,6 @@ def _ranked_tokens(doc: BPEDocument, keep_ids: Iterable[int]) -> list[str]:
             seen.add(i)
             out.append(doc.id_to_token[i])
     return out
-
-
-def _fit_budget(plan: Callable[[int], Any], n: int, budget: int) -> Any:
-    """The plan of the longest prefix whose kept set fits ``budget`` (re-parenting: the kept size grows
-    with the prefix almost monotonically, so a bracketing search with interpolated probes needs few
-    evaluations)."""
-    lo_plan = plan(0)
-    if len(lo_plan[0]) > budget:
-        raise VocabularyPruningError(f"max_vocab_size={budget} is below the {len(lo_plan[0])} tokens that must be kept")
-    hi_plan = plan(n)
-    if len(hi_plan[0]) <= budget:
-        return hi_plan
-    lo, hi = 0, n
-    lo_size, hi_size = len(lo_plan[0]), len(hi_plan[0])
-    while hi - lo > 1:
-        # Interpolate, but never closer than an eighth of the bracket to either end so a badly
-        # curved size(prefix) still shrinks the bracket geometrically.
-        guess = lo + (budget - lo_size) * (hi - lo) // max(hi_size - lo_size, 1)
-        margin = max((hi - lo) // 8, 1)
-        mid = min(max(guess, lo + margin), hi - margin) if hi - lo > 2 * margin else (lo + hi) // 2
-        mid_plan = plan(mid)
-        if len(mid_plan[0]) <= budget:
-            lo, lo_plan, lo_size = mid, mid_plan, len(mid_plan[0])
-        else:
-            hi, hi_size = mid, len(mid_plan[0])
-    return lo_plan
 
 
 # Tokenizer state users set after loading (``tok.pad_token = tok.eos_token``, a chat template...):

@@ -58,12 +58,20 @@ def read_document(tokenizer: Any) -> BPEDocument:
     model = data.get("model") or {}
     kind = tokenizer_kind(data)
     vocab = model["vocab"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in model.get("merges", [])]
+    merges = [_merge_pair(m) for m in model.get("merges", [])]
     id_to_token = {i: t for t, i in vocab.items()}
     added = list(data.get("added_tokens") or [])
     for token in added:
         id_to_token.setdefault(token["id"], token["content"])
     return BPEDocument(data, kind, vocab, merges, id_to_token, added)
+
+
+def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    """A merge as (left, right): older files write ``"a b"``, newer ones ``["a", "b"]``."""
+    if isinstance(merge, str):
+        left, right = merge.split(" ", 1)
+        return left, right
+    return merge[0], merge[1]
 
 
 def tokenizer_kind(data: Mapping[str, Any]) -> TokenizerKind:
