@@ -42,7 +42,10 @@ def read_tokens(
     """
     read: list[str] = []
     stream: list[int] = []
-    with tqdm(total=max_tokens, desc=desc, disable=not progress, unit="tok") as bar:
+    # No total: how many tokens the texts hold is known only once read, and a budget larger than that
+    # would make the bar's total jump at the end; the budget goes in the description instead.
+    label = desc if max_tokens is None else f"{desc} (up to {max_tokens:,})"
+    with tqdm(desc=label, disable=not progress, unit="tok") as bar:
         for text in texts:
             read.append(text)
             ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
@@ -51,9 +54,6 @@ def read_tokens(
             bar.update(take)
             if max_tokens is not None and len(stream) >= max_tokens:
                 break
-        else:
-            bar.total = bar.n  # the text ran out before the budget: the bar ends at what there was
-            bar.refresh()
     if not read:
         raise ValueError(f"{name} is empty")
     return read, stream

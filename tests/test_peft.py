@@ -108,6 +108,32 @@ def test_a_base_from_the_hub_cache_is_recorded_by_repo_id_and_commit(tmp_path):
     assert config.base_model_local_path == str(snapshot.resolve())
 
 
+def test_saving_an_adapter_of_a_hub_base_asks_nothing_of_the_hub(tmp_path, monkeypatch, input_ids, recwarn):
+    """The demo's adapters record google/gemma-3-270m: PEFT's save would look that config up on the Hub
+    (offline: "Unable to fetch remote file", "Could not find a config file") to decide whether to copy
+    the base's embedding, which a projected-compression adapter never holds. Quiet, and reloads exactly."""
+    import peft.utils.save_and_load as save_and_load
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked during an adapter save")
+
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    tokenizer = tiny_tokenizer("byte_fallback")
+    config = ProjCompConfig(hidden_size=48, intermediate_size=64, vocab_size=450, importance="compact")
+    base = model_for("gemma3_text", tokenizer)
+    pc = nudged(get_projcomp_model(base, config, calibration_data=TRAIN * 4, tokenizer=tokenizer, progress=False))
+    pc.peft_config["default"].base_model_name_or_path = "google/gemma-3-270m"  # as the demo records it
+    ids = pc.base_model.tokenizer(TRAIN[0], return_tensors="pt").input_ids
+    expected = logits(pc, ids)
+    recwarn.clear()
+    pc.save_pretrained(tmp_path)
+    assert [str(w.message) for w in recwarn] == []
+    with safe_open(tmp_path / "adapter_model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "embed_tokens.weight" in k or "lm_head.weight" in k]
+    reloaded = PeftModel.from_pretrained(model_for("gemma3_text", tokenizer), tmp_path)
+    assert torch.equal(logits(reloaded, ids), expected)
+
+
 def test_transformers_loading_an_adapter_folder_says_what_to_call(tmp_path):
     pc = get_peft_model(saved_base("llama", tmp_path / "base"), ProjCompConfig(**TARGET))
     pc.save_pretrained(tmp_path / "adapter")

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import PretrainedConfig
 
 from .._version import __version__
-from ..model_ids import hub_id_of  # a local cache path is no base_model for the Hub
+from ..model_ids import DEMO_LICENSE, DEMO_MARKER, DEMO_WEIGHTS, hub_id_of
 
 TEMPLATE_NAME = "compressed_model.md"
 METHODS = {
@@ -51,6 +51,8 @@ class CompressionSummary:
     eval_data: str | None = None
     bits_per_byte_before: float | None = None
     bits_per_byte_after: float | None = None
+    base_weights: str | None = None  # where the base's weights came from, when not its Hub checkpoint
+    license: str | None = None  # the base's licence (it carries over to the compressed model), if known
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,6 +68,7 @@ class CompressionSummary:
         parameters: int,
         **kwargs: Any,
     ) -> CompressionSummary:
+        provenance = _base_provenance(base_config.name_or_path)
         return cls(
             method=method,
             base_model=kwargs.pop("base_model", None) or hub_id_of(base_config.name_or_path),
@@ -73,11 +76,26 @@ class CompressionSummary:
             parameters_after=parameters,
             base_config=base_config.to_dict(),
             config=config.to_dict(),
-            **kwargs,
+            **{**provenance, **kwargs},
         )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _base_provenance(name_or_path: str | None) -> dict[str, str]:
+    """``base_weights`` and ``license`` of a base loaded from a local directory: the demo's (its marker
+    file), else the licence its own model card declares."""
+    if not name_or_path or not Path(name_or_path).is_dir():
+        return {}
+    base = Path(name_or_path)
+    if (base / DEMO_MARKER).is_file():
+        return {"base_weights": DEMO_WEIGHTS, "license": DEMO_LICENSE}
+    if (base / "README.md").is_file():
+        license = ModelCard.load(base / "README.md").data.to_dict().get("license")
+        if isinstance(license, str):
+            return {"license": license}
+    return {}
 
 
 def template_path(name: str = TEMPLATE_NAME) -> Path:
@@ -120,6 +138,7 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=tags,
+        license=summary.license,
     )
     sizes = [
         (name, summary.base_config.get(name), summary.config.get(name))

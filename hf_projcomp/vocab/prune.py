@@ -164,7 +164,7 @@ def _same_class(tokenizer: Any, backend: Tokenizer) -> Any:
         return backend
     kwargs = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _STALE_INIT_KWARGS}
     for attr in _INSTANCE_SETTINGS:
-        if attr in tokenizer.__dict__:
+        if attr in tokenizer.__dict__ and not _class_default(tokenizer, attr):
             kwargs[attr] = copy.deepcopy(tokenizer.__dict__[attr])
     named = tokenizer._special_tokens_map  # None values too: a special the user unset stays unset
     standard = set(type(tokenizer).SPECIAL_TOKENS_ATTRIBUTES)
@@ -181,6 +181,13 @@ def _same_class(tokenizer: Any, backend: Tokenizer) -> Any:
         object.__setattr__(new, flag, value)
     _check_same_specials(tokenizer, new)
     return new
+
+
+def _class_default(tokenizer: Any, attr: str) -> bool:
+    """Whether ``attr`` holds what the tokenizer's class gives it and its files did not set: the pruned
+    tokenizer gets it from the class too, and its files leave it out as the original's do."""
+    missing = object()
+    return attr not in tokenizer.init_kwargs and tokenizer.__dict__[attr] == getattr(type(tokenizer), attr, missing)
 
 
 def _check_same_specials(old: Any, new: Any) -> None:
