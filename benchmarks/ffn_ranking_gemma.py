@@ -33,10 +33,11 @@ from machine import describe  # benchmarks/machine.py
 
 from hf_projcomp import hard_prune
 from hf_projcomp.architectures import get_arch_spec
+from hf_projcomp.blocks import read_tokens
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
 from hf_projcomp.importance import activation_importance, calibration_batches, magnitude_importance
-from hf_projcomp.importance.calibration import iter_calibration_texts, read_tokens, token_sequences
+from hf_projcomp.importance.calibration import iter_calibration_texts, token_sequences
 from hf_projcomp.importance.scores import top_k
 from hf_projcomp.plan import build_plan
 from hf_projcomp.texts import CALIBRATION, bundled_text

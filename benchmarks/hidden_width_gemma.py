@@ -38,12 +38,13 @@ from data import dev_text  # benchmarks/data.py
 from machine import describe  # benchmarks/machine.py
 
 from hf_projcomp.architectures import block_norm_modules, get_arch_spec
+from hf_projcomp.blocks import read_tokens
 from hf_projcomp.compact import compact_prune
 from hf_projcomp.compact.compensation import REFIT_RIDGE, refit_columns
 from hf_projcomp.demo import load_demo_model
 from hf_projcomp.evaluate import bits_per_byte
 from hf_projcomp.hard_pruning import hard_prune
-from hf_projcomp.importance.calibration import iter_calibration_texts, read_tokens, token_sequences
+from hf_projcomp.importance.calibration import iter_calibration_texts, token_sequences
 from hf_projcomp.importance.scores import top_k
 from hf_projcomp.sizing import count_target_parameters
 from hf_projcomp.texts import CALIBRATION, bundled_text

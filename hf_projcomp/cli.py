@@ -196,16 +196,23 @@ def _eval_text(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(the text the card's quality is measured on, how the card names it): ``--eval-text``'s first
     ``--eval-chars`` characters, by default the bundled WikiText-2 test excerpt (seconds); none with
     ``--no-eval``."""
+    if args.no_eval:
+        return None, None
+    return _scored_text(args.eval_text, args.eval_chars)
+
+
+def _scored_text(path: str | None, chars: int) -> tuple[str, str]:
+    """(the first ``chars`` characters of the file at ``path``, else of the bundled WikiText-2 test
+    excerpt; how to name them), for ``compress``'s card and ``eval``."""
     from .evaluate import load_text
     from .texts import DESCRIPTIONS, TEST_HEAD, bundled_text
 
-    if args.no_eval:
-        return None, None
-    if args.eval_text:
-        text = load_text(args.eval_text, max_chars=args.eval_chars)
-        return text, f"the first {args.eval_chars:,} characters of {Path(args.eval_text).name}"
-    text = str(bundled_text(TEST_HEAD))[: args.eval_chars]
-    return text, f"{DESCRIPTIONS[TEST_HEAD]}, its first {len(text):,} characters"
+    if path:
+        return load_text(path, max_chars=chars), f"the first {chars:,} characters of {Path(path).name}"
+    whole = str(bundled_text(TEST_HEAD))
+    if chars >= len(whole):
+        return whole, DESCRIPTIONS[TEST_HEAD]
+    return whole[:chars], f"the first {chars:,} characters of WikiText-2 test (bundled with hf_projcomp)"
 
 
 def _calibration(args: argparse.Namespace, model: Any, tokenizer: Any) -> tuple[Any, str]:
@@ -314,19 +321,12 @@ def _check_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 # -- eval ----------------------------------------------------------------------------------------
 def evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_text, forward_latency_ratio, load_text
+    from .evaluate import evaluate_text, forward_latency_ratio
     from .loading import load_model
-    from .texts import DESCRIPTIONS, TEST_HEAD, bundled_text
 
     model, tokenizer = load_model(args.model, dtype=args.dtype)
     base, base_tok = load_model(args.base, args.gguf_file, dtype=args.dtype)
-    if args.text:
-        text, described = (
-            load_text(args.text, max_chars=args.chars),
-            f"the first {args.chars:,} characters of {Path(args.text).name}",
-        )
-    else:
-        text, described = str(bundled_text(TEST_HEAD))[: args.chars], DESCRIPTIONS[TEST_HEAD]
+    text, described = _scored_text(args.text, args.chars)
     progress = not (args.json or args.quiet)
     ours, theirs = (
         evaluate_text(model, tokenizer, text, progress=progress),

@@ -38,7 +38,8 @@ from ..evaluate import bits_per_byte
 from ..export.verify import SPECIAL_TOKEN_FIX, special_token_mismatches
 from ..hard_pruning import hard_prune
 from ..importance import ActivationStatistics, Scores, activation_statistics, calibration_batches, top_k
-from ..importance.calibration import iter_calibration_texts, read_tokens, token_sequences
+from ..blocks import read_tokens
+from ..importance.calibration import iter_calibration_texts, token_sequences
 from ..sizing import count_target_parameters
 from ..vocab import VocabularyPruner, VocabularyPruningError
 from .budget import Split, candidate_splits, resolve_budget

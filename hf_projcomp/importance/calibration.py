@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..blocks import cut_blocks, text_blocks
-from ..blocks import read_tokens as read_tokens  # re-exported: compact/select.py imports it from here
+from ..blocks import read_tokens as read_tokens  # its home before blocks.py: still importable from here
 
 Batch = dict[str, torch.Tensor]
 
