@@ -44,7 +44,9 @@ class GGUFSpec:
     ``square_attention``: llama.cpp's graph for ``arch`` sizes q/o as hidden × hidden, so a model whose
     hidden_size shrank below heads × head_dim is written as ``fallback`` instead (the same network in
     llama.cpp's general llama graph). ``splits``: fused linears written as separate ones, each part
-    (new path, rows) sized by "q" (heads × head_dim), "kv" (kv heads × head_dim) or "half".
+    (new path, rows) sized by "q" (heads × head_dim), "kv" (kv heads × head_dim) or "half" (an expert
+    parameter splits along its output rows too). ``no_fallback``: why no general llama.cpp graph runs a
+    ``square_attention`` family without a ``fallback`` once its hidden_size shrank (it is then refused).
     """
 
     arch: str  # gguf.MODEL_ARCH member name
@@ -58,6 +60,23 @@ class GGUFSpec:
     # llama.cpp skips RoPE in every n-th layer (SmolLM3: 4) and reads no per-layer list.
     no_rope_every: int | None = None
     splits: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    no_fallback: str = ""
+    # GGUF key (after "<arch>.") and config field of the norm epsilon.
+    norm_eps: tuple[str, str] = ("attention.layer_norm_rms_epsilon", "rms_norm_eps")
+    # GGUF key (after "<arch>.") <- integer / boolean config field, written when the config has it.
+    integers: tuple[tuple[str, str], ...] = ()
+    flags: tuple[tuple[str, str], ...] = ()
+    # (config field, value llama.cpp's graph hard-codes, why): a config without the field passes.
+    assumes: tuple[tuple[str, object, str], ...] = ()
+    # False: learned positions (GPT-2), no RoPE keys.
+    rotary: bool = True
+    # Fused q/k/v whose rows go head by head ([q_h; k_h; v_h], GPT-NeoX): llama.cpp wants [q; k; v].
+    per_head_qkv: tuple[str, ...] = ()
+    # ModuleLists of per-head norms (StableLM's q/k LayerNorms), written stacked (heads × head_dim) under
+    # the list's parent module.
+    stacked_norms: tuple[str, ...] = ()
+    # The graph requires ``output.weight``: a tied LM head is written as a copy of the embedding.
+    output_required: bool = False
 
 
 _ROPE_PERMUTE = (("self_attn.q_proj", "num_attention_heads"), ("self_attn.k_proj", "num_key_value_heads"))
@@ -70,6 +89,19 @@ _PHI3_AS_LLAMA = GGUFSpec(
         ("mlp.gate_up_proj", (("mlp.gate_proj", "half"), ("mlp.up_proj", "half"))),
     ),
 )
+# transformers' fused experts ([gate; up] per expert) as llama.cpp's ffn_gate_exps / ffn_up_exps.
+_EXPERT_SPLIT = (("mlp.experts.gate_up_proj", (("mlp.experts.gate_proj", "half"), ("mlp.experts.up_proj", "half"))),)
+_LAYER_NORM_EPS = "attention.layer_norm_epsilon"
+# llama.cpp's general graphs (llama, qwen3, ...) size q/o by heads × head_dim but all use RMSNorm and a gated
+# SiLU MLP; every graph with biased LayerNorms and an ungated GELU MLP sizes q/o as n_embd × n_embd.
+_NO_LAYERNORM_FALLBACK = (
+    "every llama.cpp graph with biased LayerNorms and an ungated GELU MLP sizes q/o as n_embd × n_embd "
+    "(the general llama graph has RMSNorm, a gated SiLU MLP and no partial rotary)"
+)
+
+
+def _expert_keys(count_field: str) -> tuple[tuple[str, str], ...]:
+    return (("expert_count", count_field), ("expert_used_count", "num_experts_per_tok"))
 
 
 @dataclass(frozen=True)
@@ -207,8 +239,21 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             gguf=GGUFSpec("SMOLLM3", rope_permute=_ROPE_PERMUTE, no_rope_every=4),
         ),
         # Norms after attention and MLP instead of before; q_norm/k_norm span all heads (head side, kept).
-        # (llama.cpp's olmo2 graph sizes q/o as hidden × hidden and has no general fallback: no GGUF yet.)
-        ArchSpec("olmo2", _LLAMA_LINEARS, ("post_attention_layernorm", "post_feedforward_layernorm")),
+        # llama.cpp's olmo2 sizes q/o and q_norm by n_embd: written only while hidden_size = heads × head_dim.
+        ArchSpec(
+            "olmo2",
+            _LLAMA_LINEARS,
+            ("post_attention_layernorm", "post_feedforward_layernorm"),
+            gguf=GGUFSpec(
+                "OLMO2",
+                square_attention=True,
+                output_required=True,
+                no_fallback=(
+                    "the one llama.cpp graph with q_norm over all heads and q sized heads × head_dim (minimax-m2) "
+                    "is a pre-norm mixture of experts, not OLMo-2's post-norm dense block"
+                ),
+            ),
+        ),
         # Gemma-3's layout without q/k norms; attention and final logit softcapping are constants.
         ArchSpec(
             "gemma2",
@@ -239,6 +284,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ),
             _LLAMA_NORMS,
             ffn_down="mlp.c_proj",
+            gguf=GGUFSpec(
+                "STARCODER2",
+                square_attention=True,
+                no_fallback=_NO_LAYERNORM_FALLBACK,
+                norm_eps=(_LAYER_NORM_EPS, "norm_epsilon"),
+                assumes=(("use_bias", True, "llama.cpp's starcoder2 requires the o/MLP bias tensors"),),
+            ),
         ),
         # Phi-2: a parallel block (attention and MLP both read the one LayerNorm), biases everywhere
         # (the LM head's too, gathered with the kept vocabulary), partial rotary on the head side.
@@ -258,6 +310,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             hidden_fixed_if=(
                 ("qk_layernorm", True, "its q/k LayerNorms are sized by hidden_size // num_attention_heads"),
             ),
+            gguf=GGUFSpec(
+                "PHI2",
+                square_attention=True,
+                no_fallback=_NO_LAYERNORM_FALLBACK,
+                norm_eps=(_LAYER_NORM_EPS, "layer_norm_eps"),
+                output_required=True,
+                assumes=(("qk_layernorm", False, "llama.cpp's phi2 has no q/k LayerNorms"),),
+            ),
         ),
         # GPT-NeoX (Pythia): fused q/k/v over hidden_size, parallel residual, LayerNorms with biases,
         # partial rotary, untied head. Its attention is sized by hidden_size itself.
@@ -275,6 +335,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             final_norm="gpt_neox.final_layer_norm",
             layers="gpt_neox.layers",
             hidden_fixed=_HEAD_DIM_FROM_HIDDEN,
+            gguf=GGUFSpec(
+                "GPTNEOX",
+                square_attention=True,
+                norm_eps=(_LAYER_NORM_EPS, "layer_norm_eps"),
+                flags=(("use_parallel_residual", "use_parallel_residual"),),
+                per_head_qkv=("attention.query_key_value",),
+                output_required=True,
+                assumes=(("attention_bias", True, "llama.cpp's gptneox requires the attention biases"),),
+            ),
         ),
         # GPT-2: Conv1D weights (in × out), biases everywhere, learned position embeddings on the d_model
         # side (kept with d_model, which can't shrink), fused q/k/v, a tied head.
@@ -294,10 +363,34 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             hidden_fixed=_HEAD_DIM_FROM_HIDDEN,
             ffn_size="n_inner",
             ffn_size_from_hidden=4,
+            # The converter's transpose of Conv1D weights comes from ``transposed`` above.
+            gguf=GGUFSpec(
+                "GPT2",
+                square_attention=True,
+                rotary=False,
+                norm_eps=(_LAYER_NORM_EPS, "layer_norm_epsilon"),
+                assumes=(
+                    ("scale_attn_weights", True, "llama.cpp's gpt2 scales attention by 1/sqrt(head_dim)"),
+                    ("scale_attn_by_inverse_layer_idx", False, "llama.cpp's gpt2 scales attention by 1/sqrt(head_dim)"),
+                ),
+            ),
         ),
         # StableLM: llama's layout with LayerNorms (biases), optional parallel residual and q/k
         # LayerNorms per head (head side, kept); head_dim derived from hidden_size.
-        ArchSpec("stablelm", _LLAMA_LINEARS, _LLAMA_NORMS, hidden_fixed=_HEAD_DIM_FROM_HIDDEN),
+        # (llama.cpp's stablelm runs the parallel residual when ffn_norm is absent, as it then is.)
+        ArchSpec(
+            "stablelm",
+            _LLAMA_LINEARS,
+            _LLAMA_NORMS,
+            hidden_fixed=_HEAD_DIM_FROM_HIDDEN,
+            gguf=GGUFSpec(
+                "STABLELM",
+                square_attention=True,
+                norm_eps=(_LAYER_NORM_EPS, "layer_norm_eps"),
+                stacked_norms=("self_attn.q_layernorm.norms", "self_attn.k_layernorm.norms"),
+                output_required=True,
+            ),
+        ),
         # Mixtures of experts: every expert's d_ff shrinks to one width; the router reads the pruned
         # d_model. Qwen3-MoE's q/k norms act on head_dim (head side, kept).
         ArchSpec(
@@ -307,6 +400,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             experts="mlp.experts",
             num_experts="num_local_experts",
             width_multiple=8,
+            # llama.cpp runs Mixtral as llama with experts (its converter does the same).
+            gguf=GGUFSpec(
+                "LLAMA",
+                rope_permute=_ROPE_PERMUTE,
+                splits=_EXPERT_SPLIT,
+                integers=_expert_keys("num_local_experts"),
+            ),
         ),
         ArchSpec(
             "olmoe",
@@ -316,6 +416,24 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             num_experts="num_experts",
             width_multiple=8,
             hidden_fixed="its q/k norms are sized from hidden_size, not from the heads they normalise",
+            gguf=GGUFSpec(
+                "OLMOE",
+                square_attention=True,
+                splits=_EXPERT_SPLIT,
+                integers=_expert_keys("num_experts"),
+                output_required=True,
+                requires=(
+                    (
+                        "num_key_value_heads",
+                        "num_attention_heads",
+                        "llama.cpp's olmoe sizes attn_k_norm as n_embd, the width of all query heads",
+                    ),
+                ),
+                assumes=(
+                    ("norm_topk_prob", False, "llama.cpp's olmoe does not renormalise the top-k routing weights"),
+                    ("clip_qkv", None, "llama.cpp's olmoe does not clip q/k/v"),
+                ),
+            ),
         ),
         ArchSpec(
             "qwen3_moe",
@@ -328,6 +446,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             requires=(
                 ("mlp_only_layers", [], "layers with a dense MLP would need a second d_ff"),
                 ("decoder_sparse_step", 1, "layers with a dense MLP would need a second d_ff"),
+            ),
+            gguf=GGUFSpec(
+                "QWEN3MOE",
+                splits=_EXPERT_SPLIT,
+                integers=(*_expert_keys("num_experts"), ("expert_feed_forward_length", "moe_intermediate_size")),
+                assumes=(("norm_topk_prob", True, "llama.cpp's qwen3moe renormalises the top-k routing weights"),),
             ),
         ),
         ArchSpec(

@@ -3,7 +3,8 @@
 :func:`save_gguf` writes a model of any supported family and its (pruned) tokenizer as one GGUF
 file, doing what llama.cpp's ``convert_hf_to_gguf.py`` does for the family (the facts are the
 family's :class:`~hf_projcomp.architectures.GGUFSpec`): tensor names from ``gguf``'s own name map,
-q/k rows interleaved for llama's rotary, Gemma's ``(1 + w)`` norms stored as ``1 + w``, widths and
+q/k rows interleaved for llama's rotary, Gemma's ``(1 + w)`` norms stored as ``1 + w``, GPT-2's ``Conv1D``
+weights transposed, fused q/k/v, gate/up and experts' gate/up regrouped or split, widths and
 head sizes written explicitly (after compression ``hidden_size / num_heads`` is no longer
 ``head_dim``), the vocabulary from the tokenizer itself (:mod:`.gguf_vocab`). The file is written to
 a temporary name beside the target, read back with ``gguf.GGUFReader`` and compared tensor by
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from ..architectures import GGUFSpec, get_arch_spec, head_dim
+from ..architectures import GGUFSpec, ffn_size, get_arch_spec, head_dim
 from ..io import atomic_file
 from .gguf_vocab import GGUFVocab, gguf_vocab
 
@@ -36,6 +37,8 @@ OUTTYPES = {
 
 
 _PLAIN = ("F32", "F16")  # stored as the numpy array itself; the others go through gguf.quants
+# 2-D and 3-D tensors the converter keeps in F32 whatever the outtype (norms, the MoE router, positions).
+_F32_NAMES = ("_norm.weight", "ffn_gate_inp.weight", "position_embd.weight")
 
 
 class GGUFExportError(ValueError):
@@ -98,17 +101,35 @@ def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
     if arch.gguf is None:
         raise GGUFExportError(f"no GGUF layout is known for model_type {arch.model_type!r}")
     config, spec = model.config, arch.gguf
-    if spec.square_attention and config.num_attention_heads * head_dim(config) != config.hidden_size:
+    q_width = config.num_attention_heads * head_dim(config)
+    if spec.square_attention and q_width != config.hidden_size:
         if spec.fallback is None:
             raise GGUFExportError(
-                f"llama.cpp's {spec.arch.lower()} needs hidden_size = heads × head_dim, and no other layout is known"
+                f"model_type {arch.model_type!r}: llama.cpp's {spec.arch.lower()} graph sizes attn_q and attn_output "
+                f"as n_embd × n_embd, but hidden_size={config.hidden_size} is not {config.num_attention_heads} heads "
+                f"× head_dim {head_dim(config)} = {q_width}; "
+                f"{spec.no_fallback or 'no other llama.cpp layout is known'}"
             )
         spec = spec.fallback
+    _check_assumptions(config, spec, arch.model_type)
+    return _ResolvedSpec(spec)
+
+
+def _check_assumptions(config: Any, spec: GGUFSpec, model_type: str) -> None:
+    """``GGUFExportError`` for a config fact ``spec``'s llama.cpp graph hard-codes otherwise."""
     for field_name, equals, why in spec.requires:
         value = getattr(config, field_name, None)
         expected = head_dim(config) if equals == "head_dim" else getattr(config, equals, None)
         if value is not None and value != expected:
-            raise GGUFExportError(f"{field_name}={value} differs from {equals}={expected}: {why}")
+            raise GGUFExportError(
+                f"model_type {model_type!r}: {field_name}={value} differs from {equals}={expected}: {why}"
+            )
+    for field_name, expected, why in spec.assumes:
+        value = getattr(config, field_name, expected)
+        if value != expected:
+            raise GGUFExportError(
+                f"model_type {model_type!r}: {field_name}={value!r}, but {why} (it assumes {field_name}={expected!r})"
+            )
     if spec.no_rope_every is not None:
         layers = getattr(config, "no_rope_layers", None)
         fixed = [int((i + 1) % spec.no_rope_every != 0) for i in range(config.num_hidden_layers)]
@@ -117,7 +138,6 @@ def _gguf_spec(model: PreTrainedModel) -> _ResolvedSpec:
                 f"no_rope_layers={list(layers)}: llama.cpp's {spec.arch.lower()} skips RoPE in "
                 f"every {spec.no_rope_every}th layer only ({fixed})"
             )
-    return _ResolvedSpec(spec)
 
 
 def gguf_metadata(model: PreTrainedModel, vocab: GGUFVocab, outtype: str) -> dict[str, tuple[Any, Any, Any]]:
@@ -125,8 +145,9 @@ def gguf_metadata(model: PreTrainedModel, vocab: GGUFVocab, outtype: str) -> dic
     resolved = _gguf_spec(model)
     keys = _Metadata(resolved.arch_name)
     _general_keys(keys, model, outtype)
-    _shape_keys(keys, model.config)
-    _rope_keys(keys, model.config)
+    _shape_keys(keys, model.config, resolved.spec)
+    if resolved.spec.rotary:
+        _rope_keys(keys, model.config)
     _family_keys(keys, model.config, resolved.spec)
     _tokenizer_keys(keys, vocab)
     return keys.items
@@ -153,7 +174,7 @@ def _general_keys(keys: _Metadata, model: PreTrainedModel, outtype: str) -> None
     keys.put(K.General.FILE_TYPE, int(gguf.LlamaFileType[OUTTYPES[outtype][1]]), V.UINT32)
 
 
-def _shape_keys(keys: _Metadata, config: Any) -> None:
+def _shape_keys(keys: _Metadata, config: Any, spec: GGUFSpec) -> None:
     """Widths, depth, heads and the norm epsilon, written explicitly (compression changes them)."""
     import gguf
 
@@ -162,14 +183,15 @@ def _shape_keys(keys: _Metadata, config: Any) -> None:
     keys.put(K.LLM.CONTEXT_LENGTH, config.max_position_embeddings, u32)
     keys.put(K.LLM.EMBEDDING_LENGTH, config.hidden_size, u32)
     keys.put(K.LLM.BLOCK_COUNT, config.num_hidden_layers, u32)
-    keys.put(K.LLM.FEED_FORWARD_LENGTH, config.intermediate_size, u32)
+    keys.put(K.LLM.FEED_FORWARD_LENGTH, ffn_size(config), u32)  # per expert in a mixture
     keys.put(K.LLM.VOCAB_SIZE, config.vocab_size, u32)
     keys.put(K.Attention.HEAD_COUNT, config.num_attention_heads, u32)
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     keys.put(K.Attention.HEAD_COUNT_KV, kv_heads, u32)
     keys.put(K.Attention.KEY_LENGTH, head_dim(config), u32)
     keys.put(K.Attention.VALUE_LENGTH, head_dim(config), u32)
-    keys.put(K.Attention.LAYERNORM_RMS_EPS, float(config.rms_norm_eps), V.FLOAT32)
+    eps_key, eps_field = spec.norm_eps
+    keys.put(f"{{arch}}.{eps_key}", float(getattr(config, eps_field)), V.FLOAT32)
 
 
 def _rope_keys(keys: _Metadata, config: Any) -> None:
@@ -194,14 +216,19 @@ def _rope_keys(keys: _Metadata, config: Any) -> None:
 
 
 def _family_keys(keys: _Metadata, config: Any, spec: GGUFSpec) -> None:
-    """The family's own constants, logit soft-capping, and the sliding-window layout."""
+    """The family's own constants, counts and flags, logit soft-capping, and the sliding-window layout."""
     import gguf
 
     V, K = gguf.GGUFValueType, gguf.Keys
     f32 = V.FLOAT32
-    for key, field_name in spec.constants:
-        if getattr(config, field_name, None) is not None:
-            keys.put(f"{{arch}}.{key}", float(getattr(config, field_name)), f32)
+    for fields, vtype, cast in (
+        (spec.constants, f32, float),
+        (spec.integers, V.UINT32, int),
+        (spec.flags, V.BOOL, bool),
+    ):
+        for key, field_name in fields:
+            if getattr(config, field_name, None) is not None:
+                keys.put(f"{{arch}}.{key}", cast(getattr(config, field_name)), vtype)
     if getattr(config, "final_logit_softcapping", None):
         keys.put(K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.final_logit_softcapping), f32)
     layer_types = getattr(config, "layer_types", None)
@@ -253,49 +280,92 @@ def gguf_tensors(model: PreTrainedModel, outtype: str = "f32") -> dict[str, tupl
     norms = {f"{name}.weight" for name, module in model.named_modules() if "norm" in type(module).__name__.lower()}
     weight_type = gguf.GGMLQuantizationType[OUTTYPES[outtype][0]]
     out: dict[str, tuple[np.ndarray, Any]] = {}
-    for name, data in _split_fused(model, resolved.spec):
+    for name, data in _converter_tensors(model, resolved.spec):
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise GGUFExportError(f"no GGUF tensor name for {name} in llama.cpp's {resolved.arch_name} layout")
+        if not gguf_name.endswith((".weight", ".bias")):  # a parameter that is itself a weight (fused experts)
+            gguf_name += ".weight"
         if name in norms and spec.norm_offset:
             data = data + spec.norm_offset
         module_path = name.rsplit(".", 1)[0]
         for path, heads in permute.items():
             if module_path.endswith(path):
                 data = _interleave_rope(data, heads)
-        array = data.numpy()
-        qtype = weight_type if array.ndim == 2 else gguf.GGMLQuantizationType.F32
-        if qtype == gguf.GGMLQuantizationType.Q8_0 and array.shape[-1] % 32:
-            qtype = gguf.GGMLQuantizationType.F16
-        if qtype == gguf.GGMLQuantizationType.F16:
-            array = array.astype(np.float16)
-        out[gguf_name] = (array, qtype)
+        out[gguf_name] = _stored(gguf_name, data.numpy(), weight_type)
+    output, embedding = (
+        gguf.TENSOR_NAMES[t] + ".weight" for t in (gguf.MODEL_TENSOR.OUTPUT, gguf.MODEL_TENSOR.TOKEN_EMBD)
+    )
+    if resolved.spec.output_required and output not in out:  # a tied head the graph does not share
+        out[output] = out[embedding]
     freqs = _llama3_rope_factors(config)
     if freqs is not None:
         out[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"] = (freqs, gguf.GGMLQuantizationType.F32)
     return out
 
 
-def _split_fused(model: PreTrainedModel, spec: GGUFSpec) -> list[tuple[str, torch.Tensor]]:
-    """(name, float32 tensor) of every parameter (tied ones once, as the embedding), fused linears
-    split into the parts ``spec.splits`` names."""
+def _stored(name: str, array: np.ndarray, weight_type: Any) -> tuple[np.ndarray, Any]:
+    """(array, GGML type) as the converter stores a tensor: weights in ``weight_type``, the rest in F32."""
+    import gguf
+
+    types = gguf.GGMLQuantizationType
+    qtype = weight_type if array.ndim >= 2 and not name.endswith(_F32_NAMES) else types.F32
+    if qtype == types.Q8_0 and array.shape[-1] % 32:
+        qtype = types.F16
+    if qtype == types.F16:
+        array = array.astype(np.float16)
+    return array, qtype
+
+
+def _converter_tensors(model: PreTrainedModel, spec: GGUFSpec) -> list[tuple[str, torch.Tensor]]:
+    """(name, float32 tensor) of every parameter as llama.cpp's converter reads it: tied ones once (as the
+    embedding), Conv1D weights as out × in, head-by-head q/k/v as [q; k; v], per-head norms stacked, fused
+    linears split into the parts ``spec.splits`` names."""
     config = model.config
-    rows = {
-        "q": config.num_attention_heads * head_dim(config),
-        "kv": (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim(config),
-    }
+    transposed = tuple(f".{linear.path}.weight" for linear in get_arch_spec(config).linears if linear.transposed)
+    per_head = tuple(f".{path}" for path in spec.per_head_qkv)
     out = []
     for name, param in model.named_parameters():
         data = param.detach().to(torch.float32).cpu()
-        module_path, suffix = name.rsplit(".", 1)
-        fused = next((parts for path, parts in spec.splits if module_path.endswith(path)), None)
-        if fused is None:
-            out.append((name, data))
+        if name.endswith(transposed):
+            data = data.T.contiguous()
+        if name.rsplit(".", 1)[0].endswith(per_head):
+            data = data.reshape(config.num_attention_heads, 3, -1, *data.shape[1:]).transpose(0, 1).reshape(data.shape)
+        out.extend(_split(name, data, spec, config))
+    return _stack_norms(out, spec.stacked_norms)
+
+
+def _split(name: str, data: torch.Tensor, spec: GGUFSpec, config: Any) -> list[tuple[str, torch.Tensor]]:
+    """``name`` split along its output rows into the parts ``spec.splits`` names, or unchanged."""
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    rows = {"q": config.num_attention_heads * head_dim(config), "kv": kv_heads * head_dim(config)}
+    module_path, suffix = name.rsplit(".", 1)
+    for path, parts in spec.splits:
+        # A fused expert parameter is named by its path; a linear's weight and bias by their module's.
+        stem, tail = (name, "") if name.endswith(f".{path}") else (module_path, f".{suffix}")
+        if not stem.endswith(f".{path}"):
             continue
-        prefix = module_path.removesuffix(next(path for path, _ in spec.splits if module_path.endswith(path)))
-        sizes = [data.shape[0] // 2 if size == "half" else rows[size] for _, size in fused]
-        out.extend((f"{prefix}{path}.{suffix}", part) for (path, _), part in zip(fused, data.split(sizes), strict=True))
-    return out
+        axis = 0 if data.ndim == 1 else data.ndim - 2
+        sizes = [data.shape[axis] // 2 if size == "half" else rows[size] for _, size in parts]
+        prefix = stem.removesuffix(path)
+        chunks = data.split(sizes, dim=axis)
+        return [(f"{prefix}{new}{tail}", chunk.contiguous()) for (new, _), chunk in zip(parts, chunks, strict=True)]
+    return [(name, data)]
+
+
+def _stack_norms(tensors: list[tuple[str, torch.Tensor]], lists: tuple[str, ...]) -> list[tuple[str, torch.Tensor]]:
+    """Per-head norms ``<list>.<head>.<suffix>`` stacked (heads × width) as ``<list's parent>.<suffix>``."""
+    ends = tuple(f".{path}" for path in lists)
+    grouped: dict[str, list[torch.Tensor]] = {}
+    stacked = set()
+    for name, data in tensors:
+        stem, suffix = name.rsplit(".", 1)
+        parent, _, head = stem.rpartition(".")
+        if ends and head.isdigit() and parent.endswith(ends):
+            name = f"{parent.rsplit('.', 1)[0]}.{suffix}"
+            stacked.add(name)
+        grouped.setdefault(name, []).append(data)
+    return [(name, torch.stack(parts) if name in stacked else parts[0]) for name, parts in grouped.items()]
 
 
 def _interleave_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
