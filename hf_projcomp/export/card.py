@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import PretrainedConfig
 
 from .._version import __version__
-from ..model_ids import DEMO_LICENSE, DEMO_MARKER, DEMO_WEIGHTS, hub_id_of
+from ..model_ids import hub_id_of, packaged_model_of
 
 TEMPLATE_NAME = "compressed_model.md"
 METHODS = {
@@ -84,13 +84,14 @@ class CompressionSummary:
 
 
 def _base_provenance(name_or_path: str | None) -> dict[str, str]:
-    """``base_weights`` and ``license`` of a base loaded from a local directory: the demo's (its marker
-    file), else the licence its own model card declares."""
+    """``base_weights`` and ``license`` of a base loaded from a local directory: a packaged model's such
+    as the demo's (its marker file), else the licence its own model card declares."""
     if not name_or_path or not Path(name_or_path).is_dir():
         return {}
     base = Path(name_or_path)
-    if (base / DEMO_MARKER).is_file():
-        return {"base_weights": DEMO_WEIGHTS, "license": DEMO_LICENSE}
+    packaged = packaged_model_of(base)
+    if packaged is not None:
+        return {"base_weights": packaged.weights, "license": packaged.license}
     if (base / "README.md").is_file():
         license = ModelCard.load(base / "README.md").data.to_dict().get("license")
         if isinstance(license, str):
