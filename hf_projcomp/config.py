@@ -76,6 +76,15 @@ class ProjCompConfig(PeftConfig):
             "save memory; projections and A always train in float32. None keeps the base dtype."
         },
     )
+    projection_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "None (default): every P is a dense trainable matrix. An int r: every P is the fixed one-hot "
+            "selection S plus a trainable low-rank U·Vᵀ (U rows × r, zero at the start; V cols × r), so P and "
+            "its optimizer state cost r·(rows + cols) per P instead of rows·cols. r is clipped to min(rows, cols) "
+            "of each P, where U·Vᵀ is already unconstrained."
+        },
+    )
     # Recorded when the adapter is built (base_model_name_or_path, PEFT's field: the Hub id when known).
     base_model_local_path: str | None = field(
         default=None,
@@ -115,6 +124,7 @@ class ProjCompConfig(PeftConfig):
         if self.base_dtype is not None and self.base_dtype not in BASE_DTYPES:
             raise ValueError(f"base_dtype must be None or one of {BASE_DTYPES}, got {self.base_dtype!r}")
         self._check_sizes()
+        check_projection_rank(self.projection_rank)
         sizes_given = any(v is not None for v in (self.hidden_size, self.intermediate_size, self.vocab_size))
         if self.target_params is not None:
             # A recorded config carries both: the request and the sizes it resolved to.
@@ -137,9 +147,10 @@ class ProjCompConfig(PeftConfig):
             raise ValueError("vocab_size is only used with importance='compact' (which prunes the tokenizer)")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as PEFT serialises them; legacy fields only when set."""
+        """The fields as PEFT serialises them; legacy fields and ``projection_rank`` only when set (a dense
+        adapter's file stays what earlier versions wrote and read)."""
         data = super().to_dict()
-        for name in LEGACY_FIELDS:
+        for name in (*LEGACY_FIELDS, "projection_rank"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data
@@ -160,3 +171,11 @@ def _check_target_params(tp: object) -> None:
         raise ValueError(f"target_params as a fraction must lie in (0, 1), got {tp}")
     if isinstance(tp, int) and tp <= 1:
         raise ValueError(f"target_params as a parameter count must be > 1, got {tp}")
+
+
+def check_projection_rank(rank: object) -> None:
+    """``TypeError``/``ValueError`` unless ``rank`` is a positive int or None (a dense P)."""
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+        raise TypeError(f"projection_rank must be a positive int or None (dense P), got {type(rank).__name__}")
+    if rank is not None and rank < 1:
+        raise ValueError(f"projection_rank must be a positive int or None (dense P), got {rank}")

@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from ..projection.model import ProjCompModel
 
 # The configuration a model card reports: targets and importance, not the indices.
-CARD_SETTINGS = ("importance", "target_params", "hidden_size", "intermediate_size", "vocab_size", "base_dtype")
+CARD_SETTINGS = (
+    "importance",
+    "target_params",
+    "hidden_size",
+    "intermediate_size",
+    "vocab_size",
+    "base_dtype",
+    "projection_rank",
+)
 
 
 @torch.no_grad()

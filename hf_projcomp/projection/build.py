@@ -12,7 +12,7 @@ from ..hard_pruning import pruned_tensors
 from ..plan import CompressionPlan, Selection
 from ..target import build_target_model
 from .checkpoint import is_norm
-from .layer import Projection
+from .layer import LOW_RANK_SEED, Projection
 
 
 def projection_key(param_name: str) -> str:
@@ -21,9 +21,14 @@ def projection_key(param_name: str) -> str:
     return param_name.removesuffix(".weight").replace(".", "-")
 
 
-def build_projections(model: PreTrainedModel, plan: CompressionPlan, selection: Selection) -> nn.ModuleDict:
-    """One-hot P at ``selection`` and A = 0 for every planned weight of ``model`` (which they read, frozen)."""
+def build_projections(
+    model: PreTrainedModel, plan: CompressionPlan, selection: Selection, rank: int | None = None
+) -> nn.ModuleDict:
+    """One-hot P at ``selection`` and A = 0 for every planned weight of ``model`` (which they read, frozen);
+    with ``rank``, every P as the one-hot S plus U·Vᵀ = 0 (see :class:`~.layer.Projection`)."""
     projections = nn.ModuleDict()
+    # One seeded stream for every V, drawn in plan order: the same start on every rank and every run.
+    generator = torch.Generator().manual_seed(LOW_RANK_SEED)
     for entry in plan.weights:
         rows = selection.index(entry.out_dim, entry.layer)
         gathered = entry.out_dim == VOCAB
@@ -37,6 +42,8 @@ def build_projections(model: PreTrainedModel, plan: CompressionPlan, selection: 
             row_index=rows if gathered else None,
             tensor=tensor,
             transposed=entry.transposed,
+            rank=rank,
+            generator=generator,
         )
     return projections
 

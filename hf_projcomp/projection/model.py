@@ -113,7 +113,7 @@ class ProjCompModel(RunsCompressed, AdapterTensors, SingleAdapterTuner):
         vocab = None if selection.vocab is None else selection.vocab.to(device, copy=True)
         self.register_buffer("selection_vocab", vocab)
         self.plan = build_plan(model, get_arch_spec(model.config), selection.hidden_size)
-        self.projections = build_projections(model, self.plan, selection)
+        self.projections = build_projections(model, self.plan, selection, self.projcomp_config.projection_rank)
         self.step = AmortizedStep(
             cast("Iterable[Projection]", self.projections.values()),
             [entry.name for entry in self.plan.weights],

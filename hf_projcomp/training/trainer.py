@@ -33,7 +33,7 @@ from transformers import Trainer
 
 from ..distributed import check_same_on_all_ranks
 from ..distributed import fsdp as sharding
-from ..projection import ProjCompModel
+from ..projection import ProjCompModel, Projection
 from ..projection.model import unwrap
 from .distill import DistillationMixin, Teacher
 from .sharded import ShardedModule, inner_optimizer, requested_fsdp_version, without_accelerate_fsdp
@@ -55,7 +55,8 @@ class ProjCompTrainerMixin(_TrainerBase):
     (a projected-compression ``PeftModel``) or built by the Trainer (TRL's ``peft_config=``).
 
     Args:
-        projection_learning_rate: learning rate of P (every ``p_in``/``p_out``). A and the norms use
+        projection_learning_rate: learning rate of P (every ``p_in``/``p_out``, or their factors U and V
+            with ``ProjCompConfig.projection_rank``). A and the norms use
             ``args.learning_rate``: with P frozen, A's update is exactly that of retraining the small
             weight. One element of P moves a whole row or column of ``W_c``, so P wants a much smaller
             step; the default is ``args.learning_rate * DEFAULT_PROJECTION_LR_RATIO`` (0.01, chosen
@@ -140,8 +141,9 @@ class ProjCompTrainerMixin(_TrainerBase):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """A (weight decay), P (its own LR) and the norms (no weight decay); A's group first, as the
         Trainer logs the first group's learning rate and that is the one ``args.learning_rate`` sets."""
-        modules = list(self.pc.projections.values())
-        projections = [p for m in modules for p in (m.p_in, m.p_out) if p is not None and p.requires_grad]
+        modules = cast("list[Projection]", list(self.pc.projections.values()))
+        # P: dense p_in/p_out, or the factors U and V of a low-rank P (ProjCompConfig.projection_rank).
+        projections = [p for m in modules for p in m.projection_parameters() if p.requires_grad]
         corrections = [m.a for m in modules if m.a.requires_grad]
         in_projections = {id(p) for m in modules for p in m.parameters()}
         norms = [p for p in self.pc.trainable_parameters() if id(p) not in in_projections]
