@@ -26,7 +26,7 @@ Declared before any run (benchmarks/README.md, "Protocol"):
 
 Reports dev bits per byte at every budget, the paired margins pc − retrain and pc+kd − retrain+kd (mean ±
 sd over seeds), the fraction of the step-0 loss recovered, and wall seconds per 1,000 training tokens
-(evaluation excluded) as a ratio to ``retrain``. Writes ``benchmarks/results/recovery_curve.{json,md,png}``
+(evaluation excluded) as a ratio to ``retrain``. Writes ``benchmarks/results/recovery_curve[_<target %>].{json,md,png}``
 after every run (``--resume`` keeps finished runs); the selection is cached in
 ``benchmarks/results/.runs/recovery-selection-<target>``.
 """
@@ -63,6 +63,13 @@ from hf_projcomp.training import DistillationTrainer, Teacher
 OUT = Path(__file__).resolve().parent / "results"
 RUNS = OUT / ".runs"
 NAME = "recovery_curve"
+
+
+def name_of(target: float) -> str:
+    """The results file's name: ``recovery_curve`` at the default 50%, ``recovery_curve_75`` at 75%..."""
+    return NAME if target == 0.5 else f"{NAME}_{round(target * 100)}"
+
+
 SEQUENCE, MICRO_BATCH, ACCUMULATION = 256, 4, 2
 TOKENS_PER_STEP = SEQUENCE * MICRO_BATCH * ACCUMULATION
 METHODS = ("retrain", "retrain+kd", "pc", "pc+kd")
@@ -220,7 +227,7 @@ def main() -> None:
     if len(blocks) * SEQUENCE < budgets[-1]:
         raise SystemExit(f"the calibration text has {len(blocks) * SEQUENCE:,} tokens in blocks, fewer than asked")
     data = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
-    previous = OUT / f"{NAME}.json"
+    previous = OUT / f"{name_of(args.target)}.json"
     results = json.loads(previous.read_text()) if args.resume and previous.is_file() else None
     if results is None:
         results = {
@@ -277,8 +284,9 @@ def spread(values: list[float]) -> str:
 
 def write(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / f"{NAME}.md").write_text("\n".join(markdown(results)) + "\n")
+    name = name_of(results["declared"]["target"])
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / f"{name}.md").write_text("\n".join(markdown(results)) + "\n")
     plot(results)
 
 
@@ -418,7 +426,7 @@ def plot(results: dict) -> None:
     ax.set_ylabel("dev bits per byte (20,000 characters)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / f"{NAME}.png", dpi=120)
+    fig.savefig(OUT / f"{name_of(results['declared']['target'])}.png", dpi=120)
     plt.close(fig)
 
 
