@@ -46,8 +46,8 @@ from datasets import Dataset
 from machine import describe  # benchmarks/machine.py
 from peft import PeftModel
 from plotting import pyplot  # benchmarks/plotting.py
-from trainers import BudgetEval  # benchmarks/trainers.py
-from transformers import AutoTokenizer, TrainingArguments, default_data_collator
+from trainers import BudgetEval, constant_lr_arguments  # benchmarks/trainers.py
+from transformers import AutoTokenizer, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
 from hf_projcomp.blocks import text_blocks
@@ -125,23 +125,7 @@ class Runner:
         self.data, self.texts, self.results = data, texts, results
 
     def _trainer(self, method: str, lr: float, plr: float | None, seed: int, steps: int):
-        training = TrainingArguments(
-            str(RUNS / "trainer"),
-            per_device_train_batch_size=MICRO_BATCH,
-            gradient_accumulation_steps=ACCUMULATION,
-            max_steps=steps,
-            learning_rate=lr,
-            lr_scheduler_type="constant_with_warmup",
-            warmup_steps=2,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=seed,
-            disable_tqdm=True,
-        )
+        training = constant_lr_arguments(str(RUNS / "trainer"), MICRO_BATCH, ACCUMULATION, steps, lr, seed)
         alpha = KD_ALPHA if method.endswith("+kd") else 0.0
         common = {"args": training, "train_dataset": self.data, "data_collator": default_data_collator}
         if method.startswith("pc"):

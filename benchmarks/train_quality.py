@@ -37,8 +37,8 @@ from datasets import Dataset
 from machine import describe  # benchmarks/machine.py
 from peft import PeftModel
 from plotting import pyplot  # benchmarks/plotting.py
-from trainers import BudgetEval  # benchmarks/trainers.py
-from transformers import AutoTokenizer, TrainingArguments, default_data_collator
+from trainers import BudgetEval, constant_lr_arguments  # benchmarks/trainers.py
+from transformers import AutoTokenizer, default_data_collator
 
 from hf_projcomp import ProjCompConfig, ProjCompTrainer, get_projcomp_model, hard_prune
 from hf_projcomp.blocks import text_blocks
@@ -154,23 +154,7 @@ def main() -> None:
         for row in results["runs"]:
             if all(row.get(k) == v for k, v in key.items()):
                 return row
-        training = TrainingArguments(
-            str(OUT / ".runs" / "trainer"),
-            per_device_train_batch_size=MICRO_BATCH,
-            gradient_accumulation_steps=ACCUMULATION,
-            max_steps=n,
-            learning_rate=lr,
-            lr_scheduler_type="constant_with_warmup",
-            warmup_steps=2,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=seed,
-            disable_tqdm=True,
-        )
+        training = constant_lr_arguments(str(OUT / ".runs" / "trainer"), MICRO_BATCH, ACCUMULATION, n, lr, seed)
         if method == "pc":
             pc = PeftModel.from_pretrained(base, adapter, is_trainable=True)
             trained = pc.merge_and_unload
